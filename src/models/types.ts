@@ -1,0 +1,88 @@
+/**
+ * Contracts between models, the norm layer, algorithms and the runner. Models are NHWC internally
+ * and take images in [0, 1]; a model that needs input normalisation (RobustBench AugMix ResNeXt's
+ * mu/sigma buffers, ImageNet mean/std) owns it.
+ */
+import type { tf } from '../tf.js';
+
+/**
+ * How every norm layer normalises (algorithms.md C.2, C.3, A.3, A.10):
+ * - 'source': eval-mode BN with the stored running statistics.
+ * - 'batch': train-mode BN with the current batch's statistics (Norm, Tent, EATA without MECTA);
+ *   running statistics are neither used nor updated.
+ * - 'mecta': MectaNorm2d 'exp' mode (accumulated statistics, forget gate, beta_thre, prune_q).
+ * - 'train-update': PyTorch train-mode BN that also updates the running buffers with momentum 0.1
+ *   and the unbiased variance (MECTA's standard_bn_cxt, used only for EATA's Fisher with accum-bn).
+ */
+export type NormMode = 'source' | 'batch' | 'mecta' | 'train-update';
+
+export const DIST_METRICS = ['skl', 'kl', 'simple'] as const;
+export type DistMetric = (typeof DIST_METRICS)[number];
+
+/** MectaNorm2d options (algorithms.md A.1). */
+export interface MectaOptions {
+  beta: number; // constant accumulation rate when the gate is off (default 0.1)
+  initBeta: number | null; // β of the first batch when the gate is off (null → beta)
+  forgetGate: boolean;
+  distMetric: DistMetric; // default 'skl'
+  distScale: number; // s in β = 1 − exp(−s·mean d), default 1
+  betaThre: number; // cache-stopping threshold on β (only with the gate), default 0
+  pruneQ: number; // fraction of channels not cached per batch, default 0
+}
+
+/** What one norm layer did in its last forward (for logging and memory accounting, A.9). */
+export interface NormRecord {
+  name: string;
+  beta: number | null; // β used (mecta mode), null otherwise
+  cached: boolean; // kept anything for backprop (false: fully matched layer, or not trainable)
+  /** Analytic forward cache bytes: N·floor((1−q)·C)·H·W·4 (A.9). */
+  forwardBytes: number;
+  /** Analytic backward cache bytes: forwardBytes when the layer caches, else 0 (A.9). */
+  backwardBytes: number;
+}
+
+export interface NormLayer {
+  /** PyTorch module path, e.g. 'stage_1.0.bn_reduce' (the state_dict prefix). */
+  readonly name: string;
+  readonly numFeatures: number;
+  readonly eps: number;
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable;
+  readonly runningMean: tf.Variable;
+  readonly runningVar: tf.Variable;
+  /** Whether the affine parameters are being adapted (set by the algorithm via the model). */
+  trainable: boolean;
+  /** Record of the most recent forward, null before the first. */
+  readonly last: NormRecord | null;
+  /** Clears MECTA per-run state (past_size, matched flag, last record); statistics are kept. */
+  reset(): void;
+}
+
+export interface Classifier {
+  /** Registry key of the architecture ('resnext29', 'wrn28_10', ...). */
+  readonly arch: string;
+  readonly numClasses: number;
+  /** Expected input [H, W, C] (NHWC). */
+  readonly inputShape: readonly [number, number, number];
+  /** Logits for a batch of NHWC images in [0, 1]. Runs the norm layers in the current mode. */
+  forward(x: tf.Tensor4D): tf.Tensor2D;
+  /** Norm layers in module (state_dict) order. */
+  readonly normLayers: readonly NormLayer[];
+  /** Switches every norm layer; `mecta` is required for mode 'mecta'. */
+  setNormMode(mode: NormMode, mecta?: MectaOptions): void;
+  readonly normMode: NormMode;
+  /**
+   * Overrides the random channel choice of MECTA pruning (tests): returns the indices of the
+   * removed channels for a layer of C channels. Null restores the seeded random choice.
+   */
+  setPruneChooser(chooser: ((layer: string, channels: number) => Int32Array) | null): void;
+  /** Affine weight/bias variables of the trainable norm layers, in module order. */
+  trainableParams(): tf.Variable[];
+  /** Marks which norm layers adapt their affine parameters (all by default). */
+  setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void;
+  /** Current values of all parameters and buffers under their PyTorch key names (copies). */
+  stateDict(): Map<string, tf.Tensor>;
+  /** Loads values (same keys/shapes as stateDict) into the variables. */
+  loadStateDict(sd: Map<string, tf.Tensor>): void;
+  dispose(): void;
+}

@@ -1,0 +1,81 @@
+/**
+ * The single import point for TensorFlow.js. Every module imports `tf` from here so the backend is
+ * chosen once (see `initBackend`) and the optional native packages are probed in one place.
+ */
+import * as tf from '@tensorflow/tfjs';
+import '@tensorflow/tfjs-backend-wasm';
+import { createRequire } from 'node:module';
+import { CtaError } from './util/errors.js';
+
+export { tf };
+
+export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendName = (typeof BACKENDS)[number];
+
+const require = createRequire(import.meta.url);
+
+/** Tries the optional native bindings; returns the package name that loaded, or null. */
+function loadNative(): { pkg: string; gpu: boolean } | null {
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      require(pkg);
+      return { pkg, gpu: pkg.endsWith('-gpu') };
+    } catch {
+      /* not installed (its install script needs a download): fall through */
+    }
+  }
+  return null;
+}
+
+export interface BackendInfo {
+  requested: BackendName;
+  name: string; // tfjs backend name actually active: 'tensorflow' | 'wasm' | 'cpu'
+  nativePackage: string | null;
+  notice: string | null; // one line to print when a faster backend was wanted but is absent
+}
+
+let active: BackendInfo | null = null;
+
+/**
+ * auto: tfjs-node-gpu (GPU visible) > tfjs-node > wasm > cpu. An explicit choice that cannot be
+ * honoured is an error, never a silent switch.
+ */
+export async function initBackend(requested: BackendName = 'auto'): Promise<BackendInfo> {
+  if (active && (active.requested === requested || requested === 'auto')) return active;
+  let notice: string | null = null;
+  let nativePackage: string | null = null;
+  let target: string;
+  if (requested === 'tensorflow' || requested === 'auto') {
+    const native = loadNative();
+    if (native) {
+      nativePackage = native.pkg;
+      target = 'tensorflow';
+    } else if (requested === 'tensorflow') {
+      throw new CtaError(
+        '--backend tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (npm install @tensorflow/tfjs-node needs network access to download libtensorflow)',
+      );
+    } else {
+      notice = 'notice: @tensorflow/tfjs-node(-gpu) not installed; using the WASM backend';
+      target = 'wasm';
+    }
+  } else {
+    target = requested;
+  }
+  if (target === 'wasm') {
+    // Node cannot start the threaded WASM build (Worker rejects blob: URLs), so WASM runs one thread.
+    tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+  }
+  const ok = await tf.setBackend(target);
+  if (!ok) {
+    if (requested === 'auto' && target === 'wasm') {
+      notice = 'notice: WASM backend failed to initialise; using the pure-JS cpu backend (slow)';
+      await tf.setBackend('cpu');
+      target = 'cpu';
+    } else {
+      throw new CtaError(`--backend ${requested}: backend '${target}' failed to initialise`);
+    }
+  }
+  await tf.ready();
+  active = { requested, name: tf.getBackend(), nativePackage, notice };
+  return active;
+}
