@@ -1,0 +1,159 @@
+/**
+ * Builds a CtaConfig from a YAML file and command-line values (YAML < flags). Every problem is one
+ * CtaError line naming the file or flag, the key, and what was expected.
+ */
+import { readFileSync, existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import yaml from 'js-yaml';
+import { CtaError } from '../util/errors.js';
+import { FIELDS, type CtaConfig, type FieldKey, type FieldSpec, defaultConfig, toCamel, toKebab } from './schema.js';
+
+/** Where a value came from, used to word the error: a YAML file or a flag. */
+export type Origin = { kind: 'file'; path: string } | { kind: 'flag' };
+
+function label(origin: Origin, key: string): string {
+  return origin.kind === 'flag' ? `--${toKebab(key)}` : `${origin.path}: ${toKebab(key)}`;
+}
+
+function describe(f: FieldSpec): string {
+  switch (f.type) {
+    case 'bool':
+      return 'true or false';
+    case 'enum':
+      return `one of ${f.choices.join(', ')}`;
+    case 'list':
+      return `a comma-separated list of ${f.choices.join(', ')}`;
+    case 'string':
+      return 'a string';
+    case 'number':
+    case 'int': {
+      const kind = f.type === 'int' ? 'an integer' : 'a number';
+      const lo = f.min === undefined ? '' : `${f.exclusiveMin ? '>' : '≥'} ${f.min}`;
+      const hi = f.max === undefined ? '' : `≤ ${f.max}`;
+      const range = [lo, hi].filter(Boolean).join(' and ');
+      return `${kind}${range ? ' ' + range : ''}${f.nullable ? ' (or null)' : ''}`;
+    }
+  }
+}
+
+/** Resolves a user-written key (kebab, snake or camel case) to a field key, or null. */
+export function fieldKey(raw: string): FieldKey | null {
+  const k = toCamel(raw);
+  return Object.prototype.hasOwnProperty.call(FIELDS, k) ? (k as FieldKey) : null;
+}
+
+/** Converts and validates one value. Strings (from flags) are parsed; YAML values may be typed. */
+export function coerce(key: FieldKey, raw: unknown, origin: Origin): unknown {
+  const f: FieldSpec = FIELDS[key];
+  const bad = (): never => {
+    const shown = typeof raw === 'string' ? JSON.stringify(raw) : String(raw);
+    throw new CtaError(`${label(origin, key)}: expected ${describe(f)}, got ${shown}`);
+  };
+  const isNull = raw === null || raw === 'null' || raw === '~';
+  switch (f.type) {
+    case 'bool': {
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === '1' || raw === 'yes') return true;
+      if (raw === 'false' || raw === '0' || raw === 'no') return false;
+      return bad();
+    }
+    case 'enum': {
+      if (typeof raw === 'string' && f.choices.includes(raw)) return raw;
+      return bad();
+    }
+    case 'list': {
+      const items = Array.isArray(raw)
+        ? raw.map(String)
+        : typeof raw === 'string'
+          ? raw.split(',').map((s) => s.trim()).filter(Boolean)
+          : bad();
+      const unknown = items.filter((s) => !f.choices.includes(s));
+      if (unknown.length > 0 || items.length === 0) {
+        throw new CtaError(
+          `${label(origin, key)}: ${unknown.length ? `unknown value ${JSON.stringify(unknown[0])}` : 'empty list'}; expected ${describe(f)}`,
+        );
+      }
+      return items;
+    }
+    case 'string': {
+      if (isNull && f.nullable) return null;
+      if (typeof raw === 'string' && raw.length > 0) return raw;
+      if (typeof raw === 'number') return String(raw);
+      return bad();
+    }
+    case 'number':
+    case 'int': {
+      if (isNull && f.nullable) return null;
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
+      if (!Number.isFinite(n)) return bad();
+      if (f.type === 'int' && !Number.isInteger(n)) return bad();
+      if (f.min !== undefined && (f.exclusiveMin ? n <= f.min : n < f.min)) return bad();
+      if (f.max !== undefined && n > f.max) return bad();
+      return n;
+    }
+  }
+}
+
+/** Reads a YAML config (following `extends:` chains, relative to the including file). */
+export function readYamlConfig(path: string, seen: Set<string> = new Set()): Partial<CtaConfig> {
+  const abs = resolve(path);
+  if (!existsSync(abs)) throw new CtaError(`--config ${path}: file not found`);
+  if (seen.has(abs)) throw new CtaError(`${path}: 'extends' loops back to itself`);
+  seen.add(abs);
+  let doc: unknown;
+  try {
+    doc = yaml.load(readFileSync(abs, 'utf8'));
+  } catch (e) {
+    const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
+    throw new CtaError(`${path}: not valid YAML (${msg})`);
+  }
+  if (doc === undefined || doc === null) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new CtaError(`${path}: expected a mapping of option: value`);
+  let out: Record<string, unknown> = {};
+  const entries = Object.entries(doc as Record<string, unknown>);
+  const ext = entries.find(([k]) => k === 'extends');
+  if (ext) {
+    if (typeof ext[1] !== 'string') throw new CtaError(`${path}: extends: expected a path to another config`);
+    out = { ...readYamlConfig(resolve(dirname(abs), ext[1]), seen) };
+  }
+  const origin: Origin = { kind: 'file', path };
+  for (const [rawKey, value] of entries) {
+    if (rawKey === 'extends') continue;
+    const key = fieldKey(rawKey);
+    if (!key) throw new CtaError(`${path}: unknown key '${rawKey}' (known keys: ${Object.keys(FIELDS).map(toKebab).join(', ')})`);
+    out[key] = coerce(key, value, origin);
+  }
+  return out as Partial<CtaConfig>;
+}
+
+/** Checks that hold across fields (options that would otherwise be silently ignored). */
+export function validateConfig(cfg: CtaConfig): CtaConfig {
+  const mectaOnly: FieldKey[] = ['forgetGate', 'betaThre', 'pruneQ', 'initBeta'];
+  if (!cfg.accumBn) {
+    for (const k of mectaOnly) {
+      const v = cfg[k];
+      if (v !== null && v !== false && v !== 0) {
+        throw new CtaError(`--${toKebab(k)} only takes effect with --accum-bn (the MECTA norm layer); add --accum-bn or drop it`);
+      }
+    }
+  }
+  if (cfg.betaThre > 0 && !cfg.forgetGate) {
+    throw new CtaError('--beta-thre only takes effect with --forget-gate (β is constant otherwise); add --forget-gate or drop it');
+  }
+  if (cfg.pruneQ >= 1) throw new CtaError('--prune-q: expected a number ≥ 0 and < 1 (1 would cache no channel)');
+  return cfg;
+}
+
+/**
+ * Merges defaults < YAML (`configPath`) < flags. `flags` holds raw values keyed by field key (as
+ * parsed by the CLI: strings, booleans or arrays).
+ */
+export function resolveConfig(configPath: string | null, flags: Partial<Record<FieldKey, unknown>>): CtaConfig {
+  const cfg: Record<string, unknown> = defaultConfig();
+  if (configPath) Object.assign(cfg, readYamlConfig(configPath));
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined) continue;
+    cfg[k] = coerce(k as FieldKey, v, { kind: 'flag' });
+  }
+  return validateConfig(cfg as CtaConfig);
+}

@@ -1,0 +1,107 @@
+/**
+ * The single source of truth for run configuration. Every option is declared once here; the YAML
+ * loader, the CLI flags (kebab-case, camelCase accepted), validation messages, the README flag
+ * table and the manifest's resolved config are all derived from `FIELDS`.
+ */
+import { BACKENDS } from '../tf.js';
+import { DIST_METRICS } from '../models/types.js';
+import { OPTIMIZERS } from '../algorithms/types.js';
+import { ALGORITHM_NAMES } from '../algorithms/registry.js';
+import { MODEL_NAMES } from '../models/registry.js';
+import { CORRUPTIONS_15, EXTRA_CORRUPTIONS } from '../data/stream.js';
+
+export const DATASETS = ['cifar10c', 'cifar100c'] as const;
+export const PROGRESS_MODES = ['auto', 'bar', 'plain', 'none'] as const;
+export const MATCHED_UPDATES = ['momentum', 'skip'] as const;
+export const ALL_CORRUPTIONS = [...CORRUPTIONS_15, ...EXTRA_CORRUPTIONS] as readonly string[];
+
+interface Base<T> {
+  group: string;
+  description: string;
+  default: T;
+}
+export type FieldSpec =
+  | (Base<number | null> & { type: 'number' | 'int'; min?: number; max?: number; exclusiveMin?: boolean; nullable?: boolean })
+  | (Base<boolean> & { type: 'bool' })
+  | (Base<string | null> & { type: 'string'; nullable?: boolean })
+  | (Base<string> & { type: 'enum'; choices: readonly string[] })
+  | (Base<string[]> & { type: 'list'; choices: readonly string[] });
+
+/** Field table. Keys are the camelCase config keys; flags are their kebab-case form. */
+export const FIELDS = {
+  // --- data -----------------------------------------------------------------------------------
+  data: { type: 'enum', choices: DATASETS, default: 'cifar10c', group: 'data', description: 'data set layout' },
+  dataDir: { type: 'string', nullable: true, default: null, group: 'data', description: 'folder with <corruption>.npy + labels.npy (or containing CIFAR-10-C/)' },
+  cleanPath: { type: 'string', nullable: true, default: null, group: 'data', description: "CIFAR binary test batch for the 'original' domain (default <data-dir>/cifar-10-batches-bin/test_batch.bin, then <data-dir>/../cifar-10-batches-bin/test_batch.bin)" },
+  corruptions: { type: 'list', choices: ALL_CORRUPTIONS, default: [...CORRUPTIONS_15], group: 'data', description: 'corruptions in stream order (comma-separated)' },
+  cleanLast: { type: 'bool', default: true, group: 'data', description: "append the clean test set as the last domain ('original')" },
+  severity: { type: 'int', min: 1, max: 5, default: 5, group: 'data', description: 'corruption severity' },
+  nExamples: { type: 'int', min: 1, nullable: true, default: null, group: 'data', description: 'images per domain (default: all)' },
+  shuffle: { type: 'bool', default: true, group: 'data', description: 'shuffle each domain (seeded by --seed); false streams in file order' },
+  seed: { type: 'int', min: 0, default: 2020, group: 'data', description: 'seed for shuffling, pruning and Fisher subsets' },
+  batchSize: { type: 'int', min: 1, default: 16, group: 'data', description: 'test batch size' },
+  // --- model ----------------------------------------------------------------------------------
+  model: { type: 'enum', choices: MODEL_NAMES, default: 'resnext29', group: 'model', description: 'architecture (PyTorch state_dict key names)' },
+  weights: { type: 'string', nullable: true, default: null, group: 'model', description: 'weights: .safetensors or PyTorch zip .pt state_dict' },
+  depth: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected depth (checked against the weights)' },
+  cardinality: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected ResNeXt cardinality (checked against the weights)' },
+  backend: { type: 'enum', choices: BACKENDS, default: 'auto', group: 'model', description: 'TF.js backend: auto = tfjs-node-gpu > tfjs-node > wasm > cpu' },
+  // --- algorithm ------------------------------------------------------------------------------
+  alg: { type: 'enum', choices: ALGORITHM_NAMES, default: 'source', group: 'algorithm', description: 'adaptation method' },
+  lr: { type: 'number', min: 0, exclusiveMin: true, default: 0.0025, group: 'algorithm', description: 'learning rate (tent/eta/eata)' },
+  momentum: { type: 'number', min: 0, max: 1, default: 0.9, group: 'algorithm', description: 'SGD momentum (PyTorch semantics)' },
+  optimizer: { type: 'enum', choices: OPTIMIZERS, default: 'sgd', group: 'algorithm', description: 'optimizer for the norm-layer affine parameters' },
+  episodic: { type: 'bool', default: false, group: 'algorithm', description: 'reset model and optimizer before every batch' },
+  eMargin: { type: 'number', min: 0, exclusiveMin: true, nullable: true, default: null, group: 'algorithm', description: 'EATA entropy threshold E0 (default 0.4·ln(classes))' },
+  dMargin: { type: 'number', min: 0, default: 0.4, group: 'algorithm', description: 'EATA redundancy threshold on cosine similarity (CIFAR-10 0.4; CIFAR-100/ImageNet 0.05)' },
+  fisherAlpha: { type: 'number', min: 0, default: 1, group: 'algorithm', description: 'EATA Fisher regulariser weight (CIFAR-10 1; CIFAR-100/ImageNet 2000)' },
+  fisherSize: { type: 'int', min: 1, default: 2000, group: 'algorithm', description: 'clean samples for the Fisher estimate' },
+  // --- MECTA ----------------------------------------------------------------------------------
+  accumBn: { type: 'bool', default: false, group: 'mecta', description: 'MECTA norm: normalise with statistics accumulated across batches' },
+  beta: { type: 'number', min: 0, max: 1, default: 0.1, group: 'mecta', description: 'accumulation rate when the forget gate is off' },
+  initBeta: { type: 'number', min: 0, max: 1, nullable: true, default: null, group: 'mecta', description: 'β of the first batch when the gate is off (default --beta)' },
+  forgetGate: { type: 'bool', default: false, group: 'mecta', description: 'β = 1 − exp(−scale·distance(batch, accumulated stats))' },
+  bnDistMetric: { type: 'enum', choices: DIST_METRICS, default: 'skl', group: 'mecta', description: 'distance for the forget gate' },
+  bnDistScale: { type: 'number', min: 0, default: 1, group: 'mecta', description: 'scale inside the forget gate' },
+  betaThre: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'layers with β ≤ threshold stop caching (gate only)' },
+  pruneQ: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'fraction of channels not cached per batch and layer' },
+  matchedUpdate: { type: 'enum', choices: MATCHED_UPDATES, default: 'momentum', group: 'mecta', description: "matched layers' params: 'momentum' (zero grad, PyTorch 1.12) or 'skip' (PyTorch ≥ 2.0)" },
+  // --- output ---------------------------------------------------------------------------------
+  out: { type: 'string', nullable: true, default: null, group: 'output', description: 'run folder (default runs/<timestamp>-<alg>)' },
+  progress: { type: 'enum', choices: PROGRESS_MODES, default: 'auto', group: 'output', description: 'progress display: auto = bars on a TTY, plain lines otherwise' },
+} as const satisfies Record<string, FieldSpec>;
+
+export type FieldKey = keyof typeof FIELDS;
+
+type ValueOf<F> = F extends { type: 'bool' }
+  ? boolean
+  : F extends { type: 'list' }
+    ? string[]
+    : F extends { type: 'enum'; choices: readonly (infer C)[] }
+      ? C
+      : F extends { type: 'number' | 'int'; nullable: true }
+        ? number | null
+        : F extends { type: 'number' | 'int' }
+          ? number
+          : F extends { type: 'string'; nullable: true }
+            ? string | null
+            : string;
+
+/** The resolved run configuration (YAML < flags, validated). */
+export type CtaConfig = { -readonly [K in FieldKey]: ValueOf<(typeof FIELDS)[K]> };
+
+export function defaultConfig(): CtaConfig {
+  const cfg: Record<string, unknown> = {};
+  for (const [k, f] of Object.entries(FIELDS)) {
+    cfg[k] = Array.isArray(f.default) ? [...f.default] : f.default;
+  }
+  return cfg as CtaConfig;
+}
+
+export function toKebab(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
+}
+
+export function toCamel(key: string): string {
+  return key.replace(/[-_]([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}

@@ -1,0 +1,36 @@
+/**
+ * Data sets the runner can stream, keyed by the `--data` value. Each entry turns the resolved
+ * config into a DomainSource; `DATASETS` in the config schema lists the same keys.
+ */
+import type { CtaConfig } from '../config/schema.js';
+import { CtaError } from '../util/errors.js';
+import { cifarCSource, type DomainSource } from './stream.js';
+
+type SourceFactory = (cfg: CtaConfig) => DomainSource;
+
+function cifar(numClasses: 10 | 100): SourceFactory {
+  return (cfg) => {
+    if (!cfg.dataDir) throw new CtaError(`--data-dir: required for --data ${cfg.data} (a folder with <corruption>.npy and labels.npy)`);
+    return cifarCSource({
+      dataDir: cfg.dataDir,
+      severity: cfg.severity,
+      corruptions: cfg.corruptions,
+      includeClean: cfg.cleanLast,
+      cleanPath: cfg.cleanPath ?? undefined,
+      nExamples: cfg.nExamples ?? undefined,
+      numClasses,
+    });
+  };
+}
+
+export const DATA_SOURCES = {
+  cifar10c: cifar(10),
+  cifar100c: cifar(100),
+} satisfies Record<CtaConfig['data'], SourceFactory>;
+
+/** Opens the configured source and checks every domain's files up front (fail before adapting). */
+export async function openDataSource(cfg: CtaConfig): Promise<DomainSource> {
+  const source = DATA_SOURCES[cfg.data](cfg);
+  await source.validate?.();
+  return source;
+}

@@ -1,0 +1,284 @@
+/**
+ * The continual test-time adaptation loop (algorithms.md D): one model and one algorithm state
+ * carried across every domain in order — never reset between domains — with the prediction of
+ * each batch taken from the forward before that batch's update. Streaming, timing, logging and
+ * memory accounting live here; algorithms only see batches.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { tf, initBackend, type BackendInfo } from '../tf.js';
+import { CtaError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import type { CtaConfig } from '../config/schema.js';
+import { loadStateDict } from '../io/state-dict.js';
+import { buildModel } from '../models/registry.js';
+import type { Classifier, MectaOptions } from '../models/types.js';
+import { ALGORITHMS } from '../algorithms/registry.js';
+import type { AdaptOptions, Algorithm } from '../algorithms/types.js';
+import { batchOrder, makeBatches, streamFingerprint, type Domain, type FingerprintEntry } from '../data/stream.js';
+import { openDataSource } from '../data/registry.js';
+import { accountCache, MB } from './accounting.js';
+import { RunWriter, meanErrors, type DomainResult, type Summary } from './output.js';
+import { domainProgress } from './progress.js';
+
+export interface RunHooks {
+  /** One line of human output (progress in plain mode, notices). */
+  log: (line: string) => void;
+  /** Label prefix for progress lines (e.g. the algorithm when two runs share a terminal). */
+  label?: string;
+}
+
+/** Streams a file through sha256 (weights can be hundreds of MB: never read them twice in memory). */
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+export function mectaOptions(cfg: CtaConfig): MectaOptions {
+  return {
+    beta: cfg.beta,
+    initBeta: cfg.initBeta,
+    forgetGate: cfg.forgetGate,
+    distMetric: cfg.bnDistMetric,
+    distScale: cfg.bnDistScale,
+    betaThre: cfg.betaThre,
+    pruneQ: cfg.pruneQ,
+  };
+}
+
+/** Loads weights and builds the model; resolves defaults that depend on the model (E0). */
+export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; weightsSha256: string | null; backend: BackendInfo }> {
+  const backend = await initBackend(cfg.backend);
+  if (backend.notice) log(backend.notice);
+  if (!cfg.weights) throw new CtaError('--weights: required (a .safetensors or PyTorch .pt state_dict for --model ' + cfg.model + ')');
+  const sd = await loadStateDict(cfg.weights);
+  const weightsSha256 = await sha256File(cfg.weights);
+  const model = buildModel(cfg.model, sd, {
+    rng: new Rng(cfg.seed + 7),
+    expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined },
+  });
+  // E0 = 0.4·ln C (algorithms.md C.5) needs the class count, which comes from the weights.
+  if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
+  return { model, weightsSha256, backend };
+}
+
+export function adaptOptions(cfg: CtaConfig): AdaptOptions {
+  return {
+    lr: cfg.lr,
+    momentum: cfg.momentum,
+    optimizer: cfg.optimizer,
+    episodic: cfg.episodic,
+    eMargin: cfg.eMargin ?? 0,
+    dMargin: cfg.dMargin,
+    fisherAlpha: cfg.fisherAlpha,
+    fisherSize: cfg.fisherSize,
+    matchedUpdate: cfg.matchedUpdate,
+  };
+}
+
+/** A random `size`-sample subset of the clean domain, batched (EATA's Fisher data, C.5). */
+function fisherBatches(clean: () => Promise<Domain>, size: number, batchSize: number, seed: number) {
+  return async function* (): AsyncIterable<tf.Tensor4D> {
+    const d = await clean();
+    // MECTA draws the subset with RandomState(seed + 1); we use our own seeded generator.
+    const order = new Rng(seed + 1).permutation(d.n).slice(0, Math.min(size, d.n));
+    for (const b of makeBatches(d, order, batchSize)) {
+      yield tf.tensor4d(b.x, [b.y.length, d.height, d.width, d.channels]);
+    }
+  };
+}
+
+export interface RunResult {
+  summary: Summary;
+  dir: string;
+}
+
+/**
+ * Runs one algorithm over the whole stream, writing the run folder as results are produced.
+ * `model` may be passed in to share weights loading between runs (it is reset by the caller).
+ */
+export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHooks, prepared?: { model: Classifier; weightsSha256: string | null; backend: BackendInfo }): Promise<RunResult> {
+  const started = new Date();
+  const { model, weightsSha256, backend } = prepared ?? (await prepareModel(cfg, hooks.log));
+  const source = await openDataSource(cfg);
+  const spec = ALGORITHMS[cfg.alg];
+  if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
+  else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
+
+  const writer = new RunWriter(outDir);
+  const manifest: Record<string, unknown> = {
+    tool: 'cta-eval',
+    version: packageVersion(),
+    started: started.toISOString(),
+    argv: process.argv.slice(2),
+    node: process.version,
+    tfjs: tf.version.tfjs,
+    backend: backend.name,
+    backend_requested: backend.requested,
+    native_package: backend.nativePackage,
+    weights: cfg.weights,
+    weights_sha256: weightsSha256,
+    model: { arch: model.arch, num_classes: model.numClasses, input_shape: model.inputShape, norm_layers: model.normLayers.length },
+    data_files: source.files().map((path) => ({ path, bytes: fileSize(path) })),
+    config: { ...cfg },
+    stream_fingerprint: null as string | null,
+  };
+  writer.writeJson('manifest.json', manifest);
+
+  const ctx = {
+    rng: new Rng(cfg.seed + 3),
+    fisherData: fisherBatches(() => source.load('original'), cfg.fisherSize, cfg.batchSize, cfg.seed),
+  };
+  let alg: Algorithm;
+  try {
+    alg = await spec.create(model, adaptOptions(cfg), ctx);
+  } catch (e) {
+    if (e instanceof CtaError) throw e;
+    throw new CtaError(`--alg ${cfg.alg}: could not configure (${(e as Error).message})`, 1);
+  }
+
+  const trackCache = cfg.accumBn || spec.usesGradients;
+  const summary: Summary = { config: { ...cfg }, domains: [], mean_error: null, mean_error_all: null, complete: false };
+  const orders: FingerprintEntry[] = [];
+  const shuffleRng = new Rng(cfg.seed);
+  let batchIndex = 0;
+  let next = source.load(source.names[0]);
+  for (let di = 0; di < source.names.length; di++) {
+    const name = source.names[di];
+    const domain = await next;
+    // Decode the next domain while this one adapts (no data stall at domain boundaries).
+    if (di + 1 < source.names.length) next = source.load(source.names[di + 1]);
+    const order = batchOrder(domain.n, cfg.shuffle, shuffleRng);
+    orders.push({ name, severity: domain.severity, order });
+    const totalBatches = Math.ceil(order.length / cfg.batchSize);
+    const label = `${hooks.label ? hooks.label + ' ' : ''}[${di + 1}/${source.names.length}] ${name}`;
+    const progress = domainProgress(cfg.progress, label, totalBatches, hooks.log);
+    let correct = 0;
+    let seen = 0;
+    let reliable = 0;
+    let used = 0;
+    let updates = 0;
+    let batches = 0;
+    const caches: number[] = [];
+    const betas: number[] = [];
+    const t0 = performance.now();
+    for (const b of makeBatches(domain, order, cfg.batchSize)) {
+      const n = b.y.length;
+      const tb = performance.now();
+      const x = tf.tensor4d(b.x, [n, domain.height, domain.width, domain.channels]);
+      let pred: Int32Array;
+      let res;
+      try {
+        res = alg.step(x);
+        const am = tf.argMax(res.logits, 1);
+        pred = (await am.data()) as Int32Array;
+        am.dispose();
+        res.logits.dispose();
+      } finally {
+        x.dispose();
+      }
+      let c = 0;
+      for (let i = 0; i < n; i++) if (pred[i] === b.y[i]) c++;
+      correct += c;
+      seen += n;
+      batches++;
+      if (res.updated) updates++;
+      if (res.reliable !== undefined) reliable += res.reliable;
+      if (res.used !== undefined) used += res.used;
+      const records = model.normLayers.map((l) => l.last);
+      const layerBetas = records.map((r) => r?.beta ?? null);
+      const acc = trackCache ? accountCache(records) : null;
+      if (acc) caches.push(acc.cacheMb);
+      const finite = layerBetas.filter((v): v is number => v !== null);
+      if (finite.length) betas.push(finite.reduce((a, v) => a + v, 0) / finite.length);
+      const ms = performance.now() - tb;
+      writer.appendBatch({
+        batch: batchIndex++,
+        domain: name,
+        domain_batch: batches - 1,
+        n,
+        correct: c,
+        error: (100 * (n - c)) / n,
+        updated: res.updated,
+        ...(res.reliable !== undefined ? { reliable: res.reliable, used: res.used } : {}),
+        ...(acc
+          ? {
+              cache_mb: acc.cacheMb,
+              max_forward_mb: acc.maxForwardBytes / MB,
+              total_backward_mb: acc.totalBackwardBytes / MB,
+            }
+          : {}),
+        ...(cfg.accumBn ? { beta: layerBetas, cached: records.map((r) => r?.cached ?? false) } : {}),
+        ms: Math.round(ms * 10) / 10,
+      });
+      const secs = (performance.now() - t0) / 1000;
+      progress.update(batches, seen, (100 * (seen - correct)) / seen, seen / secs);
+    }
+    progress.stop();
+    const seconds = (performance.now() - t0) / 1000;
+    const result: DomainResult = {
+      domain: name,
+      severity: domain.severity,
+      n: seen,
+      error: seen ? (100 * (seen - correct)) / seen : NaN,
+      correct,
+      batches,
+      seconds: Math.round(seconds * 100) / 100,
+      img_per_s: Math.round((seen / seconds) * 10) / 10,
+      updates,
+      ...(cfg.alg === 'eata' || cfg.alg === 'eta' ? { reliable, updated: used } : {}),
+      ...(trackCache
+        ? {
+            max_cache_mb: caches.length ? Math.max(...caches) : null,
+            avg_cache_mb: caches.length ? caches.reduce((a, v) => a + v, 0) / caches.length : null,
+          }
+        : {}),
+      ...(betas.length ? { mean_beta: betas.reduce((a, v) => a + v, 0) / betas.length } : {}),
+    };
+    summary.domains.push(result);
+    Object.assign(summary, meanErrors(summary.domains));
+    writer.writeJson('summary.json', summary);
+    const extra =
+      (result.reliable !== undefined ? ` reliable ${result.reliable} updated ${result.updated}` : '') +
+      (result.max_cache_mb != null ? ` cache max ${result.max_cache_mb.toFixed(1)} MB avg ${result.avg_cache_mb!.toFixed(1)} MB` : '');
+    if (cfg.progress !== 'bar' && cfg.progress !== 'none' && !(cfg.progress === 'auto' && process.stdout.isTTY)) {
+      hooks.log(`${label} error ${result.error.toFixed(2)}% (${seen} images, ${result.img_per_s} img/s)${extra}`);
+    }
+  }
+  alg.dispose();
+  summary.complete = true;
+  writer.writeJson('summary.json', summary);
+  manifest.stream_fingerprint = streamFingerprint(orders);
+  manifest.finished = new Date().toISOString();
+  manifest.config = { ...cfg };
+  writer.writeJson('manifest.json', manifest);
+  return { summary, dir: outDir };
+}
+
+let cachedVersion: string | null = null;
+function packageVersion(): string {
+  if (cachedVersion) return cachedVersion;
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    cachedVersion = pkg.version;
+  } catch {
+    cachedVersion = 'unknown';
+  }
+  return cachedVersion;
+}
+
+/** Default run folder: runs/<timestamp>-<alg>. */
+export function defaultOutDir(alg: string, now = new Date()): string {
+  const ts = now.toISOString().replace(/[:.]/g, '-').replace('T', '_').slice(0, 19);
+  return join('runs', `${ts}-${alg}`);
+}
+
+export function fileSize(path: string): number | null {
+  try {
+    return statSync(path).size;
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * The run folder: `batches.jsonl` (one line per batch, appended as produced), `summary.json`
+ * (rewritten after every domain; `complete` turns true at the end) and `manifest.json`
+ * (environment + provenance). A run that stops loses nothing already computed.
+ */
+import { appendFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface DomainResult {
+  domain: string;
+  severity: number | null;
+  n: number;
+  error: number; // percent
+  correct: number;
+  batches: number;
+  seconds: number;
+  img_per_s: number;
+  reliable?: number;
+  updated?: number;
+  updates?: number; // batches whose backward + optimizer step ran
+  max_cache_mb?: number | null;
+  avg_cache_mb?: number | null;
+  mean_beta?: number | null;
+}
+
+export interface Summary {
+  config: Record<string, unknown>;
+  domains: DomainResult[];
+  mean_error: number | null; // over the corruption domains (all but 'original')
+  mean_error_all: number | null; // over every domain
+  complete: boolean;
+}
+
+export class RunWriter {
+  readonly dir: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    mkdirSync(dir, { recursive: true });
+    // A restarted run starts its batch log afresh rather than mixing two runs' lines.
+    writeFileSync(join(dir, 'batches.jsonl'), '');
+  }
+
+  appendBatch(line: Record<string, unknown>): void {
+    appendFileSync(join(this.dir, 'batches.jsonl'), JSON.stringify(line) + '\n');
+  }
+
+  /** Atomic rewrite (write + rename) so a crash never leaves half a JSON file. */
+  writeJson(name: string, value: unknown): void {
+    const path = join(this.dir, name);
+    writeFileSync(path + '.tmp', JSON.stringify(value, null, 2) + '\n');
+    renameSync(path + '.tmp', path);
+  }
+}
+
+export function meanErrors(domains: readonly DomainResult[]): { mean_error: number | null; mean_error_all: number | null } {
+  const avg = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null);
+  return {
+    mean_error: avg(domains.filter((d) => d.domain !== 'original').map((d) => d.error)),
+    mean_error_all: avg(domains.map((d) => d.error)),
+  };
+}
