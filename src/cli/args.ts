@@ -10,8 +10,8 @@ import { resolveConfig } from '../config/load.js';
 import type { CtaConfig } from '../config/schema.js';
 
 /** Adds one option per config field (kebab-case; yargs also accepts the camelCase spelling). */
-export function addConfigOptions<T>(y: Argv<T>): Argv<T> {
-  let out = y.option('config', { type: 'string', describe: 'YAML config file (flags override it)', group: 'config' });
+export function addConfigOptions(y: Argv): Argv {
+  let out: Argv = y.option('config', { type: 'string', describe: 'YAML config file (flags override it)', group: 'config' });
   for (const [key, f] of Object.entries(FIELDS)) {
     const choices = f.type === 'enum' || f.type === 'list' ? ` [${f.choices.join(', ')}]` : '';
     const def = Array.isArray(f.default) ? '' : ` (default ${f.default === null ? 'none' : String(f.default)})`;
@@ -19,7 +19,7 @@ export function addConfigOptions<T>(y: Argv<T>): Argv<T> {
       type: f.type === 'bool' ? 'boolean' : 'string',
       describe: `${f.description}${f.type === 'list' ? '' : choices}${def}`,
       group: f.group,
-    }) as Argv<T>;
+    });
   }
   return out;
 }
