@@ -149,7 +149,11 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     const name = source.names[di];
     const domain = await next;
     // Decode the next domain while this one adapts (no data stall at domain boundaries).
-    if (di + 1 < source.names.length) next = source.load(source.names[di + 1]);
+    if (di + 1 < source.names.length) {
+      next = source.load(source.names[di + 1]);
+      // Handled here so a failure surfaces as its CtaError when awaited, not as an unhandled rejection.
+      next.catch(() => undefined);
+    }
     const order = batchOrder(domain.n, cfg.shuffle, shuffleRng);
     orders.push({ name, severity: domain.severity, order });
     const totalBatches = Math.ceil(order.length / cfg.batchSize);
