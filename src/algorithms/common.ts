@@ -1,0 +1,208 @@
+/**
+ * Machinery shared by the gradient-based methods (Tent, ETA, EATA): model configuration (C.1),
+ * the one-forward adaptation step with MECTA's cache-stopping rules (A.6), optimizer wiring
+ * (H) and the configure-time snapshot used by `reset()` / `episodic`.
+ */
+import { tf } from '../tf.js';
+import type { Classifier, MectaOptions, NormLayer } from '../models/types.js';
+import type { AdaptOptions } from './types.js';
+import { createOptimizer, type Optimizer } from './optim.js';
+import { CtaError } from '../util/errors.js';
+
+/**
+ * C.1 / C.3: without MECTA the norm layers normalise with the current batch statistics ('batch',
+ * running buffers unused); when the runner already switched the model to 'mecta' (--accum-bn, set
+ * before `create()`), that mode is kept because the accumulated statistics replace the buffers.
+ */
+export function useAdaptiveNorm(model: Classifier): void {
+  if (model.normMode !== 'mecta') model.setNormMode('batch');
+}
+
+/**
+ * The MECTA options the model currently runs with, needed to switch back to 'mecta' after a
+ * temporary mode change (EATA's Fisher, A.10). The Classifier contract has no getter, so this
+ * reads an optional `mectaOptions` property when the implementation exposes one.
+ */
+export function currentMectaOptions(model: Classifier): MectaOptions {
+  const opts = (model as Classifier & { mectaOptions?: MectaOptions | null }).mectaOptions;
+  if (!opts) {
+    throw new CtaError('cannot restore MECTA mode: the model does not expose its MECTA options', 1);
+  }
+  return opts;
+}
+
+/** Key of a parameter in saved state: its PyTorch name. */
+function paramKeys(layers: readonly NormLayer[]): string[] {
+  return layers.flatMap((l) => [`${l.name}.weight`, `${l.name}.bias`]);
+}
+
+/** Per-batch outcome of {@link GradientAdapter.step}. */
+export interface AdaptStepOutput {
+  logits: tf.Tensor2D;
+  updated: boolean;
+}
+
+/**
+ * Decides, given the logits of the forward (inside the gradient tape), the loss to minimise, or
+ * null when no update should happen for this batch (EATA with no selected sample).
+ */
+export type LossFn = (logits: tf.Tensor2D) => tf.Scalar | null;
+
+/**
+ * Owns the trainable norm parameters of a model and their optimizer. One `step` = one forward,
+ * the prediction from that forward (pre-update, C.4), and at most one optimizer step.
+ */
+export class GradientAdapter {
+  /** Trainable norm layers, module order; params are [w0, b0, w1, b1, …]. */
+  readonly layers: readonly NormLayer[];
+  readonly params: readonly tf.Variable[];
+  /** PyTorch names of `params` ('<layer>.weight' / '<layer>.bias'). */
+  readonly keys: readonly string[];
+  readonly optimizer: Optimizer;
+  /**
+   * Whether parameter i has ever received a gradient. Models PyTorch 1.12, where `.grad` stays
+   * None until the first backward that reaches the parameter and is zero-filled (not None) by
+   * `zero_grad()` afterwards: only then does a matched layer take a momentum-only step (A.6).
+   */
+  private hadGrad: boolean[];
+  private initialModel: Map<string, tf.Tensor>;
+
+  constructor(
+    readonly model: Classifier,
+    readonly opts: AdaptOptions,
+    algName: string,
+  ) {
+    this.layers = model.normLayers.filter((l) => l.trainable);
+    if (this.layers.length === 0) {
+      throw new CtaError(`${algName} needs trainable norm-layer parameters, but no norm layer is trainable`);
+    }
+    this.params = this.layers.flatMap((l) => [l.weight, l.bias]);
+    this.keys = paramKeys(this.layers);
+    this.optimizer = createOptimizer(opts.optimizer, this.params, { lr: opts.lr, momentum: opts.momentum });
+    this.hadGrad = this.params.map(() => false);
+    this.initialModel = model.stateDict();
+  }
+
+  /** Marks every parameter as having a (zeroed) gradient, as after EATA's Fisher pass in 1.12. */
+  markAllHadGrad(): void {
+    this.hadGrad = this.params.map(() => true);
+  }
+
+  /** Re-takes the snapshot that `restore()` returns to (EATA: after the Fisher pass). */
+  snapshot(): void {
+    for (const t of this.initialModel.values()) t.dispose();
+    this.initialModel = this.model.stateDict();
+  }
+
+  /**
+   * MECTA A.6: in 'mecta' mode, whether any trainable layer kept a cache in the last forward
+   * (`has_accum_bn_grad`). Outside 'mecta' every trainable layer back-propagates.
+   */
+  anyLayerCaches(): boolean {
+    if (this.model.normMode !== 'mecta') return true;
+    return this.layers.some((l) => l.last?.cached === true);
+  }
+
+  /**
+   * Forward `x`, build the loss, back-propagate and step — or skip the backward entirely when the
+   * loss function returns null or no MECTA layer caches. The backward is skipped by returning a
+   * scalar that is not connected to the tape, so the engine finds no path and runs nothing.
+   */
+  step(x: tf.Tensor4D, lossFn: LossFn): AdaptStepOutput {
+    // filled inside the taped function (a holder object, because TS does not track closures)
+    const out: { logits?: tf.Tensor2D; wantStep: boolean } = { wantStep: false };
+    let value: tf.Tensor;
+    let grads: (tf.Tensor | undefined)[];
+    try {
+      ({ value, grads } = tf.engine().gradients(
+        () => {
+          const z = this.model.forward(x);
+          out.logits = tf.keep(z);
+          const loss = lossFn(z);
+          if (loss === null || !this.anyLayerCaches()) return tf.scalar(0);
+          out.wantStep = true;
+          return loss;
+        },
+        this.params as tf.Variable[],
+        undefined,
+        true,
+      ));
+    } catch (err) {
+      out.logits?.dispose();
+      throw err;
+    }
+    value.dispose();
+    try {
+      if (out.wantStep) this.apply(grads);
+    } catch (err) {
+      out.logits?.dispose();
+      throw err;
+    } finally {
+      for (const g of grads) g?.dispose();
+    }
+    return { logits: out.logits!, updated: out.wantStep };
+  }
+
+  /** Optimizer step with MECTA's matched-layer rule (A.6, `matchedUpdate`). */
+  private apply(grads: ReadonlyArray<tf.Tensor | undefined>): void {
+    const mecta = this.model.normMode === 'mecta';
+    const stepGrads: (tf.Tensor | null)[] = [];
+    const mask: boolean[] = [];
+    for (let li = 0; li < this.layers.length; li++) {
+      const matched = mecta && this.layers[li].last?.cached !== true;
+      for (const i of [2 * li, 2 * li + 1]) {
+        if (!matched) {
+          // a connected parameter; undefined would mean no path, i.e. a zero gradient
+          stepGrads.push(grads[i] ?? null);
+          mask.push(true);
+          this.hadGrad[i] = true;
+        } else {
+          // requires_grad=False in the reference: no new gradient, even from EATA's Fisher term.
+          stepGrads.push(null);
+          mask.push(this.opts.matchedUpdate === 'momentum' && this.hadGrad[i]);
+        }
+      }
+    }
+    this.optimizer.step(stepGrads, mask);
+  }
+
+  /**
+   * Reloads the configure-time model state and clears the optimizer (the reference's
+   * `load_model_and_optimizer`, used by `episodic`). MECTA per-run layer state is not touched.
+   */
+  restore(): void {
+    this.model.loadStateDict(this.initialModel);
+    this.optimizer.clear();
+  }
+
+  /** `restore()` plus MECTA per-run layer state (the reference's `reset_all` / `reset_bn`). */
+  resetAll(): void {
+    this.restore();
+    for (const l of this.model.normLayers) l.reset();
+  }
+
+  saveState(out: Map<string, tf.Tensor>): void {
+    for (const [k, t] of this.optimizer.saveState()) out.set(`optim.${k}`, t);
+    out.set('optim.had_grad', tf.tensor1d(this.hadGrad.map((h) => (h ? 1 : 0)), 'float32'));
+  }
+
+  loadState(state: Map<string, tf.Tensor>): void {
+    const optim = new Map<string, tf.Tensor>();
+    for (const [k, t] of state) if (k.startsWith('optim.') && k !== 'optim.had_grad') optim.set(k.slice(6), t);
+    this.optimizer.loadState(optim);
+    const had = state.get('optim.had_grad');
+    if (had) {
+      const v = had.dataSync();
+      if (v.length !== this.params.length) throw new CtaError('algorithm state: optim.had_grad has the wrong length');
+      this.hadGrad = Array.from(v, (x) => x !== 0);
+    } else {
+      this.hadGrad = this.params.map((_, i) => this.optimizer.hasState(i));
+    }
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    for (const t of this.initialModel.values()) t.dispose();
+    this.initialModel.clear();
+  }
+}

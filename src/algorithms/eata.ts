@@ -1,0 +1,166 @@
+/**
+ * EATA and ETA (algorithms.md C.5): entropy minimisation on reliable (H < E0) and non-redundant
+ * (|cos(m, p)| < ε_d against the moving-average prediction m) samples, each weighted by
+ * exp(E0 − H) without gradient; EATA adds the Fisher regulariser α_F·Σ F·(θ − θ*)². No step when
+ * no sample is selected (G.2 item 13) or, with MECTA, when no layer caches (A.6).
+ */
+import { tf } from '../tf.js';
+import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';
+import { GradientAdapter, useAdaptiveNorm } from './common.js';
+import { estimateFisher, type FisherInfo } from './fisher.js';
+import { softmaxEntropy } from './losses.js';
+import { CtaError } from '../util/errors.js';
+
+/** EMA rate of the moving-average probability vector (the reference's update_model_probs). */
+const PROBS_MOMENTUM = 0.9;
+
+function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
+  return {
+    description: withFisher
+      ? 'EATA: sample-efficient entropy minimisation (reliable, non-redundant samples) + Fisher anti-forgetting'
+      : 'ETA: EATA without the Fisher regulariser',
+    usesGradients: true,
+    async create(model, opts, ctx) {
+      useAdaptiveNorm(model);
+      const adapter = new GradientAdapter(model, opts, name);
+      let fisher: FisherInfo | null = null;
+      if (withFisher) {
+        if (!ctx.fisherData) throw new CtaError('eata needs clean data for its Fisher estimate (fisherData)', 1);
+        try {
+          fisher = await estimateFisher(model, adapter.params, ctx.fisherData());
+        } catch (err) {
+          adapter.dispose();
+          throw err;
+        }
+        // PyTorch 1.12: the Fisher pass leaves zero-filled .grad tensors on every parameter.
+        adapter.markAllHadGrad();
+        // The reference copies the model for reset() after the Fisher pass (whose MECTA
+        // train-update mode moved the running buffers, G.2 item 4).
+        adapter.snapshot();
+      }
+      // E0 as float32: PyTorch compares the float32 entropies against the scalar in float32.
+      const e0 = Math.fround(opts.eMargin);
+      let probs: tf.Tensor1D | null = null; // moving average m (absent until the first selection)
+
+      const setProbs = (next: tf.Tensor1D | null) => {
+        if (probs && probs !== next) probs.dispose();
+        probs = next;
+      };
+
+      const fisherTerm = (): tf.Scalar | null => {
+        if (!fisher || opts.fisherAlpha === 0) return null;
+        const f = fisher;
+        const terms = adapter.params.map((p, i) =>
+          tf.sum(tf.mul(f.fisher[i], tf.square(tf.sub(p, f.thetaStar[i])))),
+        );
+        return tf.mul(tf.addN(terms), opts.fisherAlpha) as tf.Scalar;
+      };
+
+      const alg: Algorithm = {
+        name,
+        step(x): StepResult {
+          if (opts.episodic) adapter.restore(); // model + optimizer only, as the reference's reset()
+          const counts = { reliable: 0, used: 0 };
+          const res = adapter.step(x, (z) => {
+            const ent = softmaxEntropy(z);
+            const h = ent.dataSync();
+            const reliable: number[] = [];
+            for (let i = 0; i < h.length; i++) if (h[i] < e0) reliable.push(i);
+            counts.reliable = reliable.length;
+            if (reliable.length === 0) return null; // m unchanged, nothing selected
+            const relProbs = tf.softmax(tf.gather(z, reliable));
+            let selected = reliable;
+            let selLocal: number[] | null = null; // indices into `reliable`
+            if (probs) {
+              const cos = cosineToRows(probs, relProbs).dataSync();
+              selLocal = [];
+              for (let j = 0; j < reliable.length; j++) if (Math.abs(cos[j]) < opts.dMargin) selLocal.push(j);
+              selected = selLocal.map((j) => reliable[j]);
+            }
+            counts.used = selected.length;
+            if (selected.length > 0) {
+              const p = selLocal ? tf.gather(relProbs, selLocal) : relProbs;
+              const mean = tf.mean(p, 0) as tf.Tensor1D;
+              const next = probs
+                ? (tf.add(tf.mul(probs, PROBS_MOMENTUM), tf.mul(mean, 1 - PROBS_MOMENTUM)) as tf.Tensor1D)
+                : mean;
+              setProbs(tf.keep(next));
+            }
+            if (selected.length === 0) return null; // G.2 item 13: no step (loss would be NaN)
+            // Coefficient exp(E0 − H) = 1 / exp(H − E0), built from the values so it carries no
+            // gradient, and zero for unselected samples: Σ c·H / |selected| is the mean over the
+            // selected samples (a mask rather than tf.gather, whose gradient kernel
+            // UnsortedSegmentSum the WASM backend lacks).
+            const w = new Float32Array(h.length);
+            for (const i of selected) w[i] = 1 / Math.exp(h[i] - e0);
+            const coeff = tf.tensor1d(w, 'float32');
+            let loss = tf.div(tf.sum(tf.mul(ent, coeff)), selected.length) as tf.Scalar;
+            const reg = fisherTerm();
+            if (reg) loss = tf.add(loss, reg) as tf.Scalar;
+            return loss;
+          });
+          return { ...res, reliable: counts.reliable, used: counts.used };
+        },
+        reset() {
+          adapter.resetAll();
+          setProbs(null); // the reference's reset_all also clears the moving average
+        },
+        saveState() {
+          const out = new Map<string, tf.Tensor>();
+          adapter.saveState(out);
+          if (probs) out.set(`${name}.probs`, probs.clone());
+          if (fisher) {
+            adapter.keys.forEach((k, i) => {
+              out.set(`${name}.fisher.${k}`, fisher!.fisher[i].clone());
+              out.set(`${name}.theta_star.${k}`, fisher!.thetaStar[i].clone());
+            });
+          }
+          return out;
+        },
+        loadState(state) {
+          adapter.loadState(state);
+          const m = state.get(`${name}.probs`);
+          setProbs(m ? tf.keep(m.clone() as tf.Tensor1D) : null);
+          if (fisher) {
+            const f = fisher;
+            adapter.keys.forEach((k, i) => {
+              const fi = state.get(`${name}.fisher.${k}`);
+              const ti = state.get(`${name}.theta_star.${k}`);
+              if (!fi || !ti) return; // keep the freshly estimated values
+              const want = adapter.params[i].shape.join('x');
+              if (fi.shape.join('x') !== want || ti.shape.join('x') !== want) {
+                throw new CtaError(`algorithm state: ${name} Fisher entry for ${k} has the wrong shape`);
+              }
+              f.fisher[i].dispose();
+              f.thetaStar[i].dispose();
+              f.fisher[i] = tf.keep(fi.clone());
+              f.thetaStar[i] = tf.keep(ti.clone());
+            });
+          }
+        },
+        dispose() {
+          adapter.dispose();
+          setProbs(null);
+          if (fisher) for (const t of [...fisher.fisher, ...fisher.thetaStar]) t.dispose();
+          fisher = null;
+        },
+      };
+      return alg;
+    },
+  };
+}
+
+/**
+ * Cosine similarity between vector m [C] and each row of p [R, C] (torch F.cosine_similarity with
+ * eps 1e-8 on the norm product; the inputs are probabilities, so the eps never binds).
+ */
+function cosineToRows(m: tf.Tensor1D, p: tf.Tensor2D): tf.Tensor1D {
+  return tf.tidy(() => {
+    const dot = tf.sum(tf.mul(p, m), 1);
+    const norms = tf.mul(tf.norm(p, 'euclidean', 1), tf.norm(m));
+    return tf.div(dot, tf.maximum(norms, 1e-8)) as tf.Tensor1D;
+  });
+}
+
+export const eata = makeEata('eata', true);
+export const eta = makeEata('eta', false);

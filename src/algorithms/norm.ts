@@ -1,0 +1,42 @@
+/**
+ * Norm / BN statistics adaptation (algorithms.md C.3): no parameter is optimised; the norm layers
+ * normalise with the current batch's statistics ('batch'), or — when the runner configured MECTA
+ * (--accum-bn) before `create()` — with MECTA's accumulated statistics ('mecta', "BN + MECTA norm").
+ */
+import { tf } from '../tf.js';
+import type { Algorithm, AlgorithmSpec } from './types.js';
+import { useAdaptiveNorm } from './common.js';
+
+export const norm: AlgorithmSpec = {
+  description: 'Norm: test-batch statistics in the norm layers (MECTA accumulation with --accum-bn), no gradients',
+  usesGradients: false,
+  async create(model) {
+    useAdaptiveNorm(model);
+    // BN parameters frozen (C.3). Note: the reference leaves requires_grad on under MECTA's forget
+    // gate and so reports a non-zero backward cache for `bn` (G.2 item 10); here it is zero.
+    model.setTrainable(false);
+    // Only 'mecta' mode changes state (the accumulated statistics); reset() returns to this.
+    let initial = model.stateDict();
+    const alg: Algorithm = {
+      name: 'norm',
+      step(x) {
+        return { logits: tf.tidy(() => model.forward(x)), updated: false };
+      },
+      reset() {
+        model.loadStateDict(initial);
+        for (const l of model.normLayers) l.reset();
+      },
+      saveState() {
+        return new Map();
+      },
+      loadState() {
+        /* the statistics live in the model's state dict, which the runner checkpoints */
+      },
+      dispose() {
+        for (const t of initial.values()) t.dispose();
+        initial = new Map();
+      },
+    };
+    return alg;
+  },
+};

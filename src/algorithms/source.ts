@@ -1,0 +1,35 @@
+/**
+ * Source (algorithms.md C.2): the pre-trained model as is — eval-mode BN with the stored running
+ * statistics, nothing adapted, prediction only.
+ */
+import { tf } from '../tf.js';
+import type { Algorithm, AlgorithmSpec } from './types.js';
+
+export const source: AlgorithmSpec = {
+  description: 'Source: no adaptation (eval-mode norm layers with the training statistics)',
+  usesGradients: false,
+  async create(model) {
+    model.setNormMode('source');
+    // No parameter is adapted (C.2); also keeps the analytic backward cache at zero (A.9).
+    model.setTrainable(false);
+    const alg: Algorithm = {
+      name: 'source',
+      step(x) {
+        return { logits: tf.tidy(() => model.forward(x)), updated: false };
+      },
+      reset() {
+        /* stateless */
+      },
+      saveState() {
+        return new Map();
+      },
+      loadState() {
+        /* stateless */
+      },
+      dispose() {
+        /* nothing owned */
+      },
+    };
+    return alg;
+  },
+};
