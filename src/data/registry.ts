@@ -5,6 +5,7 @@
 import type { CtaConfig } from '../config/schema.js';
 import { CtaError } from '../util/errors.js';
 import { cifarCSource, type DomainSource } from './stream.js';
+import { syntheticCSource } from './synthetic-c.js';
 
 type SourceFactory = (cfg: CtaConfig) => DomainSource;
 
@@ -26,6 +27,19 @@ function cifar(numClasses: 10 | 100): SourceFactory {
 export const DATA_SOURCES = {
   cifar10c: cifar(10),
   cifar100c: cifar(100),
+  // Corrupts a clean set on the fly (no CIFAR-C folder needed); the noise is seeded by --seed.
+  'synthetic-c': (cfg) => {
+    if (!cfg.source) throw new CtaError('--source: required for --data synthetic-c (a clean IDX images file (.gz ok), CIFAR binary batch or .npy)');
+    return syntheticCSource({
+      source: cfg.source,
+      severity: cfg.severity,
+      corruptions: cfg.corruptions,
+      includeClean: cfg.cleanLast,
+      nExamples: cfg.nExamples ?? undefined,
+      seed: cfg.seed,
+      frostDir: cfg.frostDir ?? undefined,
+    });
+  },
 } satisfies Record<CtaConfig['data'], SourceFactory>;
 
 /** Opens the configured source and checks every domain's files up front (fail before adapting). */
