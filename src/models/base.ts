@@ -1,0 +1,285 @@
+/**
+ * What both CIFAR classifiers share: building layers from a PyTorch state_dict in module order,
+ * the norm-layer list and its mode/trainable switches, MECTA's pruning choice, and stateDict /
+ * loadStateDict under PyTorch key names and layouts (NCHW/OIHW/[out,in]).
+ */
+import { tf } from '../tf.js';
+import { CtaError, listSome } from '../util/errors.js';
+import type { Rng } from '../util/rng.js';
+import type { StateDict } from '../io/types.js';
+import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
+import { BatchNormLayer } from './norm-layer.js';
+import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
+import type { Conv2dSpec } from './layers.js';
+
+/** One state_dict entry: its PyTorch shape, a getter (new tensor, PyTorch layout) and a setter. */
+interface StateEntry {
+  key: string;
+  shape: number[];
+  get(): tf.Tensor;
+  set(value: tf.Tensor): void;
+}
+
+/** Per-channel input normalisation (x − mean)/std, e.g. RobustBench AugMix's mu/sigma buffers. */
+export interface InputNorm {
+  mean: readonly number[];
+  std: readonly number[];
+}
+
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
+
+export function isBatchCounter(key: string): boolean {
+  return key === 'num_batches_tracked' || key.endsWith('.num_batches_tracked');
+}
+
+export abstract class BaseClassifier implements Classifier {
+  abstract readonly arch: string;
+  abstract readonly numClasses: number;
+  readonly inputShape: readonly [number, number, number] = [32, 32, 3];
+
+  private readonly norms: BatchNormLayer[] = [];
+  private readonly entries: StateEntry[] = [];
+  private readonly owned: { dispose(): void }[] = [];
+  private mode: NormMode = 'source';
+  private chooser: ((layer: string, channels: number) => Int32Array) | null = null;
+  /** Input normalisation as kept [3] tensors: mean and 1/std. */
+  private inputMean: tf.Tensor1D | null = null;
+  private inputInvStd: tf.Tensor1D | null = null;
+  private inputStats: { mean: number[]; std: number[] } | null = null;
+  private disposed = false;
+  /** The raw weights while building; released by finishBuild(). */
+  private sd: StateDict | null;
+
+  protected constructor(
+    sd: StateDict,
+    private readonly rng: Rng,
+  ) {
+    this.sd = sd;
+  }
+
+  private source(): StateDict {
+    if (!this.sd) throw new Error('model layers can only be built in the constructor');
+    return this.sd;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Builders (call in state_dict order: stateDict() lists entries in registration order)
+  // ------------------------------------------------------------------------------------------
+
+  private raw(key: string): tf.Tensor {
+    const t = this.source().get(key);
+    if (!t) throw new CtaError(`weights: missing key ${key}`); // registry validation runs first
+    return rawToTensor(t, key);
+  }
+
+  /**
+   * Root buffers `mu`/`sigma` [1,3,1,1] (RobustBench AugMix: x ← (x − mu)/sigma before the stem).
+   * They come first in PyTorch's state_dict (root buffers precede child modules), so call this
+   * before building any layer. Without them, `fallback` (if any) normalises the input instead.
+   */
+  protected inputNormalization(fallback: InputNorm | null | undefined): void {
+    const sd = this.source();
+    if (sd.has('mu') || sd.has('sigma')) {
+      this.setInputNorm(Array.from(sd.get('mu')!.data), Array.from(sd.get('sigma')!.data));
+      for (const [key, which] of [['mu', 'mean'], ['sigma', 'std']] as const) {
+        this.entries.push({
+          key,
+          shape: [1, 3, 1, 1],
+          get: () => tf.tensor4d(Float32Array.from(this.inputStats![which]), [1, 3, 1, 1]),
+          set: (value) => {
+            const next = { ...this.inputStats!, [which]: Array.from(value.dataSync()) };
+            this.setInputNorm(next.mean, next.std);
+          },
+        });
+      }
+    } else if (fallback) {
+      this.setInputNorm(fallback.mean, fallback.std);
+    }
+  }
+
+  private setInputNorm(mean: readonly number[], std: readonly number[]): void {
+    if (mean.length !== 3 || std.length !== 3 || std.some((v) => !(v > 0))) {
+      throw new CtaError(`input normalisation needs 3 means and 3 positive stds, got ${fmt(mean)} / ${fmt(std)}`);
+    }
+    this.inputMean?.dispose();
+    this.inputInvStd?.dispose();
+    this.inputStats = { mean: [...mean], std: [...std] };
+    this.inputMean = tf.keep(tf.tensor1d(Float32Array.from(mean)));
+    this.inputInvStd = tf.keep(tf.tensor1d(Float32Array.from(std, (v) => 1 / v)));
+  }
+
+  protected conv(prefix: string, spec: Conv2dSpec): Conv2d {
+    const key = `${prefix}.weight`;
+    const w = this.raw(key) as tf.Tensor4D;
+    const conv = usingTemps([w], () => new Conv2d(w, spec));
+    this.owned.push(conv);
+    this.entries.push({
+      key,
+      shape: conv.weightShape,
+      get: () => conv.weightOIHW(),
+      set: (v) => conv.setWeight(v as tf.Tensor4D),
+    });
+    return conv;
+  }
+
+  protected norm(prefix: string): BatchNormLayer {
+    const params = {
+      weight: this.raw(`${prefix}.weight`) as tf.Tensor1D,
+      bias: this.raw(`${prefix}.bias`) as tf.Tensor1D,
+      runningMean: this.raw(`${prefix}.running_mean`) as tf.Tensor1D,
+      runningVar: this.raw(`${prefix}.running_var`) as tf.Tensor1D,
+    };
+    const layer = usingTemps(
+      Object.values(params),
+      () => new BatchNormLayer(prefix, params, (name, channels, count) => this.removedChannels(name, channels, count)),
+    );
+    this.norms.push(layer);
+    this.owned.push(layer);
+    const c = layer.numFeatures;
+    const vars: [string, tf.Variable][] = [
+      ['weight', layer.weight],
+      ['bias', layer.bias],
+      ['running_mean', layer.runningMean],
+      ['running_var', layer.runningVar],
+    ];
+    for (const [suffix, v] of vars) {
+      this.entries.push({ key: `${prefix}.${suffix}`, shape: [c], get: () => v.clone(), set: (t) => v.assign(t) });
+    }
+    return layer;
+  }
+
+  protected linear(prefix: string): Linear {
+    const hasBias = this.source().has(`${prefix}.bias`);
+    const w = this.raw(`${prefix}.weight`) as tf.Tensor2D;
+    const b = hasBias ? (this.raw(`${prefix}.bias`) as tf.Tensor1D) : null;
+    const lin = usingTemps(b ? [w, b] : [w], () => new Linear(w, b));
+    this.owned.push(lin);
+    this.entries.push({
+      key: `${prefix}.weight`,
+      shape: [lin.outFeatures, lin.inFeatures],
+      get: () => lin.weightOutIn(),
+      set: (v) => lin.setWeight(v as tf.Tensor2D),
+    });
+    if (hasBias) {
+      this.entries.push({
+        key: `${prefix}.bias`,
+        shape: [lin.outFeatures],
+        get: () => lin.biasValue()!,
+        set: (v) => lin.setBias(v as tf.Tensor1D),
+      });
+    }
+    return lin;
+  }
+
+  /** Drops the reference to the raw state dict once every layer is built. */
+  protected finishBuild(): void {
+    this.sd = null;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Forward helpers
+  // ------------------------------------------------------------------------------------------
+
+  protected checkInput(x: tf.Tensor4D): void {
+    if (this.disposed) throw new CtaError(`${this.arch}: model used after dispose()`, 1);
+    const [h, w, c] = this.inputShape;
+    if (x.rank !== 4 || x.shape[1] !== h || x.shape[2] !== w || x.shape[3] !== c) {
+      throw new CtaError(`${this.arch}: expected NHWC input [N,${h},${w},${c}], got ${fmt(x.shape)}`);
+    }
+  }
+
+  /** (x − mean)/std when the model owns an input normalisation, else x itself. */
+  protected normalizeInput(x: tf.Tensor4D): tf.Tensor4D {
+    if (!this.inputMean || !this.inputInvStd) return x;
+    return tf.mul(tf.sub(x, this.inputMean), this.inputInvStd) as tf.Tensor4D;
+  }
+
+  abstract forward(x: tf.Tensor4D): tf.Tensor2D;
+
+  // ------------------------------------------------------------------------------------------
+  // Classifier contract
+  // ------------------------------------------------------------------------------------------
+
+  get normLayers(): readonly NormLayer[] {
+    return this.norms;
+  }
+
+  /** The concrete norm layers (same objects as `normLayers`). */
+  get batchNormLayers(): readonly BatchNormLayer[] {
+    return this.norms;
+  }
+
+  get normMode(): NormMode {
+    return this.mode;
+  }
+
+  setNormMode(mode: NormMode, mecta?: MectaOptions): void {
+    if (mode === 'mecta' && !mecta) throw new CtaError(`setNormMode('mecta') needs MECTA options`);
+    for (const layer of this.norms) layer.setMode(mode, mecta);
+    this.mode = mode;
+  }
+
+  setPruneChooser(chooser: ((layer: string, channels: number) => Int32Array) | null): void {
+    this.chooser = chooser;
+  }
+
+  /** A.8: floor(C·q) removed channels per caching forward, from the chooser or the seeded Rng. */
+  private removedChannels(layer: string, channels: number, count: number): Int32Array {
+    if (this.chooser) return this.chooser(layer, channels);
+    // Like torch.randperm(C)[:n_rm]: a fresh permutation per layer and forward.
+    return this.rng.permutation(channels).slice(0, count);
+  }
+
+  trainableParams(): tf.Variable[] {
+    const out: tf.Variable[] = [];
+    for (const layer of this.norms) if (layer.trainable) out.push(layer.weight, layer.bias);
+    return out;
+  }
+
+  /**
+   * Sets `trainable` on the layers selected by `filter` (all when omitted); other layers keep
+   * their flag. Configure like algorithms.md C.1 with setTrainable(false) then setTrainable(true, f).
+   */
+  setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void {
+    for (const layer of this.norms) if (!filter || filter(layer)) layer.trainable = trainable;
+  }
+
+  stateDict(): Map<string, tf.Tensor> {
+    const out = new Map<string, tf.Tensor>();
+    for (const e of this.entries) out.set(e.key, e.get());
+    return out;
+  }
+
+  /**
+   * Loads every entry (all-or-nothing: keys and shapes are checked before anything changes).
+   * `num_batches_tracked` keys are accepted and ignored.
+   */
+  loadStateDict(sd: Map<string, tf.Tensor>): void {
+    const expected = new Map(this.entries.map((e) => [e.key, e]));
+    const missing: string[] = [];
+    const wrong: string[] = [];
+    for (const e of this.entries) {
+      const t = sd.get(e.key);
+      if (!t) missing.push(e.key);
+      else if (!sameShape(t.shape, e.shape)) wrong.push(`${e.key} ${fmt(t.shape)} expected ${fmt(e.shape)}`);
+    }
+    const unexpected = [...sd.keys()].filter((k) => !expected.has(k) && !isBatchCounter(k));
+    if (missing.length + wrong.length + unexpected.length > 0) {
+      const parts: string[] = [];
+      if (missing.length) parts.push(`${missing.length} missing (${listSome(missing, 4)})`);
+      if (unexpected.length) parts.push(`${unexpected.length} unexpected (${listSome(unexpected, 4)})`);
+      if (wrong.length) parts.push(`${wrong.length} wrong shape (${listSome(wrong, 3)})`);
+      throw new CtaError(`loadStateDict: state does not match ${this.arch}: ${parts.join(', ')}`);
+    }
+    for (const e of this.entries) e.set(sd.get(e.key)!);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const o of this.owned) o.dispose();
+    this.inputMean?.dispose();
+    this.inputInvStd?.dispose();
+  }
+}

@@ -1,0 +1,460 @@
+/**
+ * The one BatchNorm2d replacement used by every model, covering the four `NormMode`s:
+ *
+ * - 'source'       eval BN with the running statistics (algorithms.md C.2);
+ * - 'batch'        train-mode BN with batch statistics, running stats untouched (C.3, Tent, EATA);
+ * - 'train-update' PyTorch train-mode BN that also updates the running stats (A.10);
+ * - 'mecta'        MectaNorm2d in 'exp' mode (A.3–A.8).
+ *
+ * Each forward is a single custom op with inputs (x, weight, bias) and a hand-written backward, so
+ * the tape holds exactly what the backward needs (A.6/A.8 memory semantics) and no tf.tile /
+ * tf.moments gradient is ever built. Per-channel reductions over N·H·W are single average pools
+ * (layers.ts channelMean). The custom op's `save` is a no-op when no gradient tape is recording,
+ * so a plain forward keeps nothing.
+ *
+ * Tensors are NHWC: the channel axis is last, so [C] vectors broadcast directly.
+ */
+import { tf } from '../tf.js';
+import { CtaError } from '../util/errors.js';
+import type { DistMetric, MectaOptions, NormLayer, NormMode, NormRecord } from './types.js';
+import { channelMean, customOp } from './layers.js';
+
+/** Supplies the channels MECTA removes from the cache for one forward (A.8). */
+export type RemovedChannelSource = (layer: string, channels: number, count: number) => Int32Array;
+
+/** ε of the distance measures (A.4): hard-coded 1e-3, not the BN ε. */
+const DIST_EPS = 1e-3;
+/** PyTorch BatchNorm2d momentum used by 'train-update' (A.10). */
+const TORCH_MOMENTUM = 0.1;
+
+/** Per-channel distance between batch (1) and accumulated (2) statistics, averaged over C (A.4). */
+export function meanDistance(
+  metric: DistMetric,
+  mu1: ArrayLike<number>,
+  var1: ArrayLike<number>,
+  mu2: ArrayLike<number>,
+  var2: ArrayLike<number>,
+): number {
+  const c = mu1.length;
+  let total = 0;
+  for (let i = 0; i < c; i++) {
+    const v1 = var1[i] + DIST_EPS;
+    const v2 = var2[i] + DIST_EPS;
+    const d2 = (mu1[i] - mu2[i]) ** 2;
+    let d: number;
+    if (metric === 'simple') d = d2 / v2;
+    else if (metric === 'kl') d = 0.5 * (Math.log(v2) - Math.log(v1)) + (v1 + d2) / (2 * v2) - 0.5;
+    else d = 0.5 * ((v1 + d2) / v2 + (v2 + d2) / v1) - 1; // 'skl': both KL directions, logs cancel
+    total += d;
+  }
+  return total / c;
+}
+
+/** Float64 per-channel vector → float32 tensor. */
+function vec(values: ArrayLike<number>): tf.Tensor1D {
+  return tf.tensor1d(Float32Array.from(values));
+}
+
+/** Above these channel counts a gather beats the one-hot matMul (measured on WASM, see below). */
+const MATMUL_SELECT_MAX_C = 384;
+const MATMUL_EXPAND_MAX_C = 1024;
+
+/**
+ * The kept/removed channel split of one pruned forward (A.8). Channel gathers along the last NHWC
+ * axis are slow on WASM (an index lookup per element: ~4× a multiply, and the scatter back via
+ * concat + gather ~15×), so moving channels is done as a matMul with a one-hot [C, K] matrix when C
+ * is small enough: exact (one 1·x term, the rest 0·x) and faster at the CIFAR widths. Measured
+ * (M rows × C channels, q = 0.7): select 16384×128 gather 21 ms / matMul 7 ms, 4096×512 21 / 27;
+ * scatter back 16384×128 92 / 11 ms, 1024×1024 39 / 26, 1024×2048 86 / 113.
+ */
+class ChannelSplit {
+  readonly kept: Int32Array;
+  readonly channels: number;
+  private readonly inverse: Int32Array; // position of each channel in [kept, removed]
+
+  constructor(channels: number, removed: Int32Array) {
+    const isRemoved = new Uint8Array(channels);
+    for (const r of removed) {
+      if (!Number.isInteger(r) || r < 0 || r >= channels || isRemoved[r]) {
+        throw new CtaError(`MECTA pruning: invalid removed channel index ${r} for ${channels} channels`);
+      }
+      isRemoved[r] = 1;
+    }
+    if (removed.length >= channels) throw new CtaError(`MECTA pruning: all ${channels} channels removed`);
+    this.channels = channels;
+    this.kept = new Int32Array(channels - removed.length);
+    let k = 0;
+    for (let c = 0; c < channels; c++) if (!isRemoved[c]) this.kept[k++] = c;
+    const order = new Int32Array(channels);
+    order.set(this.kept, 0);
+    order.set(removed, k);
+    this.inverse = new Int32Array(channels);
+    for (let i = 0; i < channels; i++) this.inverse[order[i]] = i;
+  }
+
+  get numKept(): number {
+    return this.kept.length;
+  }
+
+  /** One-hot [C, K] (select) or [K, C] (expand) matrix. */
+  private oneHot(transpose: boolean): tf.Tensor2D {
+    const c = this.channels;
+    const k = this.kept.length;
+    const data = new Float32Array(c * k);
+    this.kept.forEach((ch, j) => (data[transpose ? j * c + ch : ch * k + j] = 1));
+    return tf.tensor2d(data, transpose ? [k, c] : [c, k]);
+  }
+
+  /** The kept channels of an NHWC tensor (or of a [C] vector). */
+  select<T extends tf.Tensor>(t: T): T {
+    if (t.rank === 1 || this.channels > MATMUL_SELECT_MAX_C) {
+      return tf.gather(t, tf.tensor1d(this.kept, 'int32'), t.rank - 1) as T;
+    }
+    const shape = t.shape.slice();
+    shape[shape.length - 1] = this.kept.length;
+    return tf.reshape(tf.matMul(tf.reshape(t, [-1, this.channels]), this.oneHot(false)), shape) as T;
+  }
+
+  /** Places a kept-channel tensor (or [K] vector) back into C channels, zeros at removed ones. */
+  expand<T extends tf.Tensor>(t: T): T {
+    const shape = t.shape.slice();
+    shape[shape.length - 1] = this.channels;
+    if (t.rank > 1 && this.channels <= MATMUL_EXPAND_MAX_C) {
+      return tf.reshape(tf.matMul(tf.reshape(t, [-1, this.kept.length]), this.oneHot(true)), shape) as T;
+    }
+    const zerosShape = t.shape.slice();
+    zerosShape[zerosShape.length - 1] = this.channels - this.kept.length;
+    const full = tf.concat([t, tf.zeros(zerosShape)], t.rank - 1);
+    return tf.gather(full, tf.tensor1d(this.inverse, 'int32'), t.rank - 1) as T;
+  }
+}
+
+interface Stats {
+  mean: tf.Tensor1D;
+  variance: tf.Tensor1D; // biased (÷ N·H·W)
+}
+
+/** Batch mean and biased variance per channel (two-pass: the centred sum avoids cancellation). */
+function batchStats(x: tf.Tensor4D): Stats {
+  const mean = channelMean(x);
+  return { mean, variance: channelMean(tf.squaredDifference(x, mean)) };
+}
+
+/**
+ * x·a + c per channel. Two plain elementwise kernels: WASM's FusedBatchNorm is ~3× slower than a
+ * multiply, so even a one-kernel tf.batchNorm loses.
+ */
+function scaleShift(x: tf.Tensor4D, a: tf.Tensor1D, c: tf.Tensor1D): tf.Tensor4D {
+  return tf.add(tf.mul(x, a), c) as tf.Tensor4D;
+}
+
+/** a = γ·rstd and c = β − μ·a, so that γ(x − μ)·rstd + β = x·a + c. */
+function foldAffine(w: tf.Tensor, b: tf.Tensor, mean: tf.Tensor1D, rstd: tf.Tensor1D): [tf.Tensor1D, tf.Tensor1D] {
+  const a = tf.mul(w, rstd) as tf.Tensor1D;
+  return [a, tf.sub(b, tf.mul(mean, a)) as tf.Tensor1D];
+}
+
+/**
+ * The shared BN input gradient (A.7 with the batch statistics μ_b, σ_b = 1/r):
+ *   dx = s·(g − mean g − x̂·mean(g·x̂)),  x̂ = t·r,  t = x − μ_b
+ * with s = γ/σ (σ = σ_b for train-mode BN; σ = σ_r for MECTA's PreG). Evaluated as
+ * dx = g·s − (t·k + s·mean g) with k = r²·s·mean(g·t), so x̂ is never materialised. A channel whose
+ * t is all zeros (a pruned channel, A.8) gets exactly the refill dx = s·(g − mean g) and S = 0.
+ * Returns dx, S = Σ g·x̂ and Σ g, from which the callers form the affine gradients.
+ */
+function bnInputGrad(
+  g: tf.Tensor4D,
+  t: tf.Tensor4D,
+  rstdB: tf.Tensor1D,
+  s: tf.Tensor1D,
+): { dx: tf.Tensor4D; S: tf.Tensor1D; sumG: tf.Tensor1D } {
+  const m = g.size / g.shape[3];
+  const meanG = channelMean(g);
+  const meanGT = channelMean(tf.mul(g, t));
+  const k = tf.mul(tf.mul(tf.square(rstdB), s), meanGT);
+  const dx = tf.sub(tf.mul(g, s), tf.add(tf.mul(t, k), tf.mul(s, meanG))) as tf.Tensor4D;
+  return { dx, S: tf.mul(tf.mul(rstdB, meanGT), m) as tf.Tensor1D, sumG: tf.mul(meanG, m) as tf.Tensor1D };
+}
+
+export interface NormParams {
+  weight: tf.Tensor1D;
+  bias: tf.Tensor1D;
+  runningMean: tf.Tensor1D;
+  runningVar: tf.Tensor1D;
+}
+
+export class BatchNormLayer implements NormLayer {
+  readonly name: string;
+  readonly numFeatures: number;
+  readonly eps: number;
+  readonly weight: tf.Variable;
+  readonly bias: tf.Variable;
+  readonly runningMean: tf.Variable;
+  readonly runningVar: tf.Variable;
+
+  private trainableFlag = true;
+  private record: NormRecord | null = null;
+  private normMode: NormMode = 'source';
+  private mectaOpts: MectaOptions | null = null;
+  /** MECTA's past_size: samples seen since the last reset (A.1). */
+  private pastSize = 0;
+  /** MECTA's full_matched flag of the last forward (A.6). */
+  private fullMatched = false;
+  private readonly removedSource: RemovedChannelSource;
+
+  constructor(name: string, params: NormParams, removedSource: RemovedChannelSource, eps = 1e-5) {
+    this.name = name;
+    this.numFeatures = params.weight.shape[0];
+    this.eps = eps;
+    this.removedSource = removedSource;
+    // Unnamed variables: tfjs registers variable names globally, and several models may coexist.
+    this.weight = tf.variable(params.weight, true);
+    this.bias = tf.variable(params.bias, true);
+    this.runningMean = tf.variable(params.runningMean, false);
+    this.runningVar = tf.variable(params.runningVar, false);
+  }
+
+  get trainable(): boolean {
+    return this.trainableFlag;
+  }
+
+  set trainable(value: boolean) {
+    this.trainableFlag = value;
+    // Keep tf's own flag in step so tf.variableGrads() without a list also sees only these.
+    this.weight.trainable = value;
+    this.bias.trainable = value;
+  }
+
+  get last(): NormRecord | null {
+    return this.record;
+  }
+
+  get mode(): NormMode {
+    return this.normMode;
+  }
+
+  /** True when the last MECTA forward stopped caching (β ≤ beta_thre with the gate on). */
+  get matched(): boolean {
+    return this.fullMatched;
+  }
+
+  setMode(mode: NormMode, mecta?: MectaOptions): void {
+    if (mode === 'mecta') {
+      if (!mecta) throw new CtaError(`norm mode 'mecta' needs MECTA options`);
+      if (!(mecta.pruneQ >= 0 && mecta.pruneQ < 1)) {
+        throw new CtaError(`MECTA prune_q must be in [0, 1), got ${mecta.pruneQ}`);
+      }
+      this.mectaOpts = { ...mecta };
+    }
+    this.normMode = mode;
+  }
+
+  reset(): void {
+    this.pastSize = 0;
+    this.fullMatched = false;
+    this.record = null;
+  }
+
+  dispose(): void {
+    this.weight.dispose();
+    this.bias.dispose();
+    this.runningMean.dispose();
+    this.runningVar.dispose();
+  }
+
+  /** Normalises NHWC `x` in the current mode. */
+  apply(x: tf.Tensor4D): tf.Tensor4D {
+    if (x.rank !== 4 || x.shape[3] !== this.numFeatures) {
+      throw new CtaError(`${this.name}: expected NHWC input with ${this.numFeatures} channels, got [${x.shape.join(',')}]`);
+    }
+    // Decided outside the op: inside a custom op's forward the tape is always paused.
+    const tapeOn = tf.engine().isTapeOn();
+    switch (this.normMode) {
+      case 'source':
+        return this.forwardSource(x, tapeOn);
+      case 'batch':
+      case 'train-update':
+        return this.forwardBatch(x, tapeOn, this.normMode === 'train-update');
+      case 'mecta':
+        return this.forwardMecta(x, tapeOn);
+    }
+  }
+
+  private setRecord(x: tf.Tensor4D, keptChannels: number, beta: number | null, cached: boolean): void {
+    const [n, h, w] = x.shape;
+    const forwardBytes = n * keptChannels * h * w * 4; // A.9
+    this.record = { name: this.name, beta, cached, forwardBytes, backwardBytes: cached ? forwardBytes : 0 };
+  }
+
+  /** Eval BN: y = γ(x − μ_r)/σ_r + β (C.2). Backward: dx = g·γ/σ_r, dγ = Σ g·x̂_r, dβ = Σ g. */
+  private forwardSource(x: tf.Tensor4D, tapeOn: boolean): tf.Tensor4D {
+    this.setRecord(x, this.numFeatures, null, false);
+    const eps = this.eps;
+    const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
+      const x4 = xi as tf.Tensor4D;
+      const rm = this.runningMean as tf.Tensor1D;
+      const rstd = tf.rsqrt(tf.add(this.runningVar, eps)) as tf.Tensor1D;
+      const [a, c] = foldAffine(w, b, rm, rstd);
+      if (tapeOn) save([x4, rm, rstd, a]);
+      return {
+        value: scaleShift(x4, a, c),
+        gradFunc: (g, [xs, mean, r, scale]) => {
+          const m = g.size / g.shape[3];
+          const dw = tf.mul(tf.mul(channelMean(tf.mul(g, tf.sub(xs, mean))), r), m); // Σ g·x̂_r
+          const db = tf.mul(channelMean(g), m);
+          return [tf.mul(g, scale), dw, db];
+        },
+      };
+    });
+    return op(x, this.weight, this.bias);
+  }
+
+  /**
+   * Train-mode BN with batch statistics (biased variance). With `update`, also PyTorch's running
+   * update: r ← (1 − 0.1)·r + 0.1·batch, using the UNBIASED variance for running_var (A.10).
+   * Backward (standard BN): dβ = Σg, dγ = Σ g·x̂, dx = (γ/σ_b)(g − mean g − x̂·mean(g·x̂)).
+   * Saved: x (the input itself, no copy) and three [C] vectors.
+   */
+  private forwardBatch(x: tf.Tensor4D, tapeOn: boolean, update: boolean): tf.Tensor4D {
+    this.setRecord(x, this.numFeatures, null, this.trainableFlag);
+    const eps = this.eps;
+    const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
+      const x4 = xi as tf.Tensor4D;
+      const { mean, variance } = batchStats(x4);
+      const rstd = tf.rsqrt(tf.add(variance, eps)) as tf.Tensor1D;
+      const [a, c] = foldAffine(w, b, mean, rstd);
+      if (update) {
+        const count = x4.size / x4.shape[3];
+        const unbiased = count > 1 ? tf.mul(variance, count / (count - 1)) : variance;
+        this.runningMean.assign(tf.add(tf.mul(this.runningMean, 1 - TORCH_MOMENTUM), tf.mul(mean, TORCH_MOMENTUM)));
+        this.runningVar.assign(tf.add(tf.mul(this.runningVar, 1 - TORCH_MOMENTUM), tf.mul(unbiased, TORCH_MOMENTUM)));
+      }
+      if (tapeOn) save([x4, mean, rstd, a]);
+      return {
+        value: scaleShift(x4, a, c),
+        gradFunc: (g, [xs, meanB, rstdB, s]) => {
+          const t = tf.sub(xs, meanB) as tf.Tensor4D;
+          const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, s as tf.Tensor1D);
+          return [dx, S, sumG];
+        },
+      };
+    });
+    return op(x, this.weight, this.bias);
+  }
+
+  /** β for this forward (A.3 step 3). */
+  private chooseBeta(opts: MectaOptions, muB: Float32Array, varB: Float32Array, muR: Float32Array, varR: Float32Array): number {
+    if (opts.forgetGate) {
+      return 1 - Math.exp(-opts.distScale * meanDistance(opts.distMetric, muB, varB, muR, varR));
+    }
+    return this.pastSize > 0 ? opts.beta : (opts.initBeta ?? opts.beta);
+  }
+
+  /**
+   * MectaNorm2d 'exp' forward (A.3), in order: batch stats without grad; β from the forget gate or
+   * the constant/init β; in-place update of the accumulated stats (copy when β ≥ 1); cache decision
+   * (A.6); output with the UPDATED stats; past_size += N; then what to keep for backward:
+   * - matched layer: nothing; backward passes g through unchanged, zero affine gradients (A.6);
+   * - caching layer: only the kept channels of x and their batch stats (A.8); backward = PreG (A.7)
+   *   for kept channels, the refill for removed ones.
+   * The statistics update is a side effect of the forward, which runs with the tape paused, so it
+   * happens exactly once per forward and outside any gradient.
+   */
+  private forwardMecta(x: tf.Tensor4D, tapeOn: boolean): tf.Tensor4D {
+    const opts = this.mectaOpts;
+    if (!opts) throw new CtaError(`${this.name}: norm mode 'mecta' needs MECTA options`);
+    const c = this.numFeatures;
+    const n = x.shape[0];
+    const q = opts.pruneQ;
+    // A.9 accounts floor((1 − q)·C) channels, which may differ by one from the C − floor(q·C)
+    // actually kept (A.9 note a); both formulas are the reference code's.
+    const accountedChannels = Math.floor((1 - q) * c);
+    const eps = this.eps;
+
+    let beta = 0;
+    let matched = false;
+
+    const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
+      const x4 = xi as tf.Tensor4D;
+      const { mean, variance } = batchStats(x4);
+      const muB = mean.dataSync() as Float32Array;
+      const varB = variance.dataSync() as Float32Array;
+      const muR = this.runningMean.dataSync() as Float32Array;
+      const varR = this.runningVar.dataSync() as Float32Array;
+
+      beta = this.chooseBeta(opts, muB, varB, muR, varR);
+      // A.3 step 4, in float64 and stored as float32; copy when β ≥ 1.
+      const newMu = new Float64Array(c);
+      const newVar = new Float64Array(c);
+      const rstdR = new Float64Array(c);
+      for (let i = 0; i < c; i++) {
+        newMu[i] = beta < 1 ? (1 - beta) * muR[i] + beta * muB[i] : muB[i];
+        newVar[i] = beta < 1 ? (1 - beta) * varR[i] + beta * varB[i] : varB[i];
+        rstdR[i] = 1 / Math.sqrt(newVar[i] + eps);
+      }
+      const rmNew = vec(newMu);
+      this.runningMean.assign(rmNew);
+      this.runningVar.assign(vec(newVar));
+      matched = opts.forgetGate && beta <= opts.betaThre; // A.6: only with the gate
+      this.fullMatched = matched;
+      this.pastSize += n;
+
+      // A.3 step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
+      const [s, shiftOut] = foldAffine(w, b, rmNew, vec(rstdR));
+      const y = scaleShift(x4, s, shiftOut);
+
+      if (matched) {
+        return {
+          value: y,
+          gradFunc: (g) => [g.clone(), tf.zerosLike(w), tf.zerosLike(b)],
+        };
+      }
+
+      // Channels removed from the cache are drawn for every caching forward, tape or not, so the
+      // random stream does not depend on whether a backward follows.
+      const nRemove = Math.floor(c * q);
+      const sp = nRemove > 0 ? new ChannelSplit(c, this.removedSource(this.name, c, nRemove)) : null;
+
+      if (tapeOn) {
+        // PreG coefficients (A.7): dγ = Σ g·(x − μ_r)/σ_r = ratio·Σ g·x̂_b + shift·Σ g with
+        // ratio = σ_b/σ_r and shift = (μ_b − μ_r)/σ_r (updated μ_r, σ_r), computed without grad.
+        const rstdB = new Float64Array(c);
+        const ratio = new Float64Array(c);
+        const shift = new Float64Array(c);
+        for (let i = 0; i < c; i++) {
+          rstdB[i] = 1 / Math.sqrt(varB[i] + eps);
+          ratio[i] = rstdR[i] / rstdB[i];
+          shift[i] = (muB[i] - newMu[i]) * rstdR[i];
+        }
+        if (sp) {
+          // A.8: removed channels get no weight gradient; only kept channels' x and stats are saved.
+          const kept = new Uint8Array(c);
+          for (const k of sp.kept) kept[k] = 1;
+          for (let i = 0; i < c; i++) if (!kept[i]) ratio[i] = shift[i] = 0;
+          const pick = (v: ArrayLike<number>) => vec(Array.from(sp.kept, (k) => v[k]));
+          save([sp.select(x4), pick(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
+        } else {
+          save([x4, mean, vec(rstdB), s, vec(ratio), vec(shift)]);
+        }
+      }
+      return {
+        value: y,
+        gradFunc: (g, [xs, meanB, rstdB, scale, ratio, shift]) => {
+          // Centred input; with pruning only the kept channels exist, and scattering them back with
+          // zeros at the removed channels makes bnInputGrad produce the A.8 refill there. (One
+          // channel scatter here is cheaper than gathering g's kept channels and scattering the
+          // correction back.)
+          const tKept = tf.sub(xs, meanB) as tf.Tensor4D;
+          const t = sp ? sp.expand(tKept) : tKept;
+          const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, scale as tf.Tensor1D);
+          // dγ = ratio·S + shift·Σg (A.7); ratio and shift are 0 at removed channels (A.8).
+          return [dx, tf.add(tf.mul(ratio, S), tf.mul(shift, sumG)), sumG];
+        },
+      };
+    });
+    const y = op(x, this.weight, this.bias);
+    const cached = this.trainableFlag && !matched;
+    this.setRecord(x, accountedChannels, beta, cached);
+    return y;
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Model registry: architecture name → how to read its shape off a state_dict, which keys/shapes it
+ * expects, and how to build it. `buildModel` validates the whole state_dict first (one CtaError
+ * listing missing / unexpected / wrongly shaped keys), so a model is never partially loaded.
+ */
+import { CtaError } from '../util/errors.js';
+import type { Rng } from '../util/rng.js';
+import type { StateDict } from '../io/types.js';
+import { checkKeys } from '../io/state-dict.js';
+import type { Classifier } from './types.js';
+import { isBatchCounter } from './base.js';
+import type { InputNorm } from './base.js';
+import { UNKNOWN } from './infer.js';
+import { CifarResNeXt, inferResNeXt, resnextExpectedKeys } from './resnext.js';
+import { WideResNet, inferWrn, wrnExpectedKeys } from './wrn.js';
+
+/** Architecture facts a config may pin; checked against what the weights imply. */
+export interface ExpectedArch {
+  depth?: number;
+  cardinality?: number;
+  baseWidth?: number;
+}
+
+export interface BuildOptions {
+  /** Seeded generator for MECTA's channel pruning (A.8). */
+  rng: Rng;
+  expect?: ExpectedArch;
+  /**
+   * Input normalisation used when the weights carry no `mu`/`sigma` buffers (e.g. a RobustBench
+   * AugMix checkpoint saved without them: RobustBench itself then uses mean = std = 0.5).
+   */
+  inputNorm?: InputNorm | null;
+}
+
+interface ModelSpec {
+  readonly description: string;
+  /** Every expected key (num_batches_tracked excluded) → PyTorch shape; −1 = not inferable. */
+  expectedKeys(sd: StateDict): Map<string, number[]>;
+  /** One line on what the weights imply (for error messages). */
+  describe(sd: StateDict): string;
+  /** Mismatches between the pinned facts and the weights, as phrases. */
+  check(sd: StateDict, expect: ExpectedArch): string[];
+  build(sd: StateDict, opts: BuildOptions): Classifier;
+}
+
+function mismatch(label: string, want: number | undefined, got: number): string[] {
+  return want !== undefined && want !== got ? [`${label} ${want} expected, weights have ${got === UNKNOWN ? 'unknown' : got}`] : [];
+}
+
+export const MODELS = {
+  resnext29: {
+    description: 'RobustBench CifarResNeXt (Hendrycks2020AugMix_ResNeXt: depth 29, cardinality 4, base width 32)',
+    expectedKeys: (sd) => resnextExpectedKeys(inferResNeXt(sd)),
+    describe: (sd) => {
+      const a = inferResNeXt(sd);
+      return `depth ${a.depth}, cardinality ${dimText(a.cardinality)}, base width ${dimText(a.baseWidth)}, ${a.numClasses} classes`;
+    },
+    check: (sd, e) => {
+      const a = inferResNeXt(sd);
+      return [
+        ...mismatch('depth', e.depth, a.depth),
+        ...mismatch('cardinality', e.cardinality, a.cardinality),
+        ...mismatch('base width', e.baseWidth, a.baseWidth),
+      ];
+    },
+    build: (sd, opts) => new CifarResNeXt(sd, inferResNeXt(sd), { rng: opts.rng, inputNorm: opts.inputNorm }),
+  },
+  wrn28_10: {
+    description: 'RobustBench WideResNet (Standard: WRN-28-10, no input normalisation)',
+    expectedKeys: (sd) => wrnExpectedKeys(inferWrn(sd)),
+    describe: (sd) => {
+      const a = inferWrn(sd);
+      return `depth ${a.depth}, widen factor ${dimText(a.widenFactor)}, ${a.numClasses} classes`;
+    },
+    check: (sd, e) => {
+      const a = inferWrn(sd);
+      const out = mismatch('depth', e.depth, a.depth);
+      // Cardinality / base width do not exist for a WideResNet: a pinned value is a config error.
+      if (e.cardinality !== undefined) out.push(`cardinality ${e.cardinality} given, but wrn28_10 has none (ResNeXt only)`);
+      if (e.baseWidth !== undefined) out.push(`base width ${e.baseWidth} given, but wrn28_10 has none (ResNeXt only)`);
+      return out;
+    },
+    build: (sd, opts) => new WideResNet(sd, inferWrn(sd), { rng: opts.rng, inputNorm: opts.inputNorm }),
+  },
+} satisfies Record<string, ModelSpec>;
+
+export type ModelName = keyof typeof MODELS;
+export const MODEL_NAMES = Object.keys(MODELS) as ModelName[];
+
+export function isModelName(name: string): name is ModelName {
+  return Object.prototype.hasOwnProperty.call(MODELS, name);
+}
+
+function fitsExactly(spec: ModelSpec, weights: StateDict): boolean {
+  const expected = spec.expectedKeys(weights);
+  if (expected.size !== weights.size) return false;
+  for (const [key, shape] of expected) {
+    const have = weights.get(key);
+    if (!have || have.shape.length !== shape.length || have.shape.some((d, i) => d !== shape[i])) return false;
+  }
+  return true;
+}
+
+const dimText = (n: number) => (n === UNKNOWN ? '?' : String(n));
+
+/**
+ * Validates `sd` against the architecture it implies and builds the model. Throws one CtaError
+ * for: an unknown arch, any key mismatch (all listed at once), a non-float weight, or a pinned
+ * depth/cardinality/base width that differs from the weights. `num_batches_tracked` is ignored.
+ */
+export function buildModel(arch: string, sd: StateDict, opts: BuildOptions): Classifier {
+  if (!isModelName(arch)) {
+    throw new CtaError(`unknown model '${arch}' (choose one of: ${MODEL_NAMES.join(', ')})`);
+  }
+  const spec: ModelSpec = MODELS[arch];
+  const weights: StateDict = new Map([...sd].filter(([k]) => !isBatchCounter(k)));
+  const expected = spec.expectedKeys(weights);
+  // Dimensions the weights do not reveal (their source key is missing, and reported as such)
+  // must not also be reported as wrong shapes elsewhere: take them from the file.
+  for (const [key, shape] of expected) {
+    const have = weights.get(key);
+    if (have && shape.includes(UNKNOWN) && have.shape.length === shape.length) {
+      expected.set(key, shape.map((d, i) => (d === UNKNOWN ? have.shape[i] : d)));
+    }
+  }
+  // mu/sigma are expected as a pair as soon as either is present, so a lone one shows as missing.
+  try {
+    checkKeys(weights, expected, 'weights', `${arch} (${spec.describe(weights)})`);
+  } catch (e) {
+    // The usual cause is the wrong --model: say so when another architecture fits exactly.
+    const fits = MODEL_NAMES.filter((other) => other !== arch && fitsExactly(MODELS[other], weights));
+    if (e instanceof CtaError && fits.length > 0) throw new CtaError(`${e.message} (the weights fit --model ${fits[0]})`);
+    throw e;
+  }
+  const nonFloat = [...weights].filter(([, t]) => !(t.data instanceof Float32Array)).map(([k, t]) => `${k} (${t.dtype})`);
+  if (nonFloat.length > 0) {
+    throw new CtaError(`weights: ${nonFloat.length} tensor(s) are not floating point: ${nonFloat.slice(0, 4).join(', ')}`);
+  }
+  const problems = spec.check(weights, opts.expect ?? {});
+  if (problems.length > 0) {
+    throw new CtaError(`weights do not match the configured ${arch}: ${problems.join('; ')}`);
+  }
+  return spec.build(weights, opts);
+}

@@ -1,0 +1,198 @@
+/**
+ * RobustBench CifarResNeXt (`Hendrycks2020AugMix_ResNeXt` = depth 29, cardinality 4, base width 32;
+ * data-formats.md Table E, algorithms.md D.4), NHWC on tfjs:
+ *
+ *   [(x − mu)/sigma] → conv_1_3x3 → bn_1 → relu
+ *   → stage_1..3 × ResNeXtBottleneck:
+ *       conv_reduce 1×1 → bn_reduce → relu → conv_conv 3×3 grouped (stride on block 0 of stages
+ *       2, 3; pad 1) → bn → relu → conv_expand 1×1 → bn_expand;
+ *       residual = downsample.0 (1×1, stride) → downsample.1 on block 0; relu(residual + branch)
+ *   → global average pool (AvgPool2d(8) on the 8×8 map) → classifier (Linear).
+ *
+ * The widths, blocks per stage and cardinality are read from the state_dict shapes, so reduced
+ * variants (the test fixtures) load with the same code.
+ */
+import { tf } from '../tf.js';
+import type { Rng } from '../util/rng.js';
+import type { StateDict } from '../io/types.js';
+import { BaseClassifier } from './base.js';
+import type { InputNorm } from './base.js';
+import type { BatchNormLayer } from './norm-layer.js';
+import { addRelu, globalAvgPool, relu } from './layers.js';
+import type { Conv2d, Linear } from './layers.js';
+import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
+
+const STAGES = 3;
+const EXPANSION = 4; // ResNeXtBottleneck.expansion
+
+export interface ResNeXtStage {
+  blocks: number;
+  inner: number; // D = dim·cardinality (conv_reduce / conv_conv / bn width)
+  out: number; // planes·4
+  stride: number;
+}
+
+export interface ResNeXtArch {
+  stem: number;
+  cardinality: number;
+  stages: ResNeXtStage[];
+  numClasses: number;
+  hasInputNorm: boolean;
+  /** 9·blocks + 2 for equal stages (each bottleneck has 3 convs, plus stem and classifier). */
+  depth: number;
+  /** base_width with dim = floor(planes·base_width/64) = D/cardinality, planes = out/4. */
+  baseWidth: number;
+}
+
+export function inferResNeXt(sd: StateDict): ResNeXtArch {
+  const stem = dimOf(sd, ['conv_1_3x3.weight', 'bn_1.weight'], 0);
+  const cardinality = divDim(
+    dimOf(sd, ['stage_1.0.conv_conv.weight'], 0),
+    dimOf(sd, ['stage_1.0.conv_conv.weight'], 1),
+  );
+  const stages: ResNeXtStage[] = [];
+  for (let s = 1; s <= STAGES; s++) {
+    const p = `stage_${s}.0`;
+    stages.push({
+      blocks: childCount(sd, `stage_${s}.`),
+      inner: dimOf(sd, [`${p}.conv_reduce.weight`, `${p}.bn_reduce.weight`, `${p}.conv_conv.weight`], 0),
+      out: dimOf(sd, [`${p}.conv_expand.weight`, `${p}.bn_expand.weight`], 0),
+      stride: s === 1 ? 1 : 2,
+    });
+  }
+  const numClasses = dimOf(sd, ['classifier.weight', 'classifier.bias'], 0);
+  const dim = divDim(stages[0].inner, cardinality);
+  const planes = divDim(stages[0].out, EXPANSION);
+  return {
+    stem,
+    cardinality,
+    stages,
+    numClasses: numClasses === UNKNOWN ? 10 : numClasses,
+    hasInputNorm: sd.has('mu') || sd.has('sigma'),
+    depth: 2 + 3 * stages.reduce((a, st) => a + st.blocks, 0),
+    baseWidth: dim === UNKNOWN || planes === UNKNOWN ? UNKNOWN : (dim * 64) / planes,
+  };
+}
+
+/** Whether block `i` of a stage has the downsample branch (RobustBench _make_layer rule). */
+function hasDownsample(i: number, inC: number, st: ResNeXtStage): boolean {
+  return i === 0 && (st.stride !== 1 || inC !== st.out);
+}
+
+/** Every state_dict key (num_batches_tracked excluded) with its PyTorch shape, in module order. */
+export function resnextExpectedKeys(arch: ResNeXtArch): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  if (arch.hasInputNorm) {
+    out.set('mu', [1, 3, 1, 1]);
+    out.set('sigma', [1, 3, 1, 1]);
+  }
+  out.set('conv_1_3x3.weight', [arch.stem, 3, 3, 3]);
+  bnKeys(out, 'bn_1', arch.stem);
+  let inC = arch.stem;
+  arch.stages.forEach((st, si) => {
+    for (let i = 0; i < st.blocks; i++) {
+      const p = `stage_${si + 1}.${i}`;
+      out.set(`${p}.conv_reduce.weight`, [st.inner, inC, 1, 1]);
+      bnKeys(out, `${p}.bn_reduce`, st.inner);
+      out.set(`${p}.conv_conv.weight`, [st.inner, divDim(st.inner, arch.cardinality), 3, 3]);
+      bnKeys(out, `${p}.bn`, st.inner);
+      out.set(`${p}.conv_expand.weight`, [st.out, st.inner, 1, 1]);
+      bnKeys(out, `${p}.bn_expand`, st.out);
+      if (hasDownsample(i, inC, st)) {
+        out.set(`${p}.downsample.0.weight`, [st.out, inC, 1, 1]);
+        bnKeys(out, `${p}.downsample.1`, st.out);
+      }
+      inC = st.out;
+    }
+  });
+  out.set('classifier.weight', [arch.numClasses, inC]);
+  out.set('classifier.bias', [arch.numClasses]);
+  return out;
+}
+
+interface Bottleneck {
+  convReduce: Conv2d;
+  bnReduce: BatchNormLayer;
+  convConv: Conv2d;
+  bn: BatchNormLayer;
+  convExpand: Conv2d;
+  bnExpand: BatchNormLayer;
+  down: { conv: Conv2d; bn: BatchNormLayer } | null;
+}
+
+export interface ResNeXtOptions {
+  rng: Rng;
+  /** Input normalisation when the weights carry no mu/sigma buffers. */
+  inputNorm?: InputNorm | null;
+}
+
+export class CifarResNeXt extends BaseClassifier {
+  readonly arch = 'resnext29';
+  readonly numClasses: number;
+  readonly architecture: ResNeXtArch;
+  private readonly stem: Conv2d;
+  private readonly stemBn: BatchNormLayer;
+  private readonly blocks: Bottleneck[] = [];
+  private readonly classifier: Linear;
+
+  /** `sd` must already match `resnextExpectedKeys(arch)` (the registry checks it). */
+  constructor(sd: StateDict, arch: ResNeXtArch, opts: ResNeXtOptions) {
+    super(sd, opts.rng);
+    this.architecture = arch;
+    this.numClasses = arch.numClasses;
+    // Layers are created in PyTorch module order, which is also the stateDict() order.
+    try {
+      this.inputNormalization(opts.inputNorm);
+      this.stem = this.conv('conv_1_3x3', { stride: 1, pad: 1, groups: 1 });
+      this.stemBn = this.norm('bn_1');
+      let inC = arch.stem;
+      arch.stages.forEach((st, si) => {
+        for (let i = 0; i < st.blocks; i++) {
+          const p = `stage_${si + 1}.${i}`;
+          const stride = i === 0 ? st.stride : 1;
+          const down = hasDownsample(i, inC, st);
+          this.blocks.push({
+            convReduce: this.conv(`${p}.conv_reduce`, { stride: 1, pad: 0, groups: 1 }),
+            bnReduce: this.norm(`${p}.bn_reduce`),
+            convConv: this.conv(`${p}.conv_conv`, { stride, pad: 1, groups: arch.cardinality }),
+            bn: this.norm(`${p}.bn`),
+            convExpand: this.conv(`${p}.conv_expand`, { stride: 1, pad: 0, groups: 1 }),
+            bnExpand: this.norm(`${p}.bn_expand`),
+            down: down
+              ? { conv: this.conv(`${p}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${p}.downsample.1`) }
+              : null,
+          });
+          inC = st.out;
+        }
+      });
+      this.classifier = this.linear('classifier');
+      this.finishBuild();
+    } catch (e) {
+      this.dispose(); // a half-built model must not leak its tensors
+      throw e;
+    }
+  }
+
+  private block(b: Bottleneck, x: tf.Tensor4D): tf.Tensor4D {
+    let h = relu(b.bnReduce.apply(b.convReduce.apply(x)));
+    h = relu(b.bn.apply(b.convConv.apply(h)));
+    h = b.bnExpand.apply(b.convExpand.apply(h));
+    const residual = b.down ? b.down.bn.apply(b.down.conv.apply(x)) : x;
+    return addRelu(residual, h);
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor2D {
+    this.checkInput(x);
+    return tf.tidy(() => {
+      let h = tf.tidy(() => relu(this.stemBn.apply(this.stem.apply(this.normalizeInput(x)))));
+      for (const b of this.blocks) {
+        const next = tf.tidy(() => this.block(b, h));
+        // Free the block input now rather than at the end of the outer tidy (inference peak
+        // memory); a recording tape keeps what it needs through its own saved tensors.
+        h.dispose();
+        h = next;
+      }
+      return this.classifier.apply(globalAvgPool(h));
+    });
+  }
+}
