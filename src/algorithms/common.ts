@@ -24,7 +24,7 @@ export function useAdaptiveNorm(model: Classifier): void {
  * reads an optional `mectaOptions` property when the implementation exposes one.
  */
 export function currentMectaOptions(model: Classifier): MectaOptions {
-  const opts = (model as Classifier & { mectaOptions?: MectaOptions | null }).mectaOptions;
+  const opts = model.mectaOptions;
   if (!opts) {
     throw new CtaError('cannot restore MECTA mode: the model does not expose its MECTA options', 1);
   }

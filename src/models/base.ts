@@ -42,6 +42,7 @@ export abstract class BaseClassifier implements Classifier {
   private readonly entries: StateEntry[] = [];
   private readonly owned: { dispose(): void }[] = [];
   private mode: NormMode = 'source';
+  private mecta: MectaOptions | null = null;
   private chooser: ((layer: string, channels: number) => Int32Array) | null = null;
   /** Input normalisation as kept [3] tensors: mean and 1/std. */
   private inputMean: tf.Tensor1D | null = null;
@@ -214,10 +215,16 @@ export abstract class BaseClassifier implements Classifier {
     return this.mode;
   }
 
+  /** The MECTA options last set (kept while another mode is active, e.g. during EATA's Fisher pass). */
+  get mectaOptions(): MectaOptions | null {
+    return this.mecta;
+  }
+
   setNormMode(mode: NormMode, mecta?: MectaOptions): void {
     if (mode === 'mecta' && !mecta) throw new CtaError(`setNormMode('mecta') needs MECTA options`);
     for (const layer of this.norms) layer.setMode(mode, mecta);
     this.mode = mode;
+    if (mecta) this.mecta = { ...mecta };
   }
 
   setPruneChooser(chooser: ((layer: string, channels: number) => Int32Array) | null): void {

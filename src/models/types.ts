@@ -71,6 +71,8 @@ export interface Classifier {
   /** Switches every norm layer; `mecta` is required for mode 'mecta'. */
   setNormMode(mode: NormMode, mecta?: MectaOptions): void;
   readonly normMode: NormMode;
+  /** The MECTA options last given to setNormMode (null if never in 'mecta' mode). */
+  readonly mectaOptions: MectaOptions | null;
   /**
    * Overrides the random channel choice of MECTA pruning (tests): returns the indices of the
    * removed channels for a layer of C channels. Null restores the seeded random choice.
