@@ -1,28 +1,89 @@
 /**
  * cta-eval: continual test-time adaptation over a corruption stream. Thin layer: parse flags into
- * the typed config, call the runner, print the table.
+ * the typed config, call the runner, print the table. With no arguments it runs the embedded demo
+ * (configs/demo.yaml: shipped data and weights, no download).
  */
-import { parseCommand } from './args.js';
+import { isAbsolute, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { existsSync, readFileSync } from 'node:fs';
+import { flagValues, parseCommand } from './args.js';
+import { resolveConfig } from '../config/load.js';
+import { CtaError } from '../util/errors.js';
 import { runMain } from './run-main.js';
 import { defaultOutDir, runContinual } from '../runner/continual.js';
 import { resultTable } from '../runner/table.js';
+import type { CtaConfig } from '../config/schema.js';
 
 const USAGE = `$0 [--config FILE] [options]
 
 Runs a continual test-time adaptation experiment: every domain of the stream in order, one model
 adapting throughout, top-1 error per domain. Results go to --out (batches.jsonl, summary.json,
-manifest.json).`;
+manifest.json). With no arguments: the embedded demo (configs/demo.yaml).`;
+
+const PKG_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const DEMO_CONFIG = join(PKG_ROOT, 'configs', 'demo.yaml');
+/** Path-valued keys of the demo config, resolved against the package root (run from anywhere). */
+const DEMO_PATHS = ['source', 'weights', 'dataDir', 'frostDir'] as const;
+
+/** The comparison run: same stream and seed, another method, no MECTA options (they belong to the main run). */
+function comparisonConfig(cfg: CtaConfig, out: string): CtaConfig {
+  return {
+    ...cfg,
+    alg: cfg.compareWith as CtaConfig['alg'],
+    compareWith: 'none',
+    accumBn: false,
+    forgetGate: false,
+    betaThre: 0,
+    pruneQ: 0,
+    initBeta: null,
+    out: join(out, `compare-${cfg.compareWith}`),
+  };
+}
+
+/** The resolved config of an existing run folder (its manifest), for --resume. */
+function resumedConfig(dir: string, argv: Record<string, unknown>): CtaConfig {
+  const others = Object.keys(flagValues(argv)).filter((k) => k !== 'progress');
+  if (others.length > 0 || typeof argv.config === 'string') {
+    throw new CtaError(`--resume takes no other options (the run's config is in ${dir}/manifest.json); got --${others[0] ?? 'config'}`);
+  }
+  const path = join(dir, 'manifest.json');
+  if (!existsSync(path)) throw new CtaError(`--resume ${dir}: no manifest.json (not a cta-eval run folder)`);
+  const saved = (JSON.parse(readFileSync(path, 'utf8')) as { config: Record<string, unknown> }).config;
+  const cfg = resolveConfig(null, { ...saved, ...(argv.progress !== undefined ? { progress: argv.progress } : {}) });
+  cfg.out = dir;
+  return cfg;
+}
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-eval', async () => {
-    const { cfg } = await parseCommand(argv, 'cta-eval', USAGE, (y) => y);
+    const demo = argv.length === 0;
+    const parsed = await parseCommand(demo ? ['--config', DEMO_CONFIG] : argv, 'cta-eval', USAGE, (y) =>
+      y.option('resume', { type: 'string', describe: 'continue an interrupted run folder from its last finished domain', group: 'output' }),
+    );
+    const resume = typeof parsed.argv.resume === 'string' ? parsed.argv.resume : null;
+    const cfg = resume ? resumedConfig(resume, parsed.argv) : parsed.cfg;
+    if (demo) {
+      for (const k of DEMO_PATHS) {
+        const v = cfg[k];
+        if (typeof v === 'string' && !isAbsolute(v)) cfg[k] = join(PKG_ROOT, v);
+      }
+    }
     cfg.out = cfg.out ?? defaultOutDir(cfg.alg);
     const log = (line: string) => process.stdout.write(line + '\n');
-    log(`cta-eval: ${cfg.alg}${cfg.accumBn ? ' + MECTA norm' : ''} on ${cfg.data} (${cfg.model}), batch ${cfg.batchSize}, severity ${cfg.severity}`);
-    const { summary, dir } = await runContinual(cfg, cfg.out, { log });
+    const name = `${cfg.alg}${cfg.accumBn ? '+mecta' : ''}`;
+    if (demo) log(`cta-eval: no arguments — running the embedded demo (${DEMO_CONFIG})`);
+    log(`cta-eval: ${name} on ${cfg.data} (${cfg.model}), batch ${cfg.batchSize}, severity ${cfg.severity}`);
+    const main = await runContinual(cfg, cfg.out, { log, label: cfg.compareWith !== 'none' ? name : undefined }, { resume: resume !== null });
+    const columns = [{ title: name, domains: main.summary.domains, mean: main.summary.mean_error, meanAll: main.summary.mean_error_all }];
+    if (cfg.compareWith !== 'none') {
+      const other = comparisonConfig(cfg, cfg.out);
+      log(`cta-eval: comparison run: ${other.alg} on the same stream`);
+      const cmp = await runContinual(other, other.out!, { log, label: other.alg });
+      columns.unshift({ title: other.alg, domains: cmp.summary.domains, mean: cmp.summary.mean_error, meanAll: cmp.summary.mean_error_all });
+    }
     log('');
-    log(resultTable([{ title: cfg.alg, domains: summary.domains, mean: summary.mean_error, meanAll: summary.mean_error_all }]));
+    log(resultTable(columns));
     log('');
-    log(`results: ${dir}/summary.json`);
+    log(`results: ${main.dir}/summary.json${cfg.compareWith !== 'none' ? ` (comparison: ${join(main.dir, `compare-${cfg.compareWith}`)}/summary.json)` : ''}`);
   });
 }

@@ -68,6 +68,7 @@ export const FIELDS = {
   betaThre: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'layers with β ≤ threshold stop caching (gate only)' },
   pruneQ: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'fraction of channels not cached per batch and layer' },
   matchedUpdate: { type: 'enum', choices: MATCHED_UPDATES, default: 'momentum', group: 'mecta', description: "matched layers' params: 'momentum' (zero grad, PyTorch 1.12) or 'skip' (PyTorch ≥ 2.0)" },
+  compareWith: { type: 'enum', choices: ['none', ...ALGORITHM_NAMES], default: 'none', group: 'algorithm', description: 'also run this method on the same stream (fresh model) and print both side by side' },
   // --- output ---------------------------------------------------------------------------------
   out: { type: 'string', nullable: true, default: null, group: 'output', description: 'run folder (default runs/<timestamp>-<alg>)' },
   progress: { type: 'enum', choices: PROGRESS_MODES, default: 'auto', group: 'output', description: 'progress display: auto = bars on a TTY, plain lines otherwise' },

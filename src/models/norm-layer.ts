@@ -197,7 +197,7 @@ export class BatchNormLayer implements NormLayer {
   private normMode: NormMode = 'source';
   private mectaOpts: MectaOptions | null = null;
   /** MECTA's past_size: samples seen since the last reset (A.1). */
-  private pastSize = 0;
+  pastSize = 0;
   /** MECTA's full_matched flag of the last forward (A.6). */
   private fullMatched = false;
   private readonly removedSource: RemovedChannelSource;

@@ -54,6 +54,8 @@ export interface NormLayer {
   trainable: boolean;
   /** Record of the most recent forward, null before the first. */
   readonly last: NormRecord | null;
+  /** MECTA's past_size: samples seen since the last reset (decides init_beta vs beta, A.3); checkpointed. */
+  pastSize: number;
   /** Clears MECTA per-run state (past_size, matched flag, last record); statistics are kept. */
   reset(): void;
 }

@@ -19,6 +19,7 @@ import type { AdaptOptions, Algorithm } from '../algorithms/types.js';
 import { batchOrder, makeBatches, streamFingerprint, type Domain, type FingerprintEntry } from '../data/stream.js';
 import { openDataSource } from '../data/registry.js';
 import { accountCache, MB } from './accounting.js';
+import { readCheckpointMeta, restoreCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { RunWriter, meanErrors, type DomainResult, type Summary } from './output.js';
 import { domainProgress } from './progress.js';
 
@@ -49,20 +50,28 @@ export function mectaOptions(cfg: CtaConfig): MectaOptions {
 }
 
 /** Loads weights and builds the model; resolves defaults that depend on the model (E0). */
-export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; weightsSha256: string | null; backend: BackendInfo }> {
+export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; weightsSha256: string | null; backend: BackendInfo; pruneRng: Rng }> {
   const backend = await initBackend(cfg.backend);
   if (backend.notice) log(backend.notice);
   if (!cfg.weights) throw new CtaError('--weights: required (a .safetensors or PyTorch .pt state_dict for --model ' + cfg.model + ')');
   const sd = await loadStateDict(cfg.weights);
   const weightsSha256 = await sha256File(cfg.weights);
+  if (cfg.model === 'resnext29' && !sd.has('mu')) {
+    // RobustBench's AugMix ResNeXt normalises (x − 0.5)/0.5 through mu/sigma buffers; a raw
+    // checkpoint without them would silently get [0,1] input, so say so.
+    log(`notice: ${cfg.weights} has no mu/sigma buffers: the model takes [0,1] input unnormalised (export RobustBench's load_model(...).state_dict() to include them)`);
+  }
+  const pruneRng = new Rng(cfg.seed + 7);
   const model = buildModel(cfg.model, sd, {
-    rng: new Rng(cfg.seed + 7),
+    rng: pruneRng,
     expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined },
   });
   // E0 = 0.4·ln C (algorithms.md C.5) needs the class count, which comes from the weights.
   if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
-  return { model, weightsSha256, backend };
+  return { model, weightsSha256, backend, pruneRng };
 }
+
+export type PreparedModel = Awaited<ReturnType<typeof prepareModel>>;
 
 export function adaptOptions(cfg: CtaConfig): AdaptOptions {
   return {
@@ -99,15 +108,18 @@ export interface RunResult {
  * Runs one algorithm over the whole stream, writing the run folder as results are produced.
  * `model` may be passed in to share weights loading between runs (it is reset by the caller).
  */
-export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHooks, prepared?: { model: Classifier; weightsSha256: string | null; backend: BackendInfo }): Promise<RunResult> {
+export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHooks, opts: { resume?: boolean } = {}): Promise<RunResult> {
   const started = new Date();
-  const { model, weightsSha256, backend } = prepared ?? (await prepareModel(cfg, hooks.log));
+  // Resuming: the finished domains' results, rngs and model/algorithm state come from the checkpoint.
+  const ckpt = opts.resume ? readCheckpointMeta(outDir) : null;
+  if (ckpt?.summary.complete) throw new CtaError(`--resume ${outDir}: the run is already complete`);
+  const { model, weightsSha256, backend, pruneRng } = await prepareModel(cfg, hooks.log);
   const source = await openDataSource(cfg);
   const spec = ALGORITHMS[cfg.alg];
   if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
   else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
 
-  const writer = new RunWriter(outDir);
+  const writer = new RunWriter(outDir, ckpt ? ckpt.batchIndex : 0);
   const manifest: Record<string, unknown> = {
     tool: 'cta-eval',
     version: packageVersion(),
@@ -125,6 +137,11 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     config: { ...cfg },
     stream_fingerprint: null as string | null,
   };
+  if (ckpt) {
+    // Keep the original provenance; record when the run was resumed.
+    const prev = JSON.parse(readFileSync(join(outDir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+    Object.assign(manifest, prev, { resumed: [...((prev.resumed as string[]) ?? []), started.toISOString()] });
+  }
   writer.writeJson('manifest.json', manifest);
 
   const ctx = {
@@ -140,12 +157,21 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   }
 
   const trackCache = cfg.accumBn || spec.usesGradients;
-  const summary: Summary = { config: { ...cfg }, domains: [], mean_error: null, mean_error_all: null, complete: false };
-  const orders: FingerprintEntry[] = [];
+  const summary: Summary = ckpt?.summary ?? { config: { ...cfg }, domains: [], mean_error: null, mean_error_all: null, complete: false };
+  const orders: FingerprintEntry[] = (ckpt?.orders ?? []).map((o) => ({ ...o, order: Int32Array.from(o.order) }));
   const shuffleRng = new Rng(cfg.seed);
+  const rngs = { shuffle: shuffleRng, prune: pruneRng, alg: ctx.rng };
   let batchIndex = 0;
-  let next = source.load(source.names[0]);
-  for (let di = 0; di < source.names.length; di++) {
+  const first = ckpt?.nextDomain ?? 0;
+  if (ckpt) {
+    await restoreCheckpoint(outDir, model, alg);
+    for (const [k, r] of Object.entries(rngs)) r.setState(ckpt.rngs[k]);
+    model.normLayers.forEach((l, i) => (l.pastSize = ckpt.pastSizes[i] ?? 0));
+    batchIndex = ckpt.batchIndex;
+    hooks.log(`resuming ${outDir} at domain ${first + 1}/${source.names.length} (${source.names[first]})`);
+  }
+  let next = source.load(source.names[first]);
+  for (let di = first; di < source.names.length; di++) {
     const name = source.names[di];
     const domain = await next;
     // Decode the next domain while this one adapts (no data stall at domain boundaries).
@@ -244,6 +270,24 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     summary.domains.push(result);
     Object.assign(summary, meanErrors(summary.domains));
     writer.writeJson('summary.json', summary);
+    if (di + 1 < source.names.length) {
+      await saveCheckpoint(
+        outDir,
+        {
+          version: 1,
+          nextDomain: di + 1,
+          batchIndex,
+          rngs: Object.fromEntries(Object.entries(rngs).map(([k, r]) => [k, r.state()])),
+          pastSizes: model.normLayers.map((l) => l.pastSize),
+          summary,
+          orders: orders.map((o) => ({ name: o.name, severity: o.severity ?? null, order: Array.from(o.order) })),
+        },
+        model,
+        alg,
+      );
+      // Test hook: simulate a crash at a domain boundary (used by the resume test).
+      if (process.env.CTA_TEST_EXIT_AFTER_DOMAIN === String(di + 1)) process.exit(99);
+    }
     const extra =
       (result.reliable !== undefined ? ` reliable ${result.reliable} updated ${result.updated}` : '') +
       (result.max_cache_mb != null ? ` cache max ${result.max_cache_mb.toFixed(1)} MB avg ${result.avg_cache_mb!.toFixed(1)} MB` : '');

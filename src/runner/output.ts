@@ -3,7 +3,7 @@
  * (rewritten after every domain; `complete` turns true at the end) and `manifest.json`
  * (environment + provenance). A run that stops loses nothing already computed.
  */
-import { appendFileSync, mkdirSync, writeFileSync, renameSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface DomainResult {
@@ -34,11 +34,15 @@ export interface Summary {
 export class RunWriter {
   readonly dir: string;
 
-  constructor(dir: string) {
+  /** `keepBatches`: lines of an existing batches.jsonl to keep (a resumed run's finished domains). */
+  constructor(dir: string, keepBatches = 0) {
     this.dir = dir;
     mkdirSync(dir, { recursive: true });
-    // A restarted run starts its batch log afresh rather than mixing two runs' lines.
-    writeFileSync(join(dir, 'batches.jsonl'), '');
+    const path = join(dir, 'batches.jsonl');
+    // A restarted run starts its batch log afresh rather than mixing two runs' lines; a resumed one
+    // drops the lines of the domain that was interrupted.
+    const kept = keepBatches > 0 && existsSync(path) ? readFileSync(path, 'utf8').split('\n').slice(0, keepBatches) : [];
+    writeFileSync(path, kept.length ? kept.join('\n') + '\n' : '');
   }
 
   appendBatch(line: Record<string, unknown>): void {

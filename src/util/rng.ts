@@ -74,6 +74,12 @@ export class Rng {
     return Array.from(this.s);
   }
 
+  /** Restores a snapshot taken with `state()` in place (checkpoint resume). */
+  setState(state: readonly number[]): void {
+    if (state.length !== 4) throw new Error('Rng state must have 4 words');
+    this.s = Uint32Array.from(state);
+  }
+
   static fromState(state: readonly number[]): Rng {
     return new Rng(Uint32Array.from(state));
   }

@@ -3,43 +3,18 @@
  * with the small RobustBench-architecture fixture weights.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeNpy } from '../../src/io/npy.js';
 import { CORRUPTIONS_15 } from '../../src/data/stream.js';
-import { Rng } from '../../src/util/rng.js';
+import { FIXTURE_WEIGHTS as WEIGHTS, makeCifarC, runBin } from './helpers.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
-const WEIGHTS = join(ROOT, 'test/fixtures/models/resnext_small.safetensors');
 const N = 6; // images per severity block
-
-function cli(args: string[]) {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin/cta-eval.js'), ...args], { encoding: 'utf8', cwd: ROOT });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const cli = (args: string[]) => runBin('cta-eval', args);
 
 let dataDir = '';
 beforeAll(async () => {
-  const root = mkdtempSync(join(tmpdir(), 'cta-e2e-'));
-  dataDir = join(root, 'CIFAR-10-C');
-  mkdirSync(dataDir);
-  const rng = new Rng(1);
-  const labels = new Uint8Array(5 * N).map((_, i) => i % 10);
-  await writeNpy(join(dataDir, 'labels.npy'), 'uint8', [5 * N], labels);
-  for (const c of CORRUPTIONS_15) {
-    const img = new Uint8Array(5 * N * 32 * 32 * 3).map(() => rng.int(256));
-    await writeNpy(join(dataDir, `${c}.npy`), 'uint8', [5 * N, 32, 32, 3], img);
-  }
-  // Clean CIFAR-10 binary: label byte + 3072 planar bytes per record.
-  mkdirSync(join(root, 'cifar-10-batches-bin'));
-  const rec = new Uint8Array(N * 3073);
-  for (let i = 0; i < N; i++) {
-    rec[i * 3073] = i % 10;
-    for (let k = 1; k < 3073; k++) rec[i * 3073 + k] = rng.int(256);
-  }
-  writeFileSync(join(root, 'cifar-10-batches-bin', 'test_batch.bin'), rec);
+  dataDir = await makeCifarC(N);
 });
 
 describe('cta-eval end to end', () => {
