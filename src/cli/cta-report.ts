@@ -1,0 +1,100 @@
+/**
+ * cta-report DIR...: collects finished runs (summary.json) under the folders, groups them by
+ * config (all keys but the seed), prints a markdown table in the paper layout and writes
+ * report.md, report.csv and SVG figures to --out.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import yargs from 'yargs';
+import { runMain } from './run-main.js';
+import { CtaError } from '../util/errors.js';
+import { fieldKey } from '../config/load.js';
+import { toKebab } from '../config/schema.js';
+import { collectRuns, groupRuns } from '../report/collect.js';
+import { csvTable, markdownByTable, markdownTable } from '../report/tables.js';
+import { byKeySvg, errorByDomainSvg, streamSvg } from '../report/plots.js';
+
+const USAGE = '$0 DIR... [--by KEY] [--out DIR]';
+const ABOUT =
+  'Finds run folders (summary.json) under each DIR, groups runs whose configs differ only in the seed, and ' +
+  'prints a markdown table: one row per group, the corruptions in stream order, their mean and the cache MB ' +
+  'where recorded, as mean ± std over seeds. --by KEY puts the values of one config key in the columns ' +
+  '(ablations). Writes report.md, report.csv, error-by-domain.svg, stream.svg (error and cache per batch ' +
+  'over the stream) and, with --by, by-KEY.svg to --out. Unfinished runs are left out unless --include-partial.';
+
+export async function main(argv: string[]): Promise<void> {
+  await runMain('cta-report', async () => {
+    const a = (await yargs(argv)
+      .scriptName('cta-report')
+      .usage(USAGE)
+      .epilogue(ABOUT)
+      .option('by', { type: 'string', describe: 'config key whose values become the columns (e.g. beta-thre, alg)' })
+      .option('out', { type: 'string', describe: 'folder for report.md, report.csv and the SVGs (default <first DIR>/report)' })
+      .option('smooth', { type: 'string', describe: 'batches per window in the stream plot (default: 1/20 of a domain)' })
+      .option('plots', { type: 'boolean', default: true, describe: 'write the SVG figures (--no-plots to skip)' })
+      .option('include-partial', { type: 'boolean', default: false, describe: 'also report runs whose summary.json is not complete' })
+      .strictOptions()
+      .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': true })
+      .version(false)
+      .help('help')
+      .alias('help', 'h')
+      .wrap(Math.min(120, process.stdout.columns || 100))
+      .fail((msg, err) => {
+        if (err) throw err;
+        throw new CtaError(`cta-report: ${msg.split('\n')[0]} (see cta-report --help)`);
+      })
+      .parseAsync()) as Record<string, unknown>;
+    const dirs = ((a._ as unknown[]) ?? []).map(String);
+    if (dirs.length === 0) throw new CtaError('expected at least one folder with runs (see cta-report --help)');
+    const last = (v: unknown) => (Array.isArray(v) ? v[v.length - 1] : v);
+    let smooth: number | undefined;
+    if (a.smooth !== undefined) {
+      smooth = Number(last(a.smooth));
+      if (!Number.isInteger(smooth) || smooth < 1) throw new CtaError(`--smooth: expected an integer ≥ 1, got ${JSON.stringify(last(a.smooth))}`);
+    }
+
+    const col = collectRuns(dirs, { includePartial: a.includePartial === true });
+    const log = (s: string) => process.stdout.write(s + '\n');
+    if (col.runs.length === 0) {
+      const why = col.incomplete.length ? ` (${col.incomplete.length} unfinished; --include-partial shows them)` : '';
+      throw new CtaError(`no finished runs (summary.json with complete: true) under ${dirs.join(' ')}${why}`);
+    }
+    const g = groupRuns(col.runs);
+    let byKey: string | null = null;
+    if (a.by !== undefined) {
+      const raw = String(last(a.by));
+      byKey = fieldKey(raw);
+      if (!byKey) throw new CtaError(`--by: unknown config key '${raw}'`);
+      if (!g.varied.includes(byKey)) {
+        throw new CtaError(`--by ${raw}: the runs do not differ in ${toKebab(byKey)} (they differ in: ${g.varied.map(toKebab).join(', ') || 'nothing but the seed'})`);
+      }
+    }
+
+    const notes: string[] = [];
+    notes.push(`${col.runs.length} run${col.runs.length === 1 ? '' : 's'} in ${g.groups.length} group${g.groups.length === 1 ? '' : 's'}` + (g.varied.length ? ` (varying: ${g.varied.map(toKebab).join(', ')})` : ''));
+    if (col.incomplete.length) notes.push(`${col.incomplete.length} unfinished run${col.incomplete.length === 1 ? '' : 's'} left out`);
+    if (col.unreadable.length) notes.push(`${col.unreadable.length} unreadable summary.json: ${col.unreadable.join(', ')}`);
+    const table = byKey ? markdownByTable(g, byKey) : `top-1 error (%) per corruption, mean over seeds (± std):\n\n${markdownTable(g)}`;
+    const md = `${notes.join('; ')}\n\n${table}\n`;
+    log(md);
+
+    const outDir = resolve(a.out === undefined ? join(dirs[0], 'report') : String(last(a.out)));
+    mkdirSync(outDir, { recursive: true });
+    const written: string[] = [];
+    const write = (name: string, text: string) => {
+      writeFileSync(join(outDir, name), text);
+      written.push(name);
+    };
+    // The markdown file always holds the paper layout; a --by table is added below it.
+    write('report.md', `# cta-report\n\n${notes.join('; ')}\n\n## Per domain\n\n${markdownTable(g)}\n${byKey ? `\n## By ${toKebab(byKey)}\n\n${markdownByTable(g, byKey)}\n` : ''}`);
+    write('report.csv', csvTable(g));
+    if (a.plots !== false) {
+      write('error-by-domain.svg', errorByDomainSvg(g));
+      const stream = streamSvg(g, { smooth });
+      if (stream) write('stream.svg', stream);
+      if (byKey) write(`by-${toKebab(byKey)}.svg`, byKeySvg(g, byKey));
+    }
+    const rel = relative(process.cwd(), outDir) || '.';
+    log(`wrote ${written.map((f) => join(rel, f)).join(', ')}`);
+  });
+}
