@@ -36,6 +36,14 @@ export function runStatus(dir: string): RunStatus {
   return RUN_FILES.some((f) => existsSync(join(dir, f))) ? 'partial' : 'new';
 }
 
+/**
+ * An interrupted run that reached a domain boundary left a checkpoint: it continues with
+ * `cta-eval --resume` (same numbers as an uninterrupted run) instead of starting over.
+ */
+export function canResume(dir: string): boolean {
+  return existsSync(join(dir, 'checkpoint.json')) && existsSync(join(dir, 'checkpoint.safetensors')) && existsSync(join(dir, 'manifest.json'));
+}
+
 /** Removes an unfinished attempt's outputs (only the files cta-eval and cta-sweep write). */
 export function resetRun(dir: string): void {
   for (const f of RUN_FILES) rmSync(join(dir, f), { force: true });
@@ -89,10 +97,13 @@ export async function runLocal(runs: readonly PlannedRun[], opts: LocalOptions):
   const runOne = (run: PlannedRun): Promise<void> =>
     new Promise((done) => {
       mkdirSync(run.dir, { recursive: true });
-      resetRun(run.dir);
+      const resume = canResume(run.dir);
+      if (!resume) resetRun(run.dir);
       const logPath = join(run.dir, LOG_NAME);
-      const fd = openSync(logPath, 'w');
-      const { file, args } = opts.command(run);
+      const fd = openSync(logPath, resume ? 'a' : 'w');
+      const cmd = opts.command(run);
+      // args[0] is the cta-eval script; a resumed run takes its config from its own manifest.
+      const { file, args } = resume ? { file: cmd.file, args: [cmd.args[0], '--resume', run.dir, '--progress', 'none'] } : cmd;
       const t0 = performance.now();
       let child: ChildProcess;
       try {
@@ -104,7 +115,7 @@ export async function runLocal(runs: readonly PlannedRun[], opts: LocalOptions):
       }
       active.set(child, run);
       const what = run.params.length ? ` (${describeParams(run.params)})` : '';
-      opts.log(`cta-sweep: start ${run.id}${what}`);
+      opts.log(`cta-sweep: ${resume ? 'resume' : 'start'} ${run.id}${what}`);
       let spawnError: Error | null = null;
       child.on('error', (e) => (spawnError = e));
       child.on('close', (code, sig) => {

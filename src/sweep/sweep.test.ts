@@ -277,6 +277,24 @@ setTimeout(() => { fs.writeFileSync(out + '/summary.json', JSON.stringify({ comp
     expect(runs.map((r) => statSync(join(r.dir, 'summary.json')).mtimeMs)).toEqual(mtimes);
   });
 
+  it('resumes a partial run that has a complete checkpoint (cta-eval --resume <dir>)', async () => {
+    const runs = fakePlan(1);
+    const dir = runs[0].dir;
+    mkdirSync(dir, { recursive: true });
+    for (const f of ['checkpoint.json', 'checkpoint.safetensors', 'manifest.json']) writeFileSync(join(dir, f), '{}');
+    writeFileSync(join(dir, 'summary.json'), JSON.stringify({ complete: false }));
+    // A stand-in cta-eval script that records its arguments and completes the run.
+    const script = join(tmp(), 'fake-cta-eval.cjs');
+    writeFileSync(script, `const fs = require('fs'); const a = process.argv.slice(2); const out = a[a.indexOf('--resume') + 1];
+fs.writeFileSync(out + '/args.json', JSON.stringify(a)); fs.writeFileSync(out + '/summary.json', JSON.stringify({ complete: true }));`);
+    const log: string[] = [];
+    const res = await runLocal(runs, { jobs: 1, command: (r) => ({ file: process.execPath, args: [script, '--alg', 'tent', '--out', r.dir] }), log: (l) => log.push(l) });
+    expect(res.ran).toEqual([runs[0].id]);
+    expect(JSON.parse(readFileSync(join(dir, 'args.json'), 'utf8'))).toEqual(['--resume', dir, '--progress', 'none']);
+    expect(existsSync(join(dir, 'checkpoint.json'))).toBe(true);
+    expect(log.some((l) => l.startsWith('cta-sweep: resume'))).toBe(true);
+  });
+
   it('restarts a partial run cleanly and reports failures with the log', async () => {
     const runs = fakePlan(2);
     mkdirSync(runs[0].dir, { recursive: true });
