@@ -3,8 +3,15 @@
  * config key and its flag cannot drift apart. yargs does the tokenising; values are validated by
  * the config layer (`coerce`) so flag and YAML errors read the same.
  */
-import yargs, { type Argv } from 'yargs';
+import { createRequire } from 'node:module';
+import type { Argv } from 'yargs';
 import { CtaError } from '../util/errors.js';
+
+/**
+ * yargs through its CommonJS build: the ESM build ships no string-width helper and wraps help
+ * text in the middle of words. Every bin takes yargs from here.
+ */
+export const yargs = createRequire(import.meta.url)('yargs') as (args: string[]) => Argv;
 import { FIELDS, type FieldKey, toKebab } from '../config/schema.js';
 import { resolveConfig } from '../config/load.js';
 import type { CtaConfig } from '../config/schema.js';
@@ -37,16 +44,11 @@ export function flagValues(argv: Record<string, unknown>): Partial<Record<FieldK
 }
 
 /**
- * Parses argv for a command. Unknown flags and malformed values become CtaErrors (exit 2) rather
- * than yargs' multi-line help dump.
+ * The settings every bin shares: strict options, kebab/camel flags, --help, terminal-width
+ * wrapping, and parse failures turned into one CtaError line instead of yargs' help dump.
  */
-export async function parseCommand<E extends Record<string, unknown>>(
-  argv: string[],
-  scriptName: string,
-  usage: string,
-  extra: (y: Argv) => Argv,
-): Promise<{ cfg: CtaConfig; argv: E & Record<string, unknown> }> {
-  const y = extra(addConfigOptions(yargs(argv)))
+export function configureCli(y: Argv, scriptName: string, usage: string): Argv {
+  return y
     .scriptName(scriptName)
     .usage(usage)
     .strictOptions()
@@ -59,6 +61,19 @@ export async function parseCommand<E extends Record<string, unknown>>(
       if (err) throw err;
       throw new CtaError(`${scriptName}: ${msg.split('\n')[0]} (see ${scriptName} --help)`);
     });
+}
+
+/**
+ * Parses argv for a command. Unknown flags and malformed values become CtaErrors (exit 2) rather
+ * than yargs' multi-line help dump.
+ */
+export async function parseCommand<E extends Record<string, unknown>>(
+  argv: string[],
+  scriptName: string,
+  usage: string,
+  extra: (y: Argv) => Argv,
+): Promise<{ cfg: CtaConfig; argv: E & Record<string, unknown> }> {
+  const y = configureCli(extra(addConfigOptions(yargs(argv))), scriptName, usage);
   const parsed = (await y.parseAsync()) as Record<string, unknown>;
   const positional = (parsed._ as unknown[]) ?? [];
   if (positional.length > 0 && scriptName === 'cta-eval') {

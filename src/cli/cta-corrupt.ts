@@ -16,8 +16,8 @@
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import yargs from 'yargs';
 import { runMain } from './run-main.js';
+import { configureCli, yargs } from './args.js';
 import { CtaError } from '../util/errors.js';
 import { writeNpy } from '../io/npy.js';
 import { CORRUPTION_NAMES } from '../data/corruptions/index.js';
@@ -132,9 +132,7 @@ async function writeClean(dir: string, set: CleanSet): Promise<{ path: string; d
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-corrupt', async () => {
-    const parsed = (await yargs(argv)
-      .scriptName('cta-corrupt')
-      .usage(USAGE)
+    const parsed = (await configureCli(yargs(argv), 'cta-corrupt', USAGE)
       .epilogue(ABOUT)
       .option('input', { type: 'string', describe: 'clean set: IDX images file (.gz ok), CIFAR binary batch or .npy' })
       .option('out', { type: 'string', describe: 'output folder (created; existing corruption files are overwritten)' })
@@ -143,17 +141,7 @@ export async function main(argv: string[]): Promise<void> {
       .option('n', { type: 'string', describe: 'first N clean images (default: all)' })
       .option('seed', { type: 'string', describe: 'noise seed; the same as cta-eval --seed gives the --data synthetic-c images (default 2020)' })
       .option('frost-dir', { type: 'string', describe: 'folder with the original frost1..5 photos (default: procedural frost, non-standard)' })
-      .strictOptions()
       .strict()
-      .parserConfiguration({ 'camel-case-expansion': true })
-      .version(false)
-      .help('help')
-      .alias('help', 'h')
-      .wrap(Math.min(120, process.stdout.columns || 100))
-      .fail((msg, err) => {
-        if (err) throw err;
-        throw new CtaError(`${msg.split('\n')[0]} (see cta-corrupt --help)`);
-      })
       .parseAsync()) as Record<string, unknown>;
 
     const input = strFlag('input', parsed.input);

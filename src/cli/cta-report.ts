@@ -5,8 +5,8 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import yargs from 'yargs';
 import { runMain } from './run-main.js';
+import { configureCli, yargs } from './args.js';
 import { CtaError } from '../util/errors.js';
 import { fieldKey } from '../config/load.js';
 import { toKebab } from '../config/schema.js';
@@ -24,25 +24,13 @@ const ABOUT =
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-report', async () => {
-    const a = (await yargs(argv)
-      .scriptName('cta-report')
-      .usage(USAGE)
+    const a = (await configureCli(yargs(argv), 'cta-report', USAGE)
       .epilogue(ABOUT)
       .option('by', { type: 'string', describe: 'config key whose values become the columns (e.g. beta-thre, alg)' })
       .option('out', { type: 'string', describe: 'folder for report.md, report.csv and the SVGs (default <first DIR>/report)' })
       .option('smooth', { type: 'string', describe: 'batches per window in the stream plot (default: 1/20 of a domain)' })
       .option('plots', { type: 'boolean', default: true, describe: 'write the SVG figures (--no-plots to skip)' })
       .option('include-partial', { type: 'boolean', default: false, describe: 'also report runs whose summary.json is not complete' })
-      .strictOptions()
-      .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': true })
-      .version(false)
-      .help('help')
-      .alias('help', 'h')
-      .wrap(Math.min(120, process.stdout.columns || 100))
-      .fail((msg, err) => {
-        if (err) throw err;
-        throw new CtaError(`cta-report: ${msg.split('\n')[0]} (see cta-report --help)`);
-      })
       .parseAsync()) as Record<string, unknown>;
     const dirs = ((a._ as unknown[]) ?? []).map(String);
     if (dirs.length === 0) throw new CtaError('expected at least one folder with runs (see cta-report --help)');

@@ -6,9 +6,8 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import yargs from 'yargs';
 import { runMain } from './run-main.js';
-import { addConfigOptions, flagValues } from './args.js';
+import { configureCli, addConfigOptions, flagValues, yargs } from './args.js';
 import { CtaError } from '../util/errors.js';
 import { coerce } from '../config/load.js';
 import { toKebab, type FieldKey } from '../config/schema.js';
@@ -62,9 +61,7 @@ function strList(v: unknown): string[] {
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-sweep', async () => {
-    const y = addConfigOptions(yargs(argv))
-      .scriptName('cta-sweep')
-      .usage(USAGE)
+    const y = configureCli(addConfigOptions(yargs(argv)), 'cta-sweep', USAGE)
       .epilogue(ABOUT)
       .option('list', { type: 'boolean', describe: 'print the expanded runs and their status (default action)', group: 'sweep' })
       .option('emit', { type: 'string', choices: ['sh', 'slurm'], describe: 'print a bash script or a Slurm array job to stdout', group: 'sweep' })
@@ -83,17 +80,7 @@ export async function main(argv: string[]): Promise<void> {
       .option('job-name', { type: 'string', describe: 'Slurm job name (default cta-<sweep name>)', group: 'slurm' })
       .option('sbatch', { type: 'string', array: true, describe: 'extra #SBATCH option, verbatim (repeatable), e.g. --sbatch=--constraint=a100', group: 'slurm' })
       // addConfigOptions brings --config; a sweep names its base with extends: instead.
-      .hide('config')
-      .strictOptions()
-      .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': true })
-      .version(false)
-      .help('help')
-      .alias('help', 'h')
-      .wrap(Math.min(120, process.stdout.columns || 100))
-      .fail((msg, err) => {
-        if (err) throw err;
-        throw new CtaError(`cta-sweep: ${msg.split('\n')[0]} (see cta-sweep --help)`);
-      });
+      .hide('config');
     const a = (await y.parseAsync()) as Record<string, unknown>;
     const files = ((a._ as unknown[]) ?? []).map(String);
     if (files.length !== 1) throw new CtaError(`expected one sweep file, got ${files.length === 0 ? 'none' : files.join(' ')} (see cta-sweep --help)`);
