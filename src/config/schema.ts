@@ -10,7 +10,7 @@ import { ALGORITHM_NAMES } from '../algorithms/registry.js';
 import { MODEL_NAMES } from '../models/registry.js';
 import { CORRUPTIONS_15, EXTRA_CORRUPTIONS } from '../data/stream.js';
 
-export const DATASETS = ['cifar10c', 'cifar100c', 'synthetic-c'] as const;
+export const DATASETS = ['cifar10c', 'cifar100c', 'synthetic-c', 'imagenetc'] as const;
 export const PROGRESS_MODES = ['auto', 'bar', 'plain', 'none'] as const;
 export const MATCHED_UPDATES = ['momentum', 'skip'] as const;
 export const ALL_CORRUPTIONS = [...CORRUPTIONS_15, ...EXTRA_CORRUPTIONS] as readonly string[];
@@ -31,14 +31,17 @@ export type FieldSpec =
 export const FIELDS = {
   // --- data -----------------------------------------------------------------------------------
   data: { type: 'enum', choices: DATASETS, default: 'cifar10c', group: 'data', description: 'data set layout' },
-  dataDir: { type: 'string', nullable: true, default: null, group: 'data', description: 'folder with <corruption>.npy + labels.npy (or containing CIFAR-10-C/)' },
+  dataDir: { type: 'string', nullable: true, default: null, group: 'data', description: 'folder with <corruption>.npy + labels.npy (or containing CIFAR-10-C/); for imagenetc <corruption>/<severity>/<wnid>/*.JPEG (or containing ImageNet-C/)' },
   cleanPath: { type: 'string', nullable: true, default: null, group: 'data', description: "CIFAR binary test batch for the 'original' domain (default <data-dir>/cifar-10-batches-bin/test_batch.bin, then <data-dir>/../cifar-10-batches-bin/test_batch.bin)" },
+  cleanDir: { type: 'string', nullable: true, default: null, group: 'data', description: "imagenetc: ImageNet validation folder <wnid>/*.JPEG for the 'original' domain and EATA's Fisher data (resize 256, centre crop 224)" },
+  imageList: { type: 'string', nullable: true, default: null, group: 'data', description: "imagenetc: text file of 'wnid/file' lines to evaluate, in order (e.g. RobustBench's 5,000-image list; not shipped)" },
+  skipBadImages: { type: 'bool', default: false, group: 'data', description: 'imagenetc: skip unreadable images with a warning instead of stopping' },
   source: { type: 'string', nullable: true, default: null, group: 'data', description: 'clean data file for --data synthetic-c: IDX images (.gz ok), CIFAR binary batch or .npy' },
   frostDir: { type: 'string', nullable: true, default: null, group: 'data', description: 'folder with the original frost1..5 photos (default: procedural frost, non-standard)' },
   corruptions: { type: 'list', choices: ALL_CORRUPTIONS, default: [...CORRUPTIONS_15], group: 'data', description: 'corruptions in stream order (comma-separated)' },
   cleanLast: { type: 'bool', default: true, group: 'data', description: "append the clean test set as the last domain ('original')" },
   severity: { type: 'int', min: 1, max: 5, default: 5, group: 'data', description: 'corruption severity' },
-  nExamples: { type: 'int', min: 1, nullable: true, default: null, group: 'data', description: 'images per domain (default: all)' },
+  nExamples: { type: 'int', min: 1, nullable: true, default: null, group: 'data', description: 'images per domain (default: all; CIFAR-C: the first k; imagenetc: a seeded class-balanced subset, or the first k of --image-list)' },
   shuffle: { type: 'bool', default: true, group: 'data', description: 'shuffle each domain (seeded by --seed); false streams in file order' },
   seed: { type: 'int', min: 0, default: 2020, group: 'data', description: 'seed for shuffling, pruning and Fisher subsets' },
   batchSize: { type: 'int', min: 1, default: 16, group: 'data', description: 'test batch size' },

@@ -6,6 +6,7 @@ import type { CtaConfig } from '../config/schema.js';
 import { CtaError } from '../util/errors.js';
 import { cifarCSource, type DomainSource } from './stream.js';
 import { syntheticCSource } from './synthetic-c.js';
+import { imageNetCSource } from './imagenet-c.js';
 
 type SourceFactory = (cfg: CtaConfig) => DomainSource;
 
@@ -40,6 +41,19 @@ export const DATA_SOURCES = {
       frostDir: cfg.frostDir ?? undefined,
     });
   },
+  // ImageNet-C folders decoded with sharp batch by batch (data/imagenet-c.ts); clean = --clean-dir.
+  imagenetc: (cfg) =>
+    imageNetCSource({
+      dataDir: cfg.dataDir,
+      severity: cfg.severity,
+      corruptions: cfg.corruptions,
+      includeClean: cfg.cleanLast,
+      cleanDir: cfg.cleanDir,
+      nExamples: cfg.nExamples ?? undefined,
+      imageList: cfg.imageList,
+      skipBadImages: cfg.skipBadImages,
+      seed: cfg.seed,
+    }),
 } satisfies Record<CtaConfig['data'], SourceFactory>;
 
 /** Opens the configured source and checks every domain's files up front (fail before adapting). */

@@ -45,6 +45,46 @@ export interface DomainSource {
   count?(name: string): Promise<number>;
   /** Check every domain's files up front (headers/sizes only) so a long run does not fail half way. */
   validate?(): Promise<void>;
+  /**
+   * Streaming access for sets too large to hold a domain in memory (ImageNet-C: 50,000 JPEGs per
+   * domain): the domain's size and image shape now, the pixels batch by batch. The runner uses it
+   * when present; `openDomain` gives every source this interface.
+   */
+  open?(name: string): Promise<DomainStream>;
+  /** Number of classes the labels index (checked against the model when known). */
+  readonly numClasses?: number;
+}
+
+/** A domain delivered batch by batch (see `DomainSource.open`). */
+export interface DomainStream {
+  name: string;
+  severity: number | null;
+  n: number;
+  height: number;
+  width: number;
+  channels: number;
+  /**
+   * Batches of the samples in `order` (indices 0…n−1), `batchSize` at a time, the last one
+   * possibly smaller; a source may drop unreadable samples (then a batch is smaller still).
+   */
+  batches(order: Int32Array, batchSize: number): AsyncIterable<Batch>;
+}
+
+/** `source.open(name)`, or an in-memory domain from `source.load(name)` cut by `makeBatches`. */
+export async function openDomain(source: DomainSource, name: string): Promise<DomainStream> {
+  if (source.open) return source.open(name);
+  const d = await source.load(name);
+  return {
+    name: d.name,
+    severity: d.severity,
+    n: d.n,
+    height: d.height,
+    width: d.width,
+    channels: d.channels,
+    async *batches(order, batchSize) {
+      yield* makeBatches(d, order, batchSize);
+    },
+  };
 }
 
 export const CLEAN_DOMAIN = 'original';

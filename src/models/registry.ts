@@ -13,6 +13,8 @@ import type { InputNorm } from './base.js';
 import { UNKNOWN } from './infer.js';
 import { CifarResNeXt, inferResNeXt, resnextExpectedKeys } from './resnext.js';
 import { WideResNet, inferWrn, wrnExpectedKeys } from './wrn.js';
+import { ResNet50, inferResNet, resnetExpectedKeys } from './resnet50.js';
+import { VIT_B16_CONFIG, VisionTransformer, inferVit, vitExpectedKeys } from './vit.js';
 
 /** Architecture facts a config may pin; checked against what the weights imply. */
 export interface ExpectedArch {
@@ -81,6 +83,44 @@ export const MODELS = {
       return out;
     },
     build: (sd, opts) => new WideResNet(sd, inferWrn(sd), { rng: opts.rng, inputNorm: opts.inputNorm }),
+  },
+  resnet50: {
+    description: 'torchvision ResNet-50 (IMAGENET1K_V1 key names, ImageNet mean/std inside the model); also RobustBench Hendrycks2020Many (model. prefix + normalize.mean/std)',
+    expectedKeys: (sd) => resnetExpectedKeys(inferResNet(sd)),
+    describe: (sd) => {
+      const a = inferResNet(sd);
+      const blocks = a.stages.map((s) => s.blocks).join('/');
+      return `depth ${a.depth} (blocks ${blocks}), stem ${dimText(a.stem)}, groups ${dimText(a.groups)}, ${dimText(a.numClasses)} classes${a.prefix ? ', RobustBench model. prefix' : ''}`;
+    },
+    check: (sd, e) => {
+      const a = inferResNet(sd);
+      const out = [...mismatch('depth', e.depth, a.depth), ...mismatch('cardinality (3×3 conv groups)', e.cardinality, a.groups)];
+      if (e.baseWidth !== undefined) out.push(`base width ${e.baseWidth} given, but resnet50 is checked by depth and groups only`);
+      return out;
+    },
+    build: (sd, opts) => new ResNet50(sd, inferResNet(sd), { rng: opts.rng, inputNorm: opts.inputNorm }),
+  },
+  vit_b16: {
+    description: 'timm vit_base_patch16_224 key names (12 heads, LayerNorm ε 1e-6, mean = std = 0.5 as for the augreg weights); adapts LayerNorms',
+    expectedKeys: (sd) => vitExpectedKeys(inferVit(sd)),
+    describe: (sd) => {
+      const a = inferVit(sd);
+      const side = a.grid === UNKNOWN || a.patch === UNKNOWN ? '?' : String(a.grid * a.patch);
+      return `depth ${a.depth}, width ${dimText(a.dim)}, MLP ${dimText(a.mlpDim)}, patch ${dimText(a.patch)}, input ${side} px, ${dimText(a.numClasses)} classes`;
+    },
+    check: (sd, e) => {
+      const a = inferVit(sd);
+      const out = mismatch('depth (blocks)', e.depth, a.depth);
+      if (e.cardinality !== undefined) out.push(`cardinality ${e.cardinality} given, but vit_b16 has none`);
+      if (e.baseWidth !== undefined) out.push(`base width ${e.baseWidth} given, but vit_b16 has none`);
+      if (a.dim !== UNKNOWN && a.dim % VIT_B16_CONFIG.heads !== 0) out.push(`width ${a.dim} is not divisible by the ${VIT_B16_CONFIG.heads} heads of vit_b16`);
+      const tokens = sd.get('pos_embed')?.shape[1];
+      if (tokens !== undefined && a.grid === UNKNOWN) out.push(`pos_embed has ${tokens} tokens, not 1 class token + a square patch grid (register tokens / other pooling are not supported)`);
+      return out;
+    },
+    // The model config (heads, mean/std, ε) travels with the architecture; --model vit_b16 always
+    // means timm's augreg normalisation unless a caller passes another explicitly.
+    build: (sd, opts) => new VisionTransformer(sd, inferVit(sd), opts.inputNorm ? { config: { inputNorm: opts.inputNorm } } : {}),
   },
 } satisfies Record<string, ModelSpec>;
 

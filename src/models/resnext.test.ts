@@ -49,8 +49,8 @@ function logits(model: Classifier): tf.Tensor2D {
 }
 
 describe('registry', () => {
-  it('lists both architectures', () => {
-    expect(MODEL_NAMES).toEqual(['resnext29', 'wrn28_10']);
+  it('lists the architectures', () => {
+    expect(MODEL_NAMES).toEqual(['resnext29', 'wrn28_10', 'resnet50', 'vit_b16']);
   });
 });
 
@@ -251,8 +251,8 @@ describe('whole-model gradients against PyTorch Tent runs (adapt fixtures)', () 
       // gradients vs the float64 reference) runs up to ~8e-5; allow 2e-4 there.
       expectClose(`${name}.final.bias[${layer.name}]`, layer.bias, fixtureTensor(ref, `final.${layer.name}.bias`), 2e-4);
       if (ref.has(`final.${layer.name}.running_mean`)) {
-        expectClose(`${name}.final.running_mean[${layer.name}]`, layer.runningMean, fixtureTensor(ref, `final.${layer.name}.running_mean`));
-        expectClose(`${name}.final.running_var[${layer.name}]`, layer.runningVar, fixtureTensor(ref, `final.${layer.name}.running_var`));
+        expectClose(`${name}.final.running_mean[${layer.name}]`, layer.runningMean!, fixtureTensor(ref, `final.${layer.name}.running_mean`));
+        expectClose(`${name}.final.running_var[${layer.name}]`, layer.runningVar!, fixtureTensor(ref, `final.${layer.name}.running_var`));
       }
     }
     tf.dispose(bufs.filter((b): b is tf.Tensor => b !== null));

@@ -44,12 +44,19 @@ export interface NormRecord {
 export interface NormLayer {
   /** PyTorch module path, e.g. 'stage_1.0.bn_reduce' (the state_dict prefix). */
   readonly name: string;
+  /**
+   * 'batch': BatchNorm2d (running statistics, every NormMode); 'layer': LayerNorm (per-token
+   * statistics only: no running buffers, so only the affine parameters can adapt, and the modes
+   * that touch statistics, 'mecta' / 'train-update', do not apply).
+   */
+  readonly kind: 'batch' | 'layer';
   readonly numFeatures: number;
   readonly eps: number;
   readonly weight: tf.Variable;
   readonly bias: tf.Variable;
-  readonly runningMean: tf.Variable;
-  readonly runningVar: tf.Variable;
+  /** Running statistics; null for a LayerNorm, which has none. */
+  readonly runningMean: tf.Variable | null;
+  readonly runningVar: tf.Variable | null;
   /** Whether the affine parameters are being adapted (set by the algorithm via the model). */
   trainable: boolean;
   /** Record of the most recent forward, null before the first. */

@@ -1,0 +1,269 @@
+/**
+ * torchvision ResNet-50 (IMAGENET1K_V1 key names; data-formats.md Table E, algorithms.md D.4), NHWC:
+ *
+ *   (x − mean)/std → conv1 7×7/2 pad 3 → bn1 → relu → max-pool 3×3/2 pad 1
+ *   → layer1..4 × Bottleneck (torchvision "v1.5": the stride sits in the 3×3 conv2, as in EATA's
+ *     ResNet code):
+ *       conv1 1×1 → bn1 → relu → conv2 3×3 (stride, pad 1, groups) → bn2 → relu → conv3 1×1 → bn3;
+ *       residual = downsample.0 (1×1, stride) → downsample.1 on block 0 when the stride or width
+ *       changes; relu(residual + branch)
+ *   → global average pool → fc.
+ *
+ * Two key layouts are accepted: torchvision's (`conv1.weight`, …) and RobustBench's wrapped model
+ * (`Hendrycks2020Many`, `Standard_R50`): every key under `model.` plus the `normalize.mean/std`
+ * buffers [1,3,1,1] of its input normaliser, whose values then replace the ImageNet constants.
+ * Widths, blocks per stage, groups and classes are read from the shapes, so the reduced test
+ * models (and wide / grouped variants) load with the same code.
+ */
+import { tf } from '../tf.js';
+import { CtaError } from '../util/errors.js';
+import type { Rng } from '../util/rng.js';
+import type { StateDict } from '../io/types.js';
+import { BaseClassifier } from './base.js';
+import type { InputNorm } from './base.js';
+import type { BatchNormLayer } from './norm-layer.js';
+import { addRelu, globalAvgPool, relu } from './layers.js';
+import type { Conv2d, Linear } from './layers.js';
+import { bnKeys, childCount, dimOf, divDim } from './infer.js';
+
+const STAGES = 4;
+/** ImageNet mean/std (torchvision transforms; RobustBench's ImageNormalizer defaults). */
+export const IMAGENET_NORM: Readonly<InputNorm> = Object.freeze({ mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] });
+
+export interface ResNetStage {
+  blocks: number;
+  inner: number; // conv1 / conv2 width (planes · base_width/64 · groups)
+  out: number; // conv3 width (planes · 4)
+  stride: number;
+}
+
+export interface ResNetArch {
+  /** '' (torchvision) or 'model.' (RobustBench wrapper). */
+  prefix: string;
+  hasNormalize: boolean;
+  stem: number;
+  groups: number;
+  stages: ResNetStage[];
+  numClasses: number;
+  /** 3·blocks + 2 (each bottleneck has 3 convs, plus stem and fc): 50 for [3, 4, 6, 3]. */
+  depth: number;
+}
+
+export function inferResNet(sd: StateDict): ResNetArch {
+  const prefix = sd.has('model.conv1.weight') || [...sd.keys()].some((k) => k.startsWith('model.layer1.')) ? 'model.' : '';
+  const stem = dimOf(sd, [`${prefix}conv1.weight`, `${prefix}bn1.weight`], 0);
+  const stages: ResNetStage[] = [];
+  for (let s = 1; s <= STAGES; s++) {
+    const p = `${prefix}layer${s}.0`;
+    stages.push({
+      blocks: childCount(sd, `${prefix}layer${s}.`),
+      inner: dimOf(sd, [`${p}.conv1.weight`, `${p}.bn1.weight`, `${p}.conv2.weight`], 0),
+      out: dimOf(sd, [`${p}.conv3.weight`, `${p}.bn3.weight`], 0),
+      stride: s === 1 ? 1 : 2,
+    });
+  }
+  const p1 = `${prefix}layer1.0.conv2.weight`;
+  return {
+    prefix,
+    hasNormalize: sd.has('normalize.mean') || sd.has('normalize.std'),
+    stem,
+    groups: divDim(dimOf(sd, [p1], 0), dimOf(sd, [p1], 1)),
+    stages,
+    numClasses: dimOf(sd, [`${prefix}fc.weight`, `${prefix}fc.bias`], 0),
+    depth: 2 + 3 * stages.reduce((a, st) => a + st.blocks, 0),
+  };
+}
+
+/** torchvision `_make_layer`: block 0 gets a downsample when the stride or the width changes. */
+function hasDownsample(i: number, inC: number, st: ResNetStage): boolean {
+  return i === 0 && (st.stride !== 1 || inC !== st.out);
+}
+
+/** Every state_dict key (num_batches_tracked excluded) with its PyTorch shape, in module order. */
+export function resnetExpectedKeys(a: ResNetArch): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  if (a.hasNormalize) {
+    out.set('normalize.mean', [1, 3, 1, 1]);
+    out.set('normalize.std', [1, 3, 1, 1]);
+  }
+  const p = a.prefix;
+  out.set(`${p}conv1.weight`, [a.stem, 3, 7, 7]);
+  bnKeys(out, `${p}bn1`, a.stem);
+  let inC = a.stem;
+  a.stages.forEach((st, si) => {
+    for (let i = 0; i < st.blocks; i++) {
+      const b = `${p}layer${si + 1}.${i}`;
+      out.set(`${b}.conv1.weight`, [st.inner, inC, 1, 1]);
+      bnKeys(out, `${b}.bn1`, st.inner);
+      out.set(`${b}.conv2.weight`, [st.inner, divDim(st.inner, a.groups), 3, 3]);
+      bnKeys(out, `${b}.bn2`, st.inner);
+      out.set(`${b}.conv3.weight`, [st.out, st.inner, 1, 1]);
+      bnKeys(out, `${b}.bn3`, st.out);
+      if (hasDownsample(i, inC, st)) {
+        out.set(`${b}.downsample.0.weight`, [st.out, inC, 1, 1]);
+        bnKeys(out, `${b}.downsample.1`, st.out);
+      }
+      inC = st.out;
+    }
+  });
+  out.set(`${p}fc.weight`, [a.numClasses, inC]);
+  out.set(`${p}fc.bias`, [a.numClasses]);
+  return out;
+}
+
+interface Bottleneck {
+  conv1: Conv2d;
+  bn1: BatchNormLayer;
+  conv2: Conv2d;
+  bn2: BatchNormLayer;
+  conv3: Conv2d;
+  bn3: BatchNormLayer;
+  down: { conv: Conv2d; bn: BatchNormLayer } | null;
+}
+
+export interface ResNetOptions {
+  rng: Rng;
+  /** Input normalisation when the weights carry no `normalize.*` buffers (default ImageNet's). */
+  inputNorm?: InputNorm | null;
+  /** Square input side (default 224; the network itself accepts any size ≥ 32). */
+  inputSize?: number;
+}
+
+export class ResNet50 extends BaseClassifier {
+  readonly arch = 'resnet50';
+  readonly numClasses: number;
+  override readonly inputShape: readonly [number, number, number];
+  readonly architecture: ResNetArch;
+  private readonly stem: Conv2d;
+  private readonly stemBn: BatchNormLayer;
+  private readonly blocks: Bottleneck[] = [];
+  private readonly fc: Linear;
+  /** The input normalisation in use (from `normalize.*`, the option, or ImageNet's). */
+  private normValues: { mean: number[]; std: number[] };
+  private normTensors: [tf.Tensor1D, tf.Tensor1D] | null = null;
+
+  /** `sd` must already match `resnetExpectedKeys(arch)` (the registry checks it). */
+  constructor(sd: StateDict, arch: ResNetArch, opts: ResNetOptions) {
+    super(sd, opts.rng);
+    this.architecture = arch;
+    this.numClasses = arch.numClasses;
+    const side = opts.inputSize ?? 224;
+    this.inputShape = [side, side, 3];
+    const fallback = opts.inputNorm ?? IMAGENET_NORM;
+    this.normValues = arch.hasNormalize
+      ? { mean: Array.from(sd.get('normalize.mean')!.data), std: Array.from(sd.get('normalize.std')!.data) }
+      : { mean: [...fallback.mean], std: [...fallback.std] };
+    try {
+      this.setNorm(this.normValues.mean, this.normValues.std);
+      const p = arch.prefix;
+      this.stem = this.conv(`${p}conv1`, { stride: 2, pad: 3, groups: 1 });
+      this.stemBn = this.norm(`${p}bn1`);
+      let inC = arch.stem;
+      arch.stages.forEach((st, si) => {
+        for (let i = 0; i < st.blocks; i++) {
+          const b = `${p}layer${si + 1}.${i}`;
+          const stride = i === 0 ? st.stride : 1;
+          const down = hasDownsample(i, inC, st);
+          this.blocks.push({
+            conv1: this.conv(`${b}.conv1`, { stride: 1, pad: 0, groups: 1 }),
+            bn1: this.norm(`${b}.bn1`),
+            conv2: this.conv(`${b}.conv2`, { stride, pad: 1, groups: arch.groups }),
+            bn2: this.norm(`${b}.bn2`),
+            conv3: this.conv(`${b}.conv3`, { stride: 1, pad: 0, groups: 1 }),
+            bn3: this.norm(`${b}.bn3`),
+            down: down ? { conv: this.conv(`${b}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${b}.downsample.1`) } : null,
+          });
+          inC = st.out;
+        }
+      });
+      this.fc = this.linear(`${p}fc`);
+      this.finishBuild();
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  private setNorm(mean: readonly number[], std: readonly number[]): void {
+    if (mean.length !== 3 || std.length !== 3 || std.some((v) => !(v > 0))) {
+      throw new CtaError(`resnet50: input normalisation needs 3 means and 3 positive stds, got [${mean.join(',')}] / [${std.join(',')}]`);
+    }
+    const next: [tf.Tensor1D, tf.Tensor1D] = [
+      tf.keep(tf.tensor1d(Float32Array.from(mean))),
+      tf.keep(tf.tensor1d(Float32Array.from(std, (v) => 1 / v))),
+    ];
+    this.normTensors?.forEach((t) => t.dispose());
+    this.normTensors = next;
+    this.normValues = { mean: [...mean], std: [...std] };
+  }
+
+  /** The input normalisation (mean, std) the model applies. */
+  get inputNorm(): InputNorm {
+    return { mean: [...this.normValues.mean], std: [...this.normValues.std] };
+  }
+
+  private block(b: Bottleneck, x: tf.Tensor4D): tf.Tensor4D {
+    let h = relu(b.bn1.apply(b.conv1.apply(x)));
+    h = relu(b.bn2.apply(b.conv2.apply(h)));
+    h = b.bn3.apply(b.conv3.apply(h));
+    const residual = b.down ? b.down.bn.apply(b.down.conv.apply(x)) : x;
+    return addRelu(residual, h);
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor2D {
+    this.checkInput(x);
+    const [mean, invStd] = this.normTensors!;
+    return tf.tidy(() => {
+      let h = tf.tidy(() => {
+        const xn = tf.mul(tf.sub(x, mean), invStd) as tf.Tensor4D;
+        const s = relu(this.stemBn.apply(this.stem.apply(xn)));
+        // MaxPool2d(3, 2, padding=1): PyTorch pads with −inf. The input is a ReLU output (≥ 0) and
+        // every window holds at least one real value, so zero padding gives the same maxima; and
+        // an explicit pad + 'valid' pool avoids tfjs 'same' (asymmetric at stride 2) and the WASM
+        // MaxPoolGrad's handling of numeric padding. A zero that wins a window passes its
+        // gradient nowhere in either case: the ReLU's gradient is 0 there.
+        return tf.maxPool(tf.pad(s, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, 'valid') as tf.Tensor4D;
+      });
+      for (const b of this.blocks) {
+        const next = tf.tidy(() => this.block(b, h));
+        h.dispose(); // see resnext.ts: inference peak memory; the tape keeps its own copies
+        h = next;
+      }
+      return this.fc.apply(globalAvgPool(h));
+    });
+  }
+
+  /** Includes RobustBench's `normalize.mean/std` buffers when the weights had them. */
+  override stateDict(): Map<string, tf.Tensor> {
+    const inner = super.stateDict();
+    if (!this.architecture.hasNormalize) return inner;
+    const out = new Map<string, tf.Tensor>([
+      ['normalize.mean', tf.tensor4d(Float32Array.from(this.normValues.mean), [1, 3, 1, 1])],
+      ['normalize.std', tf.tensor4d(Float32Array.from(this.normValues.std), [1, 3, 1, 1])],
+    ]);
+    for (const [k, v] of inner) out.set(k, v);
+    return out;
+  }
+
+  override loadStateDict(sd: Map<string, tf.Tensor>): void {
+    if (!this.architecture.hasNormalize) {
+      super.loadStateDict(sd);
+      return;
+    }
+    const mean = sd.get('normalize.mean');
+    const std = sd.get('normalize.std');
+    if (!mean || !std || mean.size !== 3 || std.size !== 3) {
+      throw new CtaError(`loadStateDict: state does not match ${this.arch}: normalize.mean / normalize.std [1,3,1,1] missing`);
+    }
+    const rest = new Map([...sd].filter(([k]) => k !== 'normalize.mean' && k !== 'normalize.std'));
+    super.loadStateDict(rest);
+    this.setNorm(Array.from(mean.dataSync()), Array.from(std.dataSync()));
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.normTensors?.forEach((t) => t.dispose());
+    this.normTensors = null;
+  }
+}
+

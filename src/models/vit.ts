@@ -1,0 +1,492 @@
+/**
+ * Vision Transformer with timm's `vit_base_patch16_224` key names (data-formats.md Table E, ViT
+ * notes), NHWC input in [0, 1]:
+ *
+ *   (x − mean)/std → patch_embed.proj (conv k = s = patch, bias) → tokens [N, g², D]
+ *   → prepend cls_token, + pos_embed
+ *   → blocks.i: x += attn.proj(MHSA(attn.qkv(norm1(x))));  x += mlp.fc2(GELU(mlp.fc1(norm2(x))))
+ *   → norm → token 0 → head
+ *
+ * Everything timm does for this model: LayerNorm ε = 1e-6, exact (erf) GELU, q scaled by
+ * head_dim^−½ before q·kᵀ, class-token pooling, no layer scale / q-k norm / register tokens.
+ * Width D, depth, MLP width, patch size, token grid and classes are read off the state_dict shapes
+ * (so reduced test models load with the same code); the head count is not in the weights and comes
+ * from the model config (12 for ViT-B), as does the input normalisation (timm's augreg weights use
+ * mean = std = 0.5, stored with the config rather than typed on a command line).
+ *
+ * The norm layers are the 2·depth + 1 LayerNorms; they are what Tent / ETA / EATA adapt.
+ */
+import { tf } from '../tf.js';
+import { CtaError, listSome } from '../util/errors.js';
+import type { StateDict } from '../io/types.js';
+import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
+import type { InputNorm } from './base.js';
+import { isBatchCounter } from './base.js';
+import { Conv2d, Linear, customOp, rawToTensor, usingTemps } from './layers.js';
+import { LayerNormLayer } from './layer-norm.js';
+import { UNKNOWN, childCount, dimOf } from './infer.js';
+
+/** What a ViT needs beyond the weights (timm's model config). */
+export interface VitConfig {
+  heads: number;
+  inputNorm: InputNorm;
+  /** LayerNorm ε (timm ViT: 1e-6). */
+  eps: number;
+}
+
+/** timm `vit_base_patch16_224` (augreg): 12 heads, mean = std = 0.5, ε = 1e-6. */
+export const VIT_B16_CONFIG: Readonly<VitConfig> = Object.freeze({
+  heads: 12,
+  inputNorm: { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] },
+  eps: 1e-6,
+});
+
+export interface VitArch {
+  dim: number;
+  depth: number;
+  mlpDim: number;
+  patch: number;
+  /** Tokens per side of the patch grid (pos_embed has grid² + 1 tokens). */
+  grid: number;
+  numClasses: number;
+  qkvBias: boolean;
+}
+
+export function inferVit(sd: StateDict): VitArch {
+  const dim = dimOf(sd, ['patch_embed.proj.weight', 'cls_token', 'norm.weight'], 0);
+  const clsDim = dimOf(sd, ['cls_token'], 2);
+  const tokens = dimOf(sd, ['pos_embed'], 1);
+  const grid = tokens === UNKNOWN ? UNKNOWN : Math.round(Math.sqrt(tokens - 1));
+  return {
+    dim: dim === UNKNOWN ? clsDim : dim,
+    depth: childCount(sd, 'blocks.'),
+    mlpDim: dimOf(sd, ['blocks.0.mlp.fc1.weight', 'blocks.0.mlp.fc1.bias'], 0),
+    patch: dimOf(sd, ['patch_embed.proj.weight'], 2),
+    grid: grid !== UNKNOWN && grid * grid + 1 === tokens ? grid : UNKNOWN,
+    numClasses: dimOf(sd, ['head.weight', 'head.bias'], 0),
+    qkvBias: sd.has('blocks.0.attn.qkv.bias'),
+  };
+}
+
+/** Every state_dict key with its PyTorch shape, in timm's module order. */
+export function vitExpectedKeys(a: VitArch): Map<string, number[]> {
+  const d = a.dim;
+  const out = new Map<string, number[]>();
+  out.set('cls_token', [1, 1, d]);
+  out.set('pos_embed', [1, a.grid === UNKNOWN ? UNKNOWN : a.grid * a.grid + 1, d]);
+  out.set('patch_embed.proj.weight', [d, 3, a.patch, a.patch]);
+  out.set('patch_embed.proj.bias', [d]);
+  const ln = (p: string) => {
+    out.set(`${p}.weight`, [d]);
+    out.set(`${p}.bias`, [d]);
+  };
+  for (let i = 0; i < a.depth; i++) {
+    const p = `blocks.${i}`;
+    ln(`${p}.norm1`);
+    out.set(`${p}.attn.qkv.weight`, [3 * d, d]);
+    if (a.qkvBias) out.set(`${p}.attn.qkv.bias`, [3 * d]);
+    out.set(`${p}.attn.proj.weight`, [d, d]);
+    out.set(`${p}.attn.proj.bias`, [d]);
+    ln(`${p}.norm2`);
+    out.set(`${p}.mlp.fc1.weight`, [a.mlpDim, d]);
+    out.set(`${p}.mlp.fc1.bias`, [a.mlpDim]);
+    out.set(`${p}.mlp.fc2.weight`, [d, a.mlpDim]);
+    out.set(`${p}.mlp.fc2.bias`, [d]);
+  }
+  ln('norm');
+  out.set('head.weight', [a.numClasses, d]);
+  out.set('head.bias', [a.numClasses]);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU (exact, PyTorch nn.GELU() default): y = x·Φ(x), dy/dx = Φ(x) + x·φ(x). A custom op that
+// saves only x; autodiff through erf would keep several intermediates of the MLP's widest tensor.
+
+const SQRT1_2 = Math.SQRT1_2;
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+let geluOp: ((x: tf.Tensor) => tf.Tensor) | null = null;
+
+export function gelu<T extends tf.Tensor>(x: T): T {
+  geluOp ??= customOp<tf.Tensor>(([input], save) => {
+    save([input]);
+    const cdf = tf.mul(tf.add(tf.erf(tf.mul(input, SQRT1_2)), 1), 0.5);
+    return {
+      value: tf.mul(input, cdf),
+      gradFunc: (dy, [xs]) => {
+        const phi = tf.mul(tf.exp(tf.mul(tf.square(xs), -0.5)), INV_SQRT_2PI);
+        const cdfB = tf.mul(tf.add(tf.erf(tf.mul(xs, SQRT1_2)), 1), 0.5);
+        return [tf.mul(dy, tf.add(cdfB, tf.mul(xs, phi)))];
+      },
+    };
+  });
+  return geluOp(x) as T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products the WASM backend runs fast. Measured on this machine (tfjs-wasm 4.22, one
+// thread): a 2-D matMul with transposeB = true is ~14× slower than the same product with an
+// explicitly transposed right operand (788×2304·2304×768: 1,963 ms against 140 ms), and a batched
+// (rank-3, batch > 1) matMul ~13× slower than the same products as one 2-D matMul per batch entry
+// (12 heads of 197×64·64×197: 36 ms against 2.7 ms). tfjs's own matMul gradient uses both slow
+// forms, so the linear layers and the attention core below have hand-written backwards that use
+// only plain 2-D products.
+
+/** A per-entry 2-D product of [B, m, k] and [B, k, n] (see above). */
+function batchedMatMul(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
+  const as = tf.unstack(a) as tf.Tensor2D[];
+  const bs = tf.unstack(b) as tf.Tensor2D[];
+  return tf.stack(as.map((ai, i) => tf.matMul(ai, bs[i]))) as tf.Tensor3D;
+}
+
+const swapLast = (t: tf.Tensor3D) => tf.transpose(t, [0, 2, 1]) as tf.Tensor3D;
+
+/**
+ * softmax(q·kᵀ·scale)·v for q, k, v [B, T, d] (B = batch·heads). Saves q, k, v and the attention
+ * map p; backward: dP = dO·vᵀ, dV = pᵀ·dO, dS = p ⊙ (dP − Σ_j dP⊙p), dQ = s·dS·k, dK = s·dSᵀ·q.
+ */
+let attentionOp: ((q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale: tf.Scalar) => tf.Tensor3D) | null = null;
+
+export function attentionCore(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale: number): tf.Tensor3D {
+  attentionOp ??= customOp<tf.Tensor3D>(([qi, ki, vi, si], save) => {
+    const q3 = qi as tf.Tensor3D;
+    const k3 = ki as tf.Tensor3D;
+    const v3 = vi as tf.Tensor3D;
+    const p = tf.softmax(batchedMatMul(tf.mul(q3, si) as tf.Tensor3D, swapLast(k3))) as tf.Tensor3D;
+    save([q3, k3, v3, p, si]);
+    return {
+      value: batchedMatMul(p, v3),
+      gradFunc: (dO, [qs, ks, vs, ps, sc]) => {
+        const p3 = ps as tf.Tensor3D;
+        const dP = batchedMatMul(dO, swapLast(vs as tf.Tensor3D));
+        const dV = batchedMatMul(swapLast(p3), dO);
+        const dS = tf.mul(p3, tf.sub(dP, tf.sum(tf.mul(dP, p3), -1, true))) as tf.Tensor3D;
+        const dQ = tf.mul(batchedMatMul(dS, ks as tf.Tensor3D), sc);
+        const dK = tf.mul(batchedMatMul(swapLast(dS), qs as tf.Tensor3D), sc);
+        return [dQ, dK, dV, tf.zerosLike(sc)];
+      },
+    };
+  }) as (q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, scale: tf.Scalar) => tf.Tensor3D;
+  const s = tf.scalar(scale);
+  return attentionOp(q, k, v, s);
+}
+
+/**
+ * A Linear layer applied through a custom op whose input gradient is dy·Wᵀ with Wᵀ kept as a
+ * constant (built on the first backward, dropped when the weight is replaced). Nothing is saved.
+ */
+class FastLinear {
+  private transposed: tf.Tensor2D | null = null;
+  private readonly op: (x: tf.Tensor2D) => tf.Tensor2D;
+
+  constructor(readonly lin: Linear) {
+    this.op = customOp<tf.Tensor2D>(([x]) => ({
+      value: this.lin.apply(x as tf.Tensor2D),
+      gradFunc: (dy) => {
+        this.transposed ??= tf.keep(this.lin.weightOutIn());
+        return [tf.matMul(dy, this.transposed)];
+      },
+    })) as (x: tf.Tensor2D) => tf.Tensor2D;
+  }
+
+  apply(x: tf.Tensor2D): tf.Tensor2D {
+    return this.op(x);
+  }
+
+  /** Call after the weight changed (loadStateDict). */
+  invalidate(): void {
+    this.transposed?.dispose();
+    this.transposed = null;
+  }
+
+  dispose(): void {
+    this.invalidate();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface StateEntry {
+  key: string;
+  shape: number[];
+  get(): tf.Tensor;
+  set(value: tf.Tensor): void;
+}
+
+interface Block {
+  norm1: LayerNormLayer;
+  qkv: FastLinear;
+  proj: FastLinear;
+  norm2: LayerNormLayer;
+  fc1: FastLinear;
+  fc2: FastLinear;
+}
+
+export interface VitOptions {
+  config?: Partial<VitConfig>;
+}
+
+const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
+
+export class VisionTransformer implements Classifier {
+  readonly arch = 'vit_b16';
+  readonly numClasses: number;
+  readonly inputShape: readonly [number, number, number];
+  readonly architecture: VitArch;
+  readonly config: VitConfig;
+  readonly mectaOptions: MectaOptions | null = null;
+
+  private readonly norms: LayerNormLayer[] = [];
+  private readonly entries: StateEntry[] = [];
+  private readonly owned: { dispose(): void }[] = [];
+  private readonly blocks: Block[] = [];
+  private mode: NormMode = 'source';
+  private disposed = false;
+  private sd: StateDict | null;
+  private clsToken!: tf.Tensor3D;
+  private posEmbed!: tf.Tensor3D;
+  private patchConv!: Conv2d;
+  private patchBias!: tf.Tensor1D;
+  private finalNorm!: LayerNormLayer;
+  private head!: FastLinear;
+  private inputMean!: tf.Tensor1D;
+  private inputInvStd!: tf.Tensor1D;
+  private readonly headDim: number;
+  private readonly scale: number;
+
+  /** `sd` must already match `vitExpectedKeys(arch)` (the registry checks it). */
+  constructor(sd: StateDict, arch: VitArch, opts: VitOptions = {}) {
+    this.sd = sd;
+    this.architecture = arch;
+    this.config = { ...VIT_B16_CONFIG, ...opts.config };
+    const { heads, inputNorm } = this.config;
+    if (!Number.isInteger(heads) || heads < 1 || arch.dim % heads !== 0) {
+      throw new CtaError(`vit: width ${arch.dim} cannot be split into ${heads} attention heads (the model config's head count)`);
+    }
+    this.headDim = arch.dim / heads;
+    this.scale = this.headDim ** -0.5;
+    this.numClasses = arch.numClasses;
+    const side = arch.grid * arch.patch;
+    this.inputShape = [side, side, 3];
+    try {
+      if (inputNorm.mean.length !== 3 || inputNorm.std.length !== 3 || inputNorm.std.some((v) => !(v > 0))) {
+        throw new CtaError(`vit: input normalisation needs 3 means and 3 positive stds`);
+      }
+      this.inputMean = tf.keep(tf.tensor1d(Float32Array.from(inputNorm.mean)));
+      this.inputInvStd = tf.keep(tf.tensor1d(Float32Array.from(inputNorm.std, (v) => 1 / v)));
+      // timm state_dict order: the root parameters, then patch_embed, blocks, norm, head.
+      this.clsToken = this.constant('cls_token') as tf.Tensor3D;
+      this.posEmbed = this.constant('pos_embed') as tf.Tensor3D;
+      const w = this.raw('patch_embed.proj.weight') as tf.Tensor4D;
+      this.patchConv = usingTemps([w], () => new Conv2d(w, { stride: arch.patch, pad: 0, groups: 1 }));
+      this.owned.push(this.patchConv);
+      const conv = this.patchConv;
+      this.entries.push({ key: 'patch_embed.proj.weight', shape: conv.weightShape, get: () => conv.weightOIHW(), set: (v) => conv.setWeight(v as tf.Tensor4D) });
+      this.patchBias = this.constant('patch_embed.proj.bias') as tf.Tensor1D;
+      for (let i = 0; i < arch.depth; i++) {
+        const p = `blocks.${i}`;
+        this.blocks.push({
+          norm1: this.layerNorm(`${p}.norm1`),
+          qkv: this.linear(`${p}.attn.qkv`),
+          proj: this.linear(`${p}.attn.proj`),
+          norm2: this.layerNorm(`${p}.norm2`),
+          fc1: this.linear(`${p}.mlp.fc1`),
+          fc2: this.linear(`${p}.mlp.fc2`),
+        });
+      }
+      this.finalNorm = this.layerNorm('norm');
+      this.head = this.linear('head');
+      this.sd = null;
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Builders (state_dict order)
+
+  private raw(key: string): tf.Tensor {
+    const t = this.sd?.get(key);
+    if (!t) throw new CtaError(`weights: missing key ${key}`);
+    return rawToTensor(t, key);
+  }
+
+  /** A tensor used as is (cls_token, pos_embed, patch bias), kept in a slot so it can be reloaded. */
+  private constant(key: string): tf.Tensor {
+    const slot = { value: tf.keep(this.raw(key)) };
+    this.owned.push({ dispose: () => slot.value.dispose() });
+    this.entries.push({
+      key,
+      shape: slot.value.shape.slice(),
+      get: () => slot.value.clone(),
+      set: (v) => {
+        const next = tf.keep(v.clone());
+        slot.value.dispose();
+        slot.value = next;
+        if (key === 'cls_token') this.clsToken = next as tf.Tensor3D;
+        else if (key === 'pos_embed') this.posEmbed = next as tf.Tensor3D;
+        else this.patchBias = next as tf.Tensor1D;
+      },
+    });
+    return slot.value;
+  }
+
+  private layerNorm(prefix: string): LayerNormLayer {
+    const params = { weight: this.raw(`${prefix}.weight`) as tf.Tensor1D, bias: this.raw(`${prefix}.bias`) as tf.Tensor1D };
+    const layer = usingTemps([params.weight, params.bias], () => new LayerNormLayer(prefix, params, this.config.eps));
+    this.norms.push(layer);
+    this.owned.push(layer);
+    const c = layer.numFeatures;
+    this.entries.push({ key: `${prefix}.weight`, shape: [c], get: () => layer.weight.clone(), set: (t) => layer.weight.assign(t) });
+    this.entries.push({ key: `${prefix}.bias`, shape: [c], get: () => layer.bias.clone(), set: (t) => layer.bias.assign(t) });
+    return layer;
+  }
+
+  private linear(prefix: string): FastLinear {
+    const hasBias = this.sd!.has(`${prefix}.bias`);
+    const w = this.raw(`${prefix}.weight`) as tf.Tensor2D;
+    const b = hasBias ? (this.raw(`${prefix}.bias`) as tf.Tensor1D) : null;
+    const lin = usingTemps(b ? [w, b] : [w], () => new Linear(w, b));
+    const fast = new FastLinear(lin);
+    this.owned.push(lin, fast);
+    const setWeight = (v: tf.Tensor) => {
+      lin.setWeight(v as tf.Tensor2D);
+      fast.invalidate();
+    };
+    this.entries.push({ key: `${prefix}.weight`, shape: [lin.outFeatures, lin.inFeatures], get: () => lin.weightOutIn(), set: setWeight });
+    if (hasBias) {
+      this.entries.push({ key: `${prefix}.bias`, shape: [lin.outFeatures], get: () => lin.biasValue()!, set: (v) => lin.setBias(v as tf.Tensor1D) });
+    }
+    return fast;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Forward
+
+  /** Multi-head self-attention on [N, T, D] tokens (timm Attention). */
+  private attention(b: Block, x: tf.Tensor3D): tf.Tensor3D {
+    const [n, t, d] = x.shape;
+    const h = this.config.heads;
+    const hd = this.headDim;
+    const qkv = b.qkv.apply(tf.reshape(x, [n * t, d]) as tf.Tensor2D);
+    // [N·T, 3D] → [N, T, 3, H, hd] → [3, N, H, T, hd]
+    const parts = tf.transpose(tf.reshape(qkv, [n, t, 3, h, hd]), [2, 0, 3, 1, 4]);
+    const [q, k, v] = tf.split(parts, 3, 0).map((p) => tf.reshape(p, [n * h, t, hd]) as tf.Tensor3D);
+    const out = attentionCore(q, k, v, this.scale); // softmax(q·s·kᵀ)·v, [N·H, T, hd]
+    const merged = tf.reshape(tf.transpose(tf.reshape(out, [n, h, t, hd]), [0, 2, 1, 3]), [n * t, d]) as tf.Tensor2D;
+    return tf.reshape(b.proj.apply(merged), [n, t, d]) as tf.Tensor3D;
+  }
+
+  private mlp(b: Block, x: tf.Tensor3D): tf.Tensor3D {
+    const [n, t, d] = x.shape;
+    const hidden = gelu(b.fc1.apply(tf.reshape(x, [n * t, d]) as tf.Tensor2D));
+    return tf.reshape(b.fc2.apply(hidden), [n, t, d]) as tf.Tensor3D;
+  }
+
+  forward(x: tf.Tensor4D): tf.Tensor2D {
+    if (this.disposed) throw new CtaError(`${this.arch}: model used after dispose()`, 1);
+    const [hh, ww, cc] = this.inputShape;
+    if (x.rank !== 4 || x.shape[1] !== hh || x.shape[2] !== ww || x.shape[3] !== cc) {
+      throw new CtaError(`${this.arch}: expected NHWC input [N,${hh},${ww},${cc}], got ${fmt(x.shape)}`);
+    }
+    const n = x.shape[0];
+    const d = this.architecture.dim;
+    return tf.tidy(() => {
+      let h = tf.tidy(() => {
+        const xn = tf.mul(tf.sub(x, this.inputMean), this.inputInvStd) as tf.Tensor4D;
+        // Conv output [N, g, g, D] in NHWC row-major order = timm's flatten(2).transpose(1, 2).
+        const patches = tf.reshape(tf.add(this.patchConv.apply(xn), this.patchBias), [n, -1, d]);
+        const cls = tf.tile(this.clsToken, [n, 1, 1]);
+        return tf.add(tf.concat([cls, patches], 1), this.posEmbed) as tf.Tensor3D;
+      });
+      for (const b of this.blocks) {
+        const next = tf.tidy(() => {
+          const mid = tf.add(h, this.attention(b, b.norm1.apply(h))) as tf.Tensor3D;
+          return tf.add(mid, this.mlp(b, b.norm2.apply(mid))) as tf.Tensor3D;
+        });
+        // Free each block's input (and its attention maps) now rather than at the end of the outer
+        // tidy: inference peak memory is then one block's worth. A recording tape keeps what the
+        // backward needs through its own saved copies.
+        h.dispose();
+        h = next;
+      }
+      const normed = this.finalNorm.apply(h);
+      const token0 = tf.reshape(tf.slice(normed, [0, 0, 0], [n, 1, d]), [n, d]) as tf.Tensor2D;
+      return this.head.apply(token0);
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Classifier contract
+
+  get normLayers(): readonly NormLayer[] {
+    return this.norms;
+  }
+
+  get normMode(): NormMode {
+    return this.mode;
+  }
+
+  /**
+   * 'source' and 'batch' are accepted and change nothing (a LayerNorm normalises every token by its
+   * own statistics in both); the modes that use or update BN running statistics are refused.
+   */
+  setNormMode(mode: NormMode, _mecta?: MectaOptions): void {
+    if (mode === 'mecta' || mode === 'train-update') {
+      throw new CtaError(
+        `${this.arch} has no BatchNorm layers (its norm layers are LayerNorms, which keep no running statistics): ` +
+          `norm mode '${mode}' (MECTA / BN statistics) cannot be used`,
+      );
+    }
+    this.mode = mode;
+  }
+
+  setPruneChooser(): void {
+    /* MECTA channel pruning applies to BatchNorm caches only; nothing to choose here */
+  }
+
+  trainableParams(): tf.Variable[] {
+    const out: tf.Variable[] = [];
+    for (const layer of this.norms) if (layer.trainable) out.push(layer.weight, layer.bias);
+    return out;
+  }
+
+  setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void {
+    for (const layer of this.norms) if (!filter || filter(layer)) layer.trainable = trainable;
+  }
+
+  stateDict(): Map<string, tf.Tensor> {
+    const out = new Map<string, tf.Tensor>();
+    for (const e of this.entries) out.set(e.key, e.get());
+    return out;
+  }
+
+  loadStateDict(sd: Map<string, tf.Tensor>): void {
+    const expected = new Map(this.entries.map((e) => [e.key, e]));
+    const missing: string[] = [];
+    const wrong: string[] = [];
+    for (const e of this.entries) {
+      const t = sd.get(e.key);
+      if (!t) missing.push(e.key);
+      else if (t.shape.length !== e.shape.length || t.shape.some((v, i) => v !== e.shape[i])) wrong.push(`${e.key} ${fmt(t.shape)} expected ${fmt(e.shape)}`);
+    }
+    const unexpected = [...sd.keys()].filter((k) => !expected.has(k) && !isBatchCounter(k));
+    if (missing.length + wrong.length + unexpected.length > 0) {
+      const parts: string[] = [];
+      if (missing.length) parts.push(`${missing.length} missing (${listSome(missing, 4)})`);
+      if (unexpected.length) parts.push(`${unexpected.length} unexpected (${listSome(unexpected, 4)})`);
+      if (wrong.length) parts.push(`${wrong.length} wrong shape (${listSome(wrong, 3)})`);
+      throw new CtaError(`loadStateDict: state does not match ${this.arch}: ${parts.join(', ')}`);
+    }
+    for (const e of this.entries) e.set(sd.get(e.key)!);
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const o of this.owned) o.dispose();
+    this.inputMean?.dispose();
+    this.inputInvStd?.dispose();
+  }
+}
