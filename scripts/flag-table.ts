@@ -2,11 +2,11 @@
  * Builds the README flag table from the config schema (the single source of truth).
  * test/readme.test.ts checks that README.md contains exactly this table.
  */
-import { FIELDS, toKebab } from '../src/config/schema.js';
+import { FIELDS, toKebab, type FieldSpec } from '../src/config/schema.js';
 
 export function flagTable(): string {
   const rows = ['| flag | YAML key | default | values | meaning |', '|---|---|---|---|---|'];
-  for (const [key, f] of Object.entries(FIELDS)) {
+  for (const [key, f] of Object.entries(FIELDS) as [string, FieldSpec][]) {
     const def = Array.isArray(f.default) ? (f.default.length > 4 ? 'the 15 standard corruptions' : f.default.join(',')) : f.default === null ? '—' : String(f.default);
     let values = '';
     if (f.type === 'enum') values = f.choices.join(' \\| ');

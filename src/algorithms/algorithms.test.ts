@@ -22,6 +22,8 @@ class ToyLayer implements NormLayer {
   readonly bias: tf.Variable;
   readonly runningMean: tf.Variable;
   readonly runningVar: tf.Variable;
+  readonly kind = 'batch' as const;
+  pastSize = 0;
   trainable = true;
   last: NormRecord | null = null;
   /** What the next 'mecta' forward reports as `cached` (stands in for β vs beta_thre). */
