@@ -1,0 +1,285 @@
+#!/usr/bin/env node
+/**
+ * cta-eval speed/memory benchmark: `npm run bench -- [flags]` (builds dist/ first).
+ *
+ * For every backend × model × batch × mode: img/s (median and best of --reps timed steps after
+ * --warmup steps) and the step's peak tensor bytes (tf.profile peakBytes minus the bytes alive
+ * before the step). Each measurement runs in its own process with a fresh model built from random
+ * RobustBench-shaped weights. Prints one JSON line per measurement on stdout, then a summary table.
+ * --compare-torch adds the PyTorch CPU reference (../shared/tools/pytorch-reference/) and the
+ * ratio TF.js / PyTorch where the reference has the model (ResNeXt-29 only).
+ */
+import { spawn } from 'node:child_process';
+import { appendFileSync, writeFileSync, existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism, loadavg } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { MODES, DEFAULT_MODES } from './bench/modes.mjs';
+import { TorchReference } from './bench/torch.mjs';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const CHILD = join(ROOT, 'scripts', 'bench', 'child.mjs');
+const MARK = '@@BENCH@@ ';
+
+const HELP = `npm run bench -- [flags]
+
+  --quick              resnext29, batch 16, all modes, 5 reps, 1 warm-up, 1 Fisher batch
+                       (< 10 min on 2 cores)
+  --models LIST        comma-separated (default: every model in the registry)
+  --batches LIST       default 16,64
+  --modes LIST         default ${DEFAULT_MODES.join(',')} (also: ${Object.keys(MODES).filter((m) => !DEFAULT_MODES.includes(m)).join(',')})
+  --reps N             timed steps per measurement (default 7; --quick 5)
+  --warmup N           untimed steps first (default 2; --quick 1), then 1 profiled step
+  --backends LIST      tensorflow,wasm,cpu (default: tensorflow when tfjs-node(-gpu) is installed, and wasm)
+  --compare-torch      also time the PyTorch CPU reference and print TF.js / PyTorch
+  --torch-threads LIST PyTorch thread counts, one ratio column each; targets are checked against
+                       the fastest (default: ${defaultTorchThreads().join(',')}: all cores, and 1 like TF.js WASM)
+  --torch-dir DIR      default ../shared/tools/pytorch-reference
+  --python PATH        default /usr/bin/python3 (Debian python3-torch)
+  --json FILE          also write the JSON lines to FILE
+  --timeout S          per-measurement limit in seconds (default 900)
+`;
+
+function list(v) {
+  return v === undefined ? undefined : String(v).split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+function intList(v, flag) {
+  return list(v)?.map((s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n < 1) throw new Error(`${flag}: '${s}' is not a positive integer`);
+    return n;
+  });
+}
+
+function defaultTorchThreads() {
+  const n = availableParallelism();
+  return n > 1 ? [n, 1] : [1];
+}
+
+function nativeInstalled() {
+  const require = createRequire(join(ROOT, 'package.json'));
+  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+    try {
+      require.resolve(pkg);
+      return pkg;
+    } catch {
+      /* not installed */
+    }
+  }
+  return null;
+}
+
+/** Runs one measurement in a child process; resolves to its JSON result (never rejects). */
+function runChild(spec, timeoutS) {
+  return new Promise((done) => {
+    const child = spawn(process.execPath, [CHILD, JSON.stringify(spec)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutS * 1000);
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const line = out.split('\n').find((l) => l.startsWith(MARK));
+      if (line) return done(JSON.parse(line.slice(MARK.length)));
+      const base = { backend: spec.backend, model: spec.model, batch: spec.batch, mode: spec.mode };
+      if (timedOut) return done({ ...base, status: 'timeout', error: `killed after ${timeoutS} s` });
+      const tail = err.trim().split('\n').filter(Boolean).slice(-2).join(' | ').slice(0, 300);
+      done({ ...base, status: 'crashed', error: `exit ${code ?? signal}: ${tail || 'no output'}` });
+    });
+  });
+}
+
+const mb = (b) => (typeof b === 'number' && b > 0 ? (b / 2 ** 20).toFixed(0) : '–');
+const num = (v, d = 2) => (typeof v === 'number' ? v.toFixed(d) : '–');
+
+function note(r) {
+  if (r.status !== 'ok') return `${r.status}: ${r.error}`;
+  const parts = [];
+  if (r.mode.startsWith('eata')) parts.push(`used ${r.usedMean}/${r.batch}`);
+  if (r.mode.includes('mecta')) parts.push(`cached ${r.cachedLayersMean}/${r.normLayers} BN`);
+  if (r.updatedSteps !== undefined && MODES[r.mode].alg !== 'source' && MODES[r.mode].alg !== 'norm' && r.updatedSteps < r.reps) parts.push(`updated ${r.updatedSteps}/${r.reps}`);
+  if (r.leakedTensors) parts.push(`LEAK ${r.leakedTensors} tensors`);
+  if (r.torchError) parts.push(r.torchError);
+  return parts.join('; ');
+}
+
+function table(rows, torch) {
+  const out = [];
+  const threads = torch && !torch.unavailable ? torch.threads : [];
+  const head = threads.flatMap((t) => [`PyTorch ${t} thr img/s`, `TF.js / PyTorch ${t} thr`]);
+  if (threads.length) head.push('PyTorch peak MB');
+  out.push(`| backend | model | batch | mode | img/s med | img/s best | img/CPU-s med | step peak MB | ${head.map((h) => h + ' | ').join('')}load | notes |`);
+  out.push(`|---|---|---|---|---|---|---|---|${head.map(() => '---|').join('')}---|---|`);
+  for (const r of rows) {
+    const cells = [r.backend, r.model, r.batch, r.mode, num(r.imgPerSecMed), num(r.imgPerSecBest), num(r.imgPerCpuSecMed), mb(r.stepPeakBytes)];
+    for (const t of threads) {
+      const ref = r.torch?.find((x) => x.threads === t);
+      cells.push(num(ref?.imgPerSecMed), ref ? `${ref.ratio.toFixed(2)}×` : 'n/a');
+    }
+    if (threads.length) cells.push(mb(r.torchPeakBytes));
+    cells.push(r.loadAvg ? r.loadAvg.map((l) => l.toFixed(1)).join('→') : '–');
+    cells.push(note(r).replace(/\|/g, '/'));
+    out.push(`| ${cells.join(' | ')} |`);
+  }
+  return out.join('\n');
+}
+
+/** The issue's targets, stated against what was measured. */
+function targets(rows, torch) {
+  const lines = [];
+  const ok = (r) => r && r.status === 'ok';
+  for (const backend of [...new Set(rows.map((r) => r.backend))]) {
+    const find = (model, batch, mode) => rows.find((r) => r.backend === backend && r.model === model && r.batch === batch && r.mode === mode);
+    for (const mode of ['tent', 'inference']) {
+      const r = find('resnext29', 16, mode);
+      if (!r) continue;
+      const thr = typeof r.torchThreads === 'number' ? ` (fastest PyTorch run: ${r.torchThreads} thr)` : '';
+      if (!torch || torch.unavailable) lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU: no PyTorch ratio (${torch ? torch.unavailable : 'run with --compare-torch'})`);
+      else if (!ok(r) || typeof r.ratio !== 'number') lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU: not measured (${r.error ?? r.torchError ?? r.status})`);
+      else lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU${thr}: ${r.ratio.toFixed(2)}× (${r.imgPerSecMed.toFixed(2)} vs ${r.torchImgPerSecMed.toFixed(2)} img/s) → ${r.ratio >= 0.5 ? 'met' : 'BELOW target'}`);
+    }
+    const pairs = new Set(rows.filter((r) => r.backend === backend && r.mode === 'eata+mecta').map((r) => `${r.model}/${r.batch}`));
+    for (const key of pairs) {
+      const [model, b] = key.split('/');
+      const m = find(model, Number(b), 'eata+mecta');
+      const e = find(model, Number(b), 'eata');
+      if (!e) continue;
+      if (!ok(m) || !ok(e)) {
+        lines.push(`${backend}: EATA+MECTA faster than EATA, ${model} b${b}: not comparable (eata ${e.status}, eata+mecta ${m.status})`);
+        continue;
+      }
+      const s = m.imgPerSecMed / e.imgPerSecMed;
+      const c = m.imgPerCpuSecMed / e.imgPerCpuSecMed;
+      const mem = m.stepPeakBytes && e.stepPeakBytes ? `; step peak ${mb(m.stepPeakBytes)} vs ${mb(e.stepPeakBytes)} MB` : '';
+      lines.push(
+        `${backend}: EATA+MECTA faster than EATA, ${model} b${b}: wall ${m.imgPerSecMed.toFixed(2)} vs ${e.imgPerSecMed.toFixed(2)} img/s (${s.toFixed(2)}×) → ${s > 1 ? 'met' : 'NOT met'}; ` +
+          `CPU time ${m.imgPerCpuSecMed.toFixed(2)} vs ${e.imgPerCpuSecMed.toFixed(2)} img/CPU-s (${c.toFixed(2)}×) → ${c > 1 ? 'met' : 'NOT met'}${mem}`,
+      );
+    }
+  }
+  return lines;
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      quick: { type: 'boolean', default: false },
+      models: { type: 'string' },
+      batches: { type: 'string' },
+      modes: { type: 'string' },
+      reps: { type: 'string' },
+      warmup: { type: 'string' },
+      backends: { type: 'string' },
+      'compare-torch': { type: 'boolean', default: false },
+      'torch-threads': { type: 'string' },
+      'torch-dir': { type: 'string' },
+      python: { type: 'string' },
+      json: { type: 'string' },
+      timeout: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  const { MODEL_NAMES } = await import('../dist/models/registry.js');
+  const models = list(values.models) ?? (values.quick ? ['resnext29'] : [...MODEL_NAMES]);
+  for (const m of models) if (!MODEL_NAMES.includes(m)) throw new Error(`--models: unknown '${m}' (registry has: ${MODEL_NAMES.join(', ')})`);
+  const batches = intList(values.batches, '--batches') ?? (values.quick ? [16] : [16, 64]);
+  const modes = list(values.modes) ?? DEFAULT_MODES;
+  for (const m of modes) if (!MODES[m]) throw new Error(`--modes: unknown '${m}' (choose from ${Object.keys(MODES).join(', ')})`);
+  const reps = intList(values.reps, '--reps')?.[0] ?? (values.quick ? 5 : 7);
+  const warmup = values.warmup === undefined ? (values.quick ? 1 : 2) : Number(values.warmup);
+  const fisherBatches = values.quick ? 1 : 2;
+  if (!Number.isInteger(warmup) || warmup < 0) throw new Error('--warmup: expected an integer ≥ 0');
+  const timeoutS = intList(values.timeout, '--timeout')?.[0] ?? 900;
+  const native = nativeInstalled();
+  const backends = list(values.backends) ?? (native ? ['tensorflow', 'wasm'] : ['wasm']);
+  for (const b of backends) {
+    if (!['tensorflow', 'wasm', 'cpu'].includes(b)) throw new Error(`--backends: unknown '${b}' (tensorflow, wasm, cpu)`);
+    if (b === 'tensorflow' && !native) throw new Error('--backends tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (see README "Benchmarks")');
+  }
+  if (reps < 5) process.stderr.write(`note: --reps ${reps} < 5: the median is of fewer than 5 steps\n`);
+
+  let torch = null;
+  if (values['compare-torch']) {
+    torch = new TorchReference({
+      dir: resolve(ROOT, values['torch-dir'] ?? '../shared/tools/pytorch-reference'),
+      python: values.python ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3'),
+      threads: intList(values['torch-threads'], '--torch-threads') ?? defaultTorchThreads(),
+      timeoutS: 600,
+    });
+    if (torch.unavailable) process.stderr.write(`note: --compare-torch: PyTorch reference unavailable (${torch.unavailable}); ratios are n/a\n`);
+  }
+  if (values.json) writeFileSync(values.json, '');
+
+  const plan = [];
+  for (const backend of backends) for (const model of models) for (const batch of batches) for (const mode of modes) plan.push({ backend, model, batch, mode });
+  const t0 = performance.now();
+  process.stderr.write(`bench: ${plan.length} measurement(s), ${warmup} warm-up + 1 profiled + ${reps} timed steps each; backends ${backends.join(', ')}${native ? ` (${native})` : ''}\n`);
+  const rows = [];
+  for (const [i, p] of plan.entries()) {
+    const label = `[${i + 1}/${plan.length}] ${p.backend} ${p.model} b${p.batch} ${p.mode}`;
+    process.stderr.write(`${label} …\n`);
+    const load0 = loadavg()[0];
+    const r = await runChild({ ...p, reps, warmup, fisherBatches, seed: 0 }, timeoutS);
+    r.loadAvg = [+load0.toFixed(2), +loadavg()[0].toFixed(2)]; // 1-min load average before / after
+    if (torch && !torch.unavailable && TorchReference.covers(p.model) && r.status === 'ok') {
+      const m = MODES[p.mode];
+      if (m.torch) {
+        r.torch = [];
+        for (const threads of torch.threads) {
+          const s = torch.speedFor(p.batch, m.torch, threads);
+          if (s.error) {
+            r.torchError = s.error;
+            continue;
+          }
+          const ratio = +(r.imgPerSecMed / s.imgPerSecMed).toFixed(3);
+          r.torch.push({ version: s.torch, threads: s.threads, mode: m.torch, card: s.card, timesMs: s.timesMs, imgPerSecMed: s.imgPerSecMed, imgPerSecBest: s.imgPerSecBest, ratio });
+        }
+        // The targets are stated against the fastest PyTorch setting measured (on a shared machine
+        // the all-cores run can be the slower one).
+        const best = r.torch.reduce((a, x) => (a && a.imgPerSecMed >= x.imgPerSecMed ? a : x), null);
+        if (best) {
+          r.torchImgPerSecMed = best.imgPerSecMed;
+          r.torchThreads = best.threads;
+          r.ratio = best.ratio;
+        }
+      }
+      if (m.torchPeak) {
+        const mem = torch.memoryFor(p.batch);
+        if (!mem.error) r.torchPeakBytes = mem[m.torchPeak];
+      }
+    }
+    rows.push(r);
+    const line = JSON.stringify(r);
+    process.stdout.write(line + '\n');
+    if (values.json) appendFileSync(values.json, line + '\n');
+    const vs = (r.torch ?? []).map((x) => `${x.ratio.toFixed(2)}× PyTorch ${x.threads} thr`).join(', ');
+    const summary = r.status === 'ok' ? `${r.imgPerSecMed.toFixed(2)} img/s, step peak ${mb(r.stepPeakBytes)} MB${vs ? `, ${vs}` : ''}` : `${r.status}: ${r.error}`;
+    process.stderr.write(`${label}: ${summary} (${((performance.now() - t0) / 1000).toFixed(0)} s elapsed)\n`);
+  }
+
+  process.stdout.write('\n' + table(rows, torch) + '\n\n');
+  process.stdout.write(`img/CPU-s = batch ÷ median CPU time of the bench process per step (other jobs inflate wall time much more). load = 1-min load average before→after the row (${availableParallelism()} cores).\n`);
+  if (torch && !torch.unavailable) {
+    process.stdout.write(`TF.js / PyTorch = TF.js img/s ÷ PyTorch ${torch.version} CPU img/s (medians of 5 after 2 warm-ups; TF.js WASM runs on 1 thread). n/a: no PyTorch counterpart (the reference has only ResNeXt-29 inference, norm and tent). PyTorch peak: torch.profiler live-allocation peak (mem_torch.py).\n`);
+  }
+  for (const l of targets(rows, torch)) process.stdout.write(`target: ${l}\n`);
+  process.stdout.write(`total ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(2);
+});
