@@ -46,17 +46,65 @@ export interface CustomOpResult<T extends tf.Tensor> {
  *
  * The gradient function is wrapped in its own tidy: tfjs calls a custom op's gradient eagerly and
  * outside any per-node scope, so without it every temporary of every layer's backward would stay
- * alive until the whole backward pass ends.
+ * alive until the whole backward pass ends. After it, {@link releaseConsumed} frees what the rest
+ * of the backward can no longer need (memory-economic backward).
  */
 export function customOp<T extends tf.Tensor>(
   f: (inputs: tf.Tensor[], save: tf.GradSaveFunc) => CustomOpResult<T>,
 ): (...inputs: tf.Tensor[]) => T {
   const op = tf.customGrad((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
     const save = args[args.length - 1] as tf.GradSaveFunc;
-    const res = f(args.slice(0, -1) as tf.Tensor[], save);
-    return { value: res.value, gradFunc: (dy: T, saved: tf.Tensor[]) => tf.tidy(() => res.gradFunc(dy, saved)) };
+    const inputs = args.slice(0, -1) as tf.Tensor[];
+    const res = f(inputs, save);
+    const inputIds = inputs.map((t) => t.id);
+    const outId = res.value.id; // customGrad records this very tensor as the node's output
+    return {
+      value: res.value,
+      gradFunc: (dy: T, saved: tf.Tensor[]) => {
+        const grads = tf.tidy(() => res.gradFunc(dy, saved));
+        releaseConsumed(outId, inputIds, dy, saved, grads);
+        return grads;
+      },
+    };
   });
   return op as (...inputs: tf.Tensor[]) => T;
+}
+
+/**
+ * Input gradients returned by custom ops during the current backward, by input tensor id. Keyed
+ * by the engine's 'backward' scope object, so the bookkeeping of one backward cannot outlive it.
+ */
+const returnedGrads = new WeakMap<object, Map<number, tf.Tensor[]>>();
+
+/**
+ * Memory-economic backward. tfjs-core's `backpropagateGradients` keeps every tensor's accumulated
+ * gradient, every summand folded into a sum after the first, and every node's saved tensors alive
+ * until the whole backward ends (backends.md §5): about one extra copy of all activations. Once a
+ * custom op's gradient has run, three things are dead and are freed here:
+ * - its saved tensors (the engine disposes them again at the end: a no-op);
+ * - dy, the gradient of its output: the tape reads it only when it calls this node (the node that
+ *   produced a tensor runs after all of that tensor's consumers);
+ * - the gradients custom ops returned earlier for this op's output: the tape has already summed
+ *   them into dy, but disposes only the first summand.
+ * Only inside an engine backward (`tf.grads`, `tf.variableGrads`, `engine().gradients`), and dy
+ * only when the backward created it: a caller's own dy for the final output is never touched.
+ * Gradients returned for tensors no op produced (the variables, the inputs) are never freed here.
+ */
+function releaseConsumed(outId: number, inputIds: number[], dy: tf.Tensor, saved: tf.Tensor[], grads: tf.Tensor[]): void {
+  const scope = tf.engine().state.activeScope;
+  if (!scope || scope.name !== 'backward') return;
+  for (const t of saved) t.dispose();
+  let pending = returnedGrads.get(scope);
+  if (!pending) returnedGrads.set(scope, (pending = new Map()));
+  const summands = pending.get(outId);
+  pending.delete(outId);
+  if (summands) for (const t of summands) if (!grads.includes(t)) t.dispose();
+  if (dy.scopeId === scope.id && !dy.kept && !grads.includes(dy)) dy.dispose();
+  inputIds.forEach((id, i) => {
+    const list = pending.get(id);
+    if (list) list.push(grads[i]);
+    else pending.set(id, [grads[i]]);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -109,11 +157,83 @@ function dilate(dy: tf.Tensor4D, stride: number, rows: number, cols: number): tf
   return tf.slice(full, [0, 0, 0, 0], [n, rows, cols, c]);
 }
 
+/** Options of a Conv2d / Linear layer. */
+export interface WeightOptions {
+  /**
+   * Keep the weight in a `tf.Variable` and return its gradient (source-model training). Default
+   * false: a constant weight, and a conv op that saves nothing for backward.
+   */
+  trainable?: boolean;
+}
+
+/**
+ * dL/dW of a (grouped) convolution with PyTorch stride/padding, as HWIO [k, k, in/G, out], without
+ * the `Conv2DBackpropFilter` kernel that WASM lacks (backends.md §2). Two forms, whichever was
+ * fastest on WASM (measured at [64,32,32,C], groups of 8–128 channels):
+ * - 1×1, no padding: dW = xsᵀ·dy, one matMul per group of the transposed input [Cin, M] against
+ *   dy [M, Cout] (M = N·Ho·Wo); a stride is a window-1 average pool (an exact subsample) first.
+ *   The transpose is explicit: WASM's matMul with transposeA falls back to a slow loop (~5–10×).
+ * - k×k: the filter gradient is itself a convolution, dW[i,j,c,o] = Σ_{n,y,x} xp[n, s·y+i, s·x+j, c]
+ *   · dy[n,y,x,o]: convolve xp transposed to [Cin, Hp, Wp, N] (input channels as the batch, the
+ *   images as channels) with dy transposed to the filter [Ho, Wo, N, Cout] at dilation s, 'valid',
+ *   which gives [Cin, k', k', Cout] with k' ≥ k (the first k rows/cols are the gradient). XNNPACK
+ *   runs it at about the speed of the forward conv; an im2col of strided slices was 10–40× slower.
+ */
+export function convFilterGrad(
+  x: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  kernel: number,
+  stride: number,
+  pad: number,
+  groups = 1,
+): tf.Tensor4D {
+  return tf.tidy(() => {
+    const [n, , , cin] = x.shape;
+    const [, ho, wo, cout] = dy.shape;
+    const cg = cin / groups;
+    const og = cout / groups;
+    if (kernel === 1 && pad === 0) {
+      const xs = stride === 1 ? x : (tf.avgPool(x, 1, stride, 'valid') as tf.Tensor4D);
+      if (xs.shape[1] !== ho || xs.shape[2] !== wo) throw new Error(`convFilterGrad: subsampled input ${xs.shape} vs dy ${dy.shape}`);
+      const m = n * ho * wo;
+      const xt = tf.transpose(tf.reshape(xs, [m, cin])) as tf.Tensor2D; // [Cin, M]
+      const dy2 = tf.reshape(dy, [m, cout]) as tf.Tensor2D;
+      const g =
+        groups === 1
+          ? tf.matMul(xt, dy2)
+          : tf.concat(
+              tf.split(xt, groups, 0).map((xi, i) => tf.matMul(xi, tf.slice(dy2, [0, i * og], [m, og]))),
+              1,
+            );
+      return tf.reshape(g, [1, 1, cg, cout]) as tf.Tensor4D;
+    }
+    const xp = pad > 0 ? tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) : x;
+    const xt = tf.transpose(xp, [3, 1, 2, 0]) as tf.Tensor4D; // [Cin, Hp, Wp, N]
+    const f = tf.transpose(dy, [1, 2, 0, 3]) as tf.Tensor4D; // [Ho, Wo, N, Cout]
+    const xs = groups === 1 ? [xt] : (tf.split(xt, groups, 0) as tf.Tensor4D[]);
+    const fs = groups === 1 ? [f] : (tf.split(f, groups, 3) as tf.Tensor4D[]);
+    const parts = xs.map((xi, i) => {
+      const r = tf.conv2d(xi, fs[i], 1, 'valid', 'NHWC', stride) as tf.Tensor4D; // [Cin/G, k', k', Cout/G]
+      return r.shape[1] === kernel && r.shape[2] === kernel ? r : tf.slice(r, [0, 0, 0, 0], [cg, kernel, kernel, og]);
+    });
+    const g = parts.length === 1 ? parts[0] : tf.concat(parts, 3); // [Cin/G, k, k, Cout]
+    return tf.transpose(g, [1, 2, 0, 3]) as tf.Tensor4D;
+  });
+}
+
 /**
  * 2-D convolution (optionally grouped) on NHWC input with PyTorch semantics. The filter is
  * transposed OIHW → HWIO once at construction; the flipped, in/out-swapped filter used for the
  * input gradient is built lazily on the first backward and cached. The op saves nothing for
  * backward: dx = conv(dilate(dy), flip(W)ᵀ, stride 1, pad k−1−p) needs only the constant filter.
+ *
+ * With `{ trainable: true }` the HWIO filter is one `tf.Variable` [k, k, in/G, out], the op also
+ * returns dL/dW (`convFilterGrad`) and saves its input for that, the only case in which it saves
+ * anything. A grouped trainable conv runs as ONE dense conv with the block-diagonal filter (zeros
+ * off the group blocks) and takes the diagonal blocks of the dense filter gradient: at the narrow
+ * widths trained here, splitting the channels costs more than the G× extra multiply-adds (WASM,
+ * [128,32,32,16], G = 4: split + 4 convs + concat 320 ms against 137 ms dense; filter gradient 250
+ * against 175 ms).
  */
 export class Conv2d {
   readonly inChannels: number;
@@ -122,14 +242,17 @@ export class Conv2d {
   readonly stride: number;
   readonly pad: number;
   readonly groups: number;
-  /** Per-group HWIO filters [k, k, in/G, out/G]. */
+  readonly trainable: boolean;
+  /** Per-group HWIO filters [k, k, in/G, out/G] (frozen mode; empty when trainable). */
   private filters: tf.Tensor4D[];
-  /** Per-group flipped, transposed filters [k, k, out/G, in/G] (lazy). */
+  /** The whole HWIO filter [k, k, in/G, out] (trainable mode only). */
+  private readonly variable: tf.Variable<tf.Rank.R4> | null = null;
+  /** Per-group flipped, transposed filters [k, k, out/G, in/G] (lazy; frozen mode only). */
   private flipped: tf.Tensor4D[] | null = null;
-  private readonly op: (x: tf.Tensor4D) => tf.Tensor4D;
+  private readonly op: (x: tf.Tensor4D, ...rest: tf.Tensor[]) => tf.Tensor4D;
 
   /** `weight`: PyTorch layout [out, in/groups, k, k]. */
-  constructor(weight: tf.Tensor4D, spec: Conv2dSpec) {
+  constructor(weight: tf.Tensor4D, spec: Conv2dSpec, opts: WeightOptions = {}) {
     const [out, inPerGroup, kh, kw] = weight.shape;
     if (kh !== kw) throw new CtaError(`non-square conv kernels are not supported (${kh}×${kw})`);
     if (out % spec.groups !== 0) throw new CtaError(`conv with ${out} outputs cannot be split into ${spec.groups} groups`);
@@ -140,23 +263,52 @@ export class Conv2d {
     this.stride = spec.stride;
     this.pad = spec.pad;
     this.groups = spec.groups;
-    this.filters = this.splitFilter(weight);
-    this.op = customOp<tf.Tensor4D>(([x]) => {
-      const x4 = x as tf.Tensor4D;
-      const [, h, w] = x4.shape;
-      return {
-        value: this.run(x4, this.filters, this.stride, this.pad),
-        // Nothing saved: the closure holds only JS numbers and the layer (whose filters are kept).
-        gradFunc: (dy) => [this.inputGrad(dy, h, w)],
-      };
-    });
+    this.trainable = opts.trainable === true;
+    if (this.trainable) {
+      this.filters = [];
+      // Unnamed: tfjs registers variable names globally, and several models may coexist.
+      this.variable = tf.variable(tf.tidy(() => tf.transpose(weight, [2, 3, 1, 0]) as tf.Tensor4D), true);
+      this.op = customOp<tf.Tensor4D>(([x, wHwio], save) => {
+        const x4 = x as tf.Tensor4D;
+        const [, h, w] = x4.shape;
+        save([x4]); // a no-op unless a gradient tape is recording
+        return {
+          value: tf.conv2d(x4, this.denseFilter(wHwio as tf.Tensor4D), this.stride, this.pad),
+          gradFunc: (dy, [xs]) => [this.inputGrad(dy, h, w), this.filterGrad(xs as tf.Tensor4D, dy)],
+        };
+      });
+    } else {
+      this.filters = this.splitFilter(weight);
+      this.op = customOp<tf.Tensor4D>(([x]) => {
+        const x4 = x as tf.Tensor4D;
+        const [, h, w] = x4.shape;
+        return {
+          value: this.run(x4, this.filters, this.stride, this.pad),
+          // Nothing saved: the closure holds only JS numbers and the layer (whose filters are kept).
+          gradFunc: (dy) => [this.inputGrad(dy, h, w)],
+        };
+      });
+    }
+  }
+
+  /** Grouped HWIO [k, k, in/G, out] → dense block-diagonal HWIO [k, k, in, out]. */
+  private denseFilter(hwio: tf.Tensor4D): tf.Tensor4D {
+    if (this.groups === 1) return hwio;
+    const cg = this.inChannels / this.groups;
+    return tf.concat(
+      this.groupsOf(hwio).map((f, i) => tf.pad(f, [[0, 0], [0, 0], [i * cg, this.inChannels - (i + 1) * cg], [0, 0]])),
+      3,
+    ) as tf.Tensor4D;
+  }
+
+  private groupsOf(hwio: tf.Tensor4D): tf.Tensor4D[] {
+    return this.groups === 1 ? [hwio] : (tf.split(hwio, this.groups, 3) as tf.Tensor4D[]);
   }
 
   private splitFilter(weight: tf.Tensor4D): tf.Tensor4D[] {
     return tf.tidy(() => {
       const hwio = tf.transpose(weight, [2, 3, 1, 0]) as tf.Tensor4D; // OIHW → HWIO
-      const parts = this.groups === 1 ? [hwio] : tf.split(hwio, this.groups, 3);
-      return parts.map((p) => tf.keep(p.clone()) as tf.Tensor4D);
+      return this.groupsOf(hwio).map((p) => tf.keep(p.clone()) as tf.Tensor4D);
     });
   }
 
@@ -172,12 +324,19 @@ export class Conv2d {
     );
   }
 
+  /** flip spatially and swap in/out: [k,k,I,O] → [k,k,O,I] */
+  private static flip(f: tf.Tensor4D): tf.Tensor4D {
+    return tf.transpose(tf.reverse(f, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D;
+  }
+
   private inputGrad(dy: tf.Tensor4D, h: number, w: number): tf.Tensor4D {
-    if (this.flipped === null) {
-      // flip spatially and swap in/out: [k,k,I,O] → [k,k,O,I]
-      this.flipped = this.filters.map((f) =>
-        tf.keep(tf.tidy(() => tf.transpose(tf.reverse(f, [0, 1]), [0, 1, 3, 2]) as tf.Tensor4D)),
-      );
+    let flipped: tf.Tensor4D[];
+    if (this.variable) {
+      // The weight changes every step: flip the current value (small next to the activations).
+      flipped = [Conv2d.flip(this.denseFilter(this.variable))];
+    } else {
+      this.flipped ??= this.filters.map((f) => tf.keep(tf.tidy(() => Conv2d.flip(f))));
+      flipped = this.flipped;
     }
     const padT = this.kernel - 1 - this.pad;
     let src = dy;
@@ -185,17 +344,35 @@ export class Conv2d {
       // rows needed so that a stride-1 conv with padding padT yields h rows: h − k + 1 + 2p
       src = dilate(dy, this.stride, h - this.kernel + 1 + 2 * this.pad, w - this.kernel + 1 + 2 * this.pad);
     }
-    return this.run(src, this.flipped, 1, padT);
+    return this.run(src, flipped, 1, padT);
+  }
+
+  /** dL/dW in HWIO [k, k, in/G, out]: the diagonal blocks of the dense filter gradient. */
+  private filterGrad(x: tf.Tensor4D, dy: tf.Tensor4D): tf.Tensor4D {
+    const dense = convFilterGrad(x, dy, this.kernel, this.stride, this.pad);
+    if (this.groups === 1) return dense;
+    const k = this.kernel;
+    const cg = this.inChannels / this.groups;
+    const og = this.outChannels / this.groups;
+    return tf.concat(
+      Array.from({ length: this.groups }, (_, i) => tf.slice(dense, [0, 0, i * cg, i * og], [k, k, cg, og])),
+      3,
+    ) as tf.Tensor4D;
   }
 
   apply(x: tf.Tensor4D): tf.Tensor4D {
-    return this.op(x);
+    return this.variable ? this.op(x, this.variable) : this.op(x);
+  }
+
+  /** The trainable HWIO filter variable [k, k, in/G, out], or null for a frozen conv. */
+  get weightVariable(): tf.Variable | null {
+    return this.variable;
   }
 
   /** The filter in PyTorch layout [out, in/groups, k, k] (a new tensor). */
   weightOIHW(): tf.Tensor4D {
     return tf.tidy(() => {
-      const hwio = this.filters.length === 1 ? this.filters[0] : tf.concat(this.filters, 3);
+      const hwio = this.variable ?? (this.filters.length === 1 ? this.filters[0] : tf.concat(this.filters, 3));
       return tf.transpose(hwio, [3, 2, 0, 1]) as tf.Tensor4D;
     });
   }
@@ -207,6 +384,10 @@ export class Conv2d {
 
   /** Replaces the filter (PyTorch layout, same shape); the input is not retained. */
   setWeight(weight: tf.Tensor4D): void {
+    if (this.variable) {
+      tf.tidy(() => this.variable!.assign(tf.transpose(weight, [2, 3, 1, 0]) as tf.Tensor4D));
+      return;
+    }
     const fresh = this.splitFilter(weight);
     this.dispose();
     this.filters = fresh;
@@ -216,6 +397,7 @@ export class Conv2d {
     for (const f of this.filters) f.dispose();
     if (this.flipped) for (const f of this.flipped) f.dispose();
     this.flipped = null;
+    this.variable?.dispose();
   }
 }
 
@@ -223,24 +405,39 @@ export class Conv2d {
 // Linear and pooling
 // ---------------------------------------------------------------------------------------------
 
-/** PyTorch nn.Linear with a constant weight stored as [in, out]. */
+/**
+ * PyTorch nn.Linear with the weight stored as [in, out]: constants by default, `tf.Variable`s
+ * (weight and bias) with `{ trainable: true }`.
+ */
 export class Linear {
   private weight: tf.Tensor2D; // [in, out]
   private bias: tf.Tensor1D | null;
   readonly inFeatures: number;
   readonly outFeatures: number;
+  readonly trainable: boolean;
 
   /** `weight`: PyTorch layout [out, in]. */
-  constructor(weight: tf.Tensor2D, bias: tf.Tensor1D | null) {
+  constructor(weight: tf.Tensor2D, bias: tf.Tensor1D | null, opts: WeightOptions = {}) {
     [this.outFeatures, this.inFeatures] = weight.shape;
-    this.weight = tf.keep(tf.transpose(weight)) as tf.Tensor2D;
-    this.bias = bias ? (tf.keep(bias.clone()) as tf.Tensor1D) : null;
+    this.trainable = opts.trainable === true;
+    if (this.trainable) {
+      this.weight = tf.variable(tf.tidy(() => tf.transpose(weight)), true) as tf.Variable<tf.Rank.R2>;
+      this.bias = bias ? (tf.variable(bias, true) as tf.Variable<tf.Rank.R1>) : null;
+    } else {
+      this.weight = tf.keep(tf.transpose(weight)) as tf.Tensor2D;
+      this.bias = bias ? (tf.keep(bias.clone()) as tf.Tensor1D) : null;
+    }
   }
 
   apply(x: tf.Tensor2D): tf.Tensor2D {
-    // Autodiff is fine here: the weight is a constant, so only dx = dy·Wᵀ is ever requested.
+    // Autodiff is fine here: MatMul's gradient is two matMuls, both registered on WASM.
     const y = tf.matMul(x, this.weight);
     return this.bias ? (tf.add(y, this.bias) as tf.Tensor2D) : (y as tf.Tensor2D);
+  }
+
+  /** The trainable weight [in, out] and bias variables (empty for a frozen layer). */
+  get variables(): { weight: tf.Variable; bias: tf.Variable | null } | null {
+    return this.trainable ? { weight: this.weight as tf.Variable, bias: this.bias as tf.Variable | null } : null;
   }
 
   weightOutIn(): tf.Tensor2D {
@@ -256,12 +453,20 @@ export class Linear {
   }
 
   setWeight(weight: tf.Tensor2D): void {
+    if (this.trainable) {
+      tf.tidy(() => (this.weight as tf.Variable).assign(tf.transpose(weight)));
+      return;
+    }
     const w = tf.keep(tf.transpose(weight)) as tf.Tensor2D;
     this.weight.dispose();
     this.weight = w;
   }
 
   setBias(bias: tf.Tensor1D): void {
+    if (this.trainable && this.bias) {
+      (this.bias as tf.Variable).assign(bias);
+      return;
+    }
     const b = tf.keep(bias.clone()) as tf.Tensor1D;
     this.bias?.dispose();
     this.bias = b;
@@ -298,33 +503,93 @@ export function globalAvgPool(x: tf.Tensor4D): tf.Tensor2D {
 let reluOp: ((x: tf.Tensor4D) => tf.Tensor4D) | null = null;
 let addReluOp: ((a: tf.Tensor4D, b: tf.Tensor4D) => tf.Tensor4D) | null = null;
 let addOp: ((a: tf.Tensor4D, b: tf.Tensor4D) => tf.Tensor4D) | null = null;
+/** Whether the relu op being called should keep its mask (inside an op the tape always reads off). */
+let keepMask = false;
 
-/** relu that saves its output (not its input) for the mask dy·[y > 0]. */
+/**
+ * ReLU masks for the backward, bit-packed: `bits` (24, 16 or 8) 0/1 flags per float32 word, i.e.
+ * 1.3–4 bits per element instead of the 32 of a saved float output (or 8 of a bool). Packing is
+ * one matMul of the [words, bits] 0/1 matrix with the powers of two 2^0..2^(bits−1); every partial
+ * sum is an integer below 2^24, so it is exact in float32 whatever the summation order. Unpacking:
+ * q_k = floor(w·2^−k) (an outer product with 2^−k as a matMul, exact) and bit_k = q_k − 2·q_(k+1)
+ * (a matMul with a constant [bits + 1, bits] matrix of 1 and −2: integer sums below 2^25, exact).
+ * MatMuls with a constant right operand are the fast path on WASM (broadcast multiplies and
+ * strided slices measured 3–5× slower). The mask is bit-for-bit the tf.step(y) that dy is
+ * multiplied by, so gradients are unchanged.
+ */
+const packWeights = new Map<number, tf.Tensor2D>(); // bits → [bits, 1]: 2^k
+const unpackScales = new Map<number, tf.Tensor2D>(); // bits → [1, bits + 1]: 2^−k
+const unpackDiffs = new Map<number, tf.Tensor2D>(); // bits → [bits + 1, bits]: e_k − 2·e_(k+1)
+
+function wordBits(n: number): number {
+  for (const b of [24, 16, 8]) if (n % b === 0) return b;
+  return 24; // padded
+}
+
+function packMask(y: tf.Tensor): tf.Tensor2D {
+  const n = y.size;
+  const bits = wordBits(n);
+  const rows = Math.ceil(n / bits);
+  let w = packWeights.get(bits);
+  if (!w) {
+    w = tf.keep(tf.tensor2d(Float32Array.from({ length: bits }, (_, k) => 2 ** k), [bits, 1]));
+    packWeights.set(bits, w);
+  }
+  let m = tf.reshape(tf.step(y), [n]);
+  if (rows * bits !== n) m = tf.pad(m, [[0, rows * bits - n]]);
+  return tf.matMul(tf.reshape(m, [rows, bits]) as tf.Tensor2D, w);
+}
+
+function unpackMask(words: tf.Tensor, shape: number[]): tf.Tensor {
+  const n = shape.reduce((a, d) => a * d, 1);
+  const rows = words.shape[0];
+  const bits = wordBits(n);
+  let s = unpackScales.get(bits);
+  let d = unpackDiffs.get(bits);
+  if (!s || !d) {
+    s = tf.keep(tf.tensor2d(Float32Array.from({ length: bits + 1 }, (_, k) => 2 ** -k), [1, bits + 1]));
+    const diff = new Float32Array((bits + 1) * bits);
+    for (let k = 0; k < bits; k++) {
+      diff[k * bits + k] = 1;
+      diff[(k + 1) * bits + k] = -2;
+    }
+    d = tf.keep(tf.tensor2d(diff, [bits + 1, bits]));
+    unpackScales.set(bits, s);
+    unpackDiffs.set(bits, d);
+  }
+  const q = tf.floor(tf.matMul(words as tf.Tensor2D, s)); // [rows, bits + 1]
+  const flat = tf.reshape(tf.matMul(q, d), [rows * bits]);
+  return tf.reshape(rows * bits === n ? flat : tf.slice(flat, 0, n), shape);
+}
+
+/** relu saving only its bit-packed mask [y > 0] for the backward dy·mask. */
 export function relu(x: tf.Tensor4D): tf.Tensor4D {
   reluOp ??= customOp<tf.Tensor4D>(([input], save) => {
     const y = tf.relu(input) as tf.Tensor4D;
-    save([y]);
-    return { value: y, gradFunc: (dy, [out]) => [tf.mul(dy, tf.step(out))] };
+    if (keepMask) save([packMask(y)]);
+    return { value: y, gradFunc: (dy, [words]) => [tf.mul(dy, unpackMask(words, dy.shape))] };
   });
+  keepMask = tf.engine().isTapeOn();
   return reluOp(x);
 }
 
 /**
- * relu(a + b) for residual joins: saves only the output, where tf.add + tf.relu would keep both
- * summands and the sum alive until the backward.
+ * relu(a + b) for residual joins: saves only the bit-packed mask, where tf.add + tf.relu would keep
+ * both summands and the sum alive until the backward.
  */
 export function addRelu(a: tf.Tensor4D, b: tf.Tensor4D): tf.Tensor4D {
   addReluOp ??= customOp<tf.Tensor4D>(([x, y], save) => {
     const out = tf.relu(tf.add(x, y)) as tf.Tensor4D;
-    save([out]);
+    if (keepMask) save([packMask(out)]);
     return {
       value: out,
-      gradFunc: (dy, [saved]) => {
-        const g = tf.mul(dy, tf.step(saved));
+      gradFunc: (dy, [words]) => {
+        const g = tf.mul(dy, unpackMask(words, dy.shape));
         return [g, g.clone()]; // distinct tensors: the tape may dispose one while the other is in use
       },
     };
   });
+  keepMask = tf.engine().isTapeOn();
   return addReluOp(a, b);
 }
 

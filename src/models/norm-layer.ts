@@ -184,6 +184,7 @@ export interface NormParams {
 }
 
 export class BatchNormLayer implements NormLayer {
+  readonly kind = 'batch' as const;
   readonly name: string;
   readonly numFeatures: number;
   readonly eps: number;

@@ -16,9 +16,10 @@ import { buildModel } from '../models/registry.js';
 import type { Classifier, MectaOptions } from '../models/types.js';
 import { ALGORITHMS } from '../algorithms/registry.js';
 import type { AdaptOptions, Algorithm } from '../algorithms/types.js';
-import { batchOrder, makeBatches, streamFingerprint, type Domain, type FingerprintEntry } from '../data/stream.js';
+import { batchOrder, openDomain, streamFingerprint, type DomainSource, type DomainStream, type FingerprintEntry } from '../data/stream.js';
 import { openDataSource } from '../data/registry.js';
 import { accountCache, MB } from './accounting.js';
+import { MeasuredDomain, runnerProbe, type StepMemory } from '../memory/probe.js';
 import { readCheckpointMeta, restoreCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { RunWriter, meanErrors, type DomainResult, type Summary } from './output.js';
 import { domainProgress } from './progress.js';
@@ -88,15 +89,34 @@ export function adaptOptions(cfg: CtaConfig): AdaptOptions {
 }
 
 /** A random `size`-sample subset of the clean domain, batched (EATA's Fisher data, C.5). */
-function fisherBatches(clean: () => Promise<Domain>, size: number, batchSize: number, seed: number) {
+function fisherBatches(clean: () => Promise<DomainStream>, size: number, batchSize: number, seed: number) {
   return async function* (): AsyncIterable<tf.Tensor4D> {
     const d = await clean();
     // MECTA draws the subset with RandomState(seed + 1); we use our own seeded generator.
     const order = new Rng(seed + 1).permutation(d.n).slice(0, Math.min(size, d.n));
-    for (const b of makeBatches(d, order, batchSize)) {
+    for await (const b of d.batches(order, batchSize)) {
       yield tf.tensor4d(b.x, [b.y.length, d.height, d.width, d.channels]);
     }
   };
+}
+
+/**
+ * Refusals that need the built model: the BN-statistics methods (norm, MECTA) on a model without
+ * BatchNorm (a ViT's LayerNorms keep no running statistics; tent/eta/eata adapt their affine
+ * parameters instead), and a data set whose class count differs from the model's outputs.
+ */
+function checkModelFitsRun(cfg: CtaConfig, model: Classifier, source: DomainSource): void {
+  if (!model.normLayers.some((l) => l.kind === 'batch')) {
+    if (cfg.alg === 'norm') {
+      throw new CtaError(`--alg norm re-estimates BatchNorm statistics, but --model ${cfg.model} has no BatchNorm layers (its LayerNorms normalise each token on its own); use tent, eta or eata, which adapt the LayerNorm affine parameters`);
+    }
+    if (cfg.accumBn) {
+      throw new CtaError(`--accum-bn (MECTA) needs BatchNorm layers, but --model ${cfg.model} has only LayerNorms, which keep no statistics to accumulate`);
+    }
+  }
+  if (source.numClasses !== undefined && source.numClasses !== model.numClasses) {
+    throw new CtaError(`--data ${cfg.data}: the data has ${source.numClasses} classes but the model has ${model.numClasses} outputs (labels are ranks of the sorted class folders, so every class folder must be present)`);
+  }
 }
 
 export interface RunResult {
@@ -116,6 +136,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   const { model, weightsSha256, backend, pruneRng } = await prepareModel(cfg, hooks.log);
   const source = await openDataSource(cfg);
   const spec = ALGORITHMS[cfg.alg];
+  checkModelFitsRun(cfg, model, source);
   if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
   else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
 
@@ -146,7 +167,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
 
   const ctx = {
     rng: new Rng(cfg.seed + 3),
-    fisherData: fisherBatches(() => source.load('original'), cfg.fisherSize, cfg.batchSize, cfg.seed),
+    fisherData: fisherBatches(() => openDomain(source, 'original'), cfg.fisherSize, cfg.batchSize, cfg.seed),
   };
   let alg: Algorithm;
   try {
@@ -157,6 +178,8 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   }
 
   const trackCache = cfg.accumBn || spec.usesGradients;
+  // Measured memory per step (engine hooks; cheap, no per-layer breakdown here).
+  const probe = runnerProbe();
   const summary: Summary = ckpt?.summary ?? { config: { ...cfg }, domains: [], mean_error: null, mean_error_all: null, complete: false };
   const orders: FingerprintEntry[] = (ckpt?.orders ?? []).map((o) => ({ ...o, order: Int32Array.from(o.order) }));
   const shuffleRng = new Rng(cfg.seed);
@@ -170,13 +193,15 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     batchIndex = ckpt.batchIndex;
     hooks.log(`resuming ${outDir} at domain ${first + 1}/${source.names.length} (${source.names[first]})`);
   }
-  let next = source.load(source.names[first]);
+  // openDomain: in-memory sets load whole domains; streaming ones (ImageNet-C) list files here and
+  // decode batch by batch below.
+  let next = openDomain(source, source.names[first]);
   for (let di = first; di < source.names.length; di++) {
     const name = source.names[di];
     const domain = await next;
     // Decode the next domain while this one adapts (no data stall at domain boundaries).
     if (di + 1 < source.names.length) {
-      next = source.load(source.names[di + 1]);
+      next = openDomain(source, source.names[di + 1]);
       // Handled here so a failure surfaces as its CtaError when awaited, not as an unhandled rejection.
       next.catch(() => undefined);
     }
@@ -192,16 +217,23 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     let updates = 0;
     let batches = 0;
     const caches: number[] = [];
+    const measured = new MeasuredDomain();
     const betas: number[] = [];
     const t0 = performance.now();
-    for (const b of makeBatches(domain, order, cfg.batchSize)) {
+    for await (const b of domain.batches(order, cfg.batchSize)) {
       const n = b.y.length;
       const tb = performance.now();
       const x = tf.tensor4d(b.x, [n, domain.height, domain.width, domain.channels]);
       let pred: Int32Array;
       let res;
+      let mem: StepMemory | null = null;
       try {
-        res = alg.step(x);
+        probe.begin();
+        try {
+          res = alg.step(x);
+        } finally {
+          mem = probe.end();
+        }
         const am = tf.argMax(res.logits, 1);
         pred = (await am.data()) as Int32Array;
         am.dispose();
@@ -240,6 +272,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
               total_backward_mb: acc.totalBackwardBytes / MB,
             }
           : {}),
+        ...measured.add(mem),
         ...(cfg.accumBn ? { beta: layerBetas, cached: records.map((r) => r?.cached ?? false) } : {}),
         ms: Math.round(ms * 10) / 10,
       });
@@ -265,6 +298,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
             avg_cache_mb: caches.length ? caches.reduce((a, v) => a + v, 0) / caches.length : null,
           }
         : {}),
+      ...measured.summary(),
       ...(betas.length ? { mean_beta: betas.reduce((a, v) => a + v, 0) / betas.length } : {}),
     };
     summary.domains.push(result);

@@ -20,6 +20,10 @@ export interface DomainResult {
   updates?: number; // batches whose backward + optimizer step ran
   max_cache_mb?: number | null;
   avg_cache_mb?: number | null;
+  /** Measured bytes held for backprop / peak engine bytes per step, MB (memory/probe.ts). */
+  measured_max_backprop_mb?: number | null;
+  measured_avg_backprop_mb?: number | null;
+  measured_max_peak_mb?: number | null;
   mean_beta?: number | null;
 }
 

@@ -36,10 +36,12 @@ describe.each([
     const a = JSON.parse(read(whole, 'summary.json'));
     const b = JSON.parse(read(cut, 'summary.json'));
     expect(b.complete).toBe(true);
-    const strip = (d: Record<string, unknown>) => ({ ...d, seconds: 0, img_per_s: 0 });
+    // Wall time and the engine's step peak depend on the process's history (e.g. when flipped conv
+    // filters are first built), not on the run's state; everything else must be identical.
+    const strip = (d: Record<string, unknown>) => ({ ...d, seconds: 0, img_per_s: 0, measured_max_peak_mb: 0 });
     expect(b.domains.map(strip)).toEqual(a.domains.map(strip));
     expect(b.mean_error).toBe(a.mean_error);
-    const lines = (dir: string) => read(dir, 'batches.jsonl').trim().split('\n').map((l) => ({ ...JSON.parse(l), ms: 0 }));
+    const lines = (dir: string) => read(dir, 'batches.jsonl').trim().split('\n').map((l) => ({ ...JSON.parse(l), ms: 0, measured_peak_mb: 0 }));
     expect(lines(cut)).toEqual(lines(whole));
     expect(JSON.parse(read(cut, 'manifest.json')).stream_fingerprint).toBe(JSON.parse(read(whole, 'manifest.json')).stream_fingerprint);
   });

@@ -1,0 +1,80 @@
+/**
+ * profile-mem: backprop-cache memory per batch size (algorithms.md E, plus measurement). Builds the
+ * model and algorithm from the same config/flags as cta-eval, runs one adaptation step on the
+ * first batch of --domain (or random input with --synthetic) for each --batch-sizes, and prints
+ * analytic (MECTA A.9) and measured memory, step and inference peaks and step time.
+ */
+import { writeFileSync } from 'node:fs';
+import { parseCommand } from './args.js';
+import { runMain } from './run-main.js';
+import { CtaError } from '../util/errors.js';
+import { DEFAULT_BATCH_SIZES, layerTable, parseBatchSizes, runProfile, summaryTable } from '../memory/profile.js';
+
+const USAGE = `$0 [--config FILE] [options] [--batch-sizes 8,16,32,64] [--synthetic] [--per-layer] [--json FILE]
+
+Measures the memory of one adaptation step per batch size: the analytic MECTA cache (forward =
+largest norm-layer input, backward = sum of the inputs of the layers that cache; MB = 1e6 bytes),
+the bytes the engine actually holds for backprop when the backward starts, the step's and an
+inference forward's peak engine bytes, and the step time. Model, algorithm and MECTA options come
+from the cta-eval config/flags; without --weights the model gets random weights of the RobustBench
+shape. --synthetic feeds random images instead of the first batch of --domain.`;
+
+interface Extra extends Record<string, unknown> {
+  batchSizes: string;
+  domain: string;
+  synthetic: boolean;
+  perLayer: boolean;
+  json?: string;
+  steps: number;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  await runMain('profile-mem', async () => {
+    const { cfg, argv: args } = await parseCommand<Extra>(argv, 'profile-mem', USAGE, (y) =>
+      y
+        .option('batch-sizes', { type: 'string', default: DEFAULT_BATCH_SIZES.join(','), describe: 'comma-separated batch sizes, one step each', group: 'profile-mem' })
+        .option('domain', { type: 'string', default: 'gaussian_noise', describe: 'domain whose first batch is used (not with --synthetic)', group: 'profile-mem' })
+        .option('synthetic', { type: 'boolean', default: false, describe: 'random input of the model\'s shape: no data set needed', group: 'profile-mem' })
+        .option('per-layer', { type: 'boolean', default: false, describe: 'also print the per-norm-layer table for every batch size', group: 'profile-mem' })
+        .option('steps', { type: 'number', default: 1, describe: 'steps per batch size on the same batch (memory of the first, time of the fastest)', group: 'profile-mem' })
+        .option('json', { type: 'string', describe: 'write the full report (rows, per-layer rows, config) to this file', group: 'profile-mem' }),
+    );
+    const positional = (args._ as unknown[]) ?? [];
+    if (positional.length > 0) throw new CtaError(`profile-mem: unexpected argument '${String(positional[0])}' (options start with --)`);
+    const steps = Number(args.steps);
+    if (!Number.isInteger(steps) || steps < 1) throw new CtaError(`--steps: expected a positive integer, got ${String(args.steps)}`);
+    const batchSizes = parseBatchSizes(String(args.batchSizes));
+    const log = (line: string) => process.stdout.write(line + '\n');
+    const name = `${cfg.alg}${cfg.accumBn ? '+mecta' : ''}`;
+    log(
+      `profile-mem: ${name} on ${cfg.model}, batch sizes ${batchSizes.join(',')}, ${args.synthetic ? 'synthetic input' : `first batch of ${cfg.data} ${args.domain}`}` +
+        (cfg.accumBn ? ` (forget gate ${cfg.forgetGate ? 'on' : 'off'}, beta-thre ${cfg.betaThre}, prune-q ${cfg.pruneQ})` : ''),
+    );
+    const report = await runProfile({
+      cfg,
+      batchSizes,
+      domain: String(args.domain),
+      synthetic: Boolean(args.synthetic),
+      perLayer: Boolean(args.perLayer),
+      steps,
+      log,
+    });
+    log('');
+    log(summaryTable(report));
+    if (args.perLayer) {
+      for (const row of report.rows) {
+        if (!row.layers) continue;
+        log('');
+        log(`batch ${row.batch_size}: per norm layer (measured norm = saved by the layer's op; after = saved by the ops up to the next norm layer, e.g. ReLU masks)`);
+        log(layerTable(row));
+      }
+    }
+    log('');
+    log(`backend ${report.backend}; MB = 1e6 bytes; peaks are engine tensor bytes including the weights; timings on a shared machine are noisy`);
+    if (args.json) {
+      writeFileSync(String(args.json), JSON.stringify(report, null, 2) + '\n');
+      log(`profile-mem: report written to ${String(args.json)}`);
+    }
+    if (report.rows.some((r) => r.error)) process.exitCode = 1;
+  });
+}

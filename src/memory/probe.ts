@@ -1,0 +1,329 @@
+/**
+ * Measured backprop-memory accounting (the engine-side counterpart of the analytic A.9 figures in
+ * runner/accounting.ts). Two hooks on the tfjs engine, installed once per process:
+ *
+ * - `engine.gradients` is wrapped so that, at the end of the taped forward (inside the gradient
+ *   function, just before the loss is returned), the tape is measured: the bytes of the distinct
+ *   tensors (by data buffer) saved by the nodes the backward will actually run, i.e. the nodes on
+ *   a path from the differentiated variables to the loss. That is what the engine holds for
+ *   backprop when the backward starts. A step whose loss is not connected (EATA with no selected
+ *   sample, MECTA with every layer matched) runs no backward and holds 0 bytes for it.
+ * - `engine.trackTensor` is wrapped to follow the peak of the engine's tensor bytes
+ *   (`tf.memory().numBytes`) between `begin()` and `end()`.
+ *
+ * Both rely on tfjs-core 4.22 internals (`state.activeTape`, tape nodes' `saved`,
+ * `trackTensor`); if they are missing the probe reports nulls instead of wrong numbers. Cost: one
+ * comparison per tensor allocation, and one walk over the tape (a few hundred nodes) per step.
+ */
+import { tf } from '../tf.js';
+
+export const MB = 1e6;
+
+/** The parts of a tfjs-core TapeNode used here. */
+interface TapeNodeLike {
+  inputs: Record<string, tf.Tensor>;
+  outputs: tf.Tensor[];
+  saved?: tf.Tensor[];
+}
+
+type GradientsFn = (f: () => tf.Tensor, xs: tf.Tensor[], dy?: tf.Tensor, allowNoGradients?: boolean) => { value: tf.Tensor; grads: tf.Tensor[] };
+
+interface EngineLike {
+  state: { numBytes: number; activeTape: TapeNodeLike[] | null };
+  gradients: GradientsFn;
+  trackTensor: (a: tf.Tensor, backend: unknown) => void;
+}
+
+function tensorBytes(t: tf.Tensor): number {
+  if (t.dtype === 'string') return 0;
+  return t.size * tf.util.bytesPerElement(t.dtype);
+}
+
+/**
+ * Indices of the tape nodes the backward of `y` with respect to `xs` runs: tfjs-core's
+ * getFilteredNodesXToY (nodes reachable from xs whose outputs lead to y).
+ */
+export function backwardPath(tape: readonly TapeNodeLike[], xs: readonly tf.Tensor[], y: tf.Tensor): boolean[] {
+  const fromX = new Set<number>(xs.map((x) => x.id));
+  const reachable = tape.map((node) => {
+    for (const name in node.inputs) {
+      if (fromX.has(node.inputs[name].id)) {
+        for (const o of node.outputs) fromX.add(o.id);
+        return true;
+      }
+    }
+    return false;
+  });
+  const toY = new Set<number>([y.id]);
+  const leads = new Array<boolean>(tape.length).fill(false);
+  for (let i = tape.length - 1; i >= 0; i--) {
+    const node = tape[i];
+    if (node.outputs.some((o) => toY.has(o.id))) {
+      leads[i] = true;
+      for (const name in node.inputs) toY.add(node.inputs[name].id);
+    }
+  }
+  return tape.map((_, i) => reachable[i] && leads[i]);
+}
+
+export interface TapeAccount {
+  /** Distinct saved bytes of the nodes the backward runs (what it holds when it starts). */
+  backpropBytes: number;
+  /** Distinct saved bytes of every node on the tape (including nodes the backward skips). */
+  tapeBytes: number;
+  nodes: number;
+  pathNodes: number;
+  /** Per tape node: saved bytes first seen at that node, path nodes only (0 elsewhere). */
+  perNode: number[];
+}
+
+/** Sums the distinct (by data buffer) live saved tensors of a tape. */
+export function accountTape(tape: readonly TapeNodeLike[], xs: readonly tf.Tensor[], y: tf.Tensor): TapeAccount {
+  const onPath = backwardPath(tape, xs, y);
+  const seenPath = new Set<object>();
+  const seenAll = new Set<object>();
+  const perNode = new Array<number>(tape.length).fill(0);
+  let backpropBytes = 0;
+  let tapeBytes = 0;
+  tape.forEach((node, i) => {
+    for (const t of node.saved ?? []) {
+      if (t.isDisposed) continue;
+      const id = t.dataId as object;
+      if (!seenAll.has(id)) {
+        seenAll.add(id);
+        tapeBytes += tensorBytes(t);
+      }
+      if (onPath[i] && !seenPath.has(id)) {
+        seenPath.add(id);
+        const b = tensorBytes(t);
+        backpropBytes += b;
+        perNode[i] += b;
+      }
+    }
+  });
+  return { backpropBytes, tapeBytes, nodes: tape.length, pathNodes: onPath.filter(Boolean).length, perNode };
+}
+
+/** A norm layer's forward as seen on the tape: its op occupies nodes [start, end). */
+export interface LayerMark {
+  name: string;
+  shape: number[];
+  start: number;
+  end: number;
+}
+
+/** Measured bytes attributed to one norm layer (profile-mem --per-layer). */
+export interface LayerMemory {
+  name: string;
+  /** Input shape, NHWC. */
+  shape: number[];
+  /** Saved by the norm layer's own op (its input or kept channels, and [C] statistics). */
+  normBytes: number;
+  /** Saved by the ops after it up to the next norm layer (ReLU masks, residual joins, the head). */
+  afterBytes: number;
+}
+
+export interface StepMemory {
+  /** Bytes held for backprop when the backward starts (0 if no backward ran); null if unmeasurable. */
+  backpropBytes: number | null;
+  /** All distinct saved bytes on the tape (≥ backpropBytes). */
+  tapeBytes: number | null;
+  /** Highest engine tensor bytes during the step (everything alive: weights, optimizer state…). */
+  peakBytes: number | null;
+  /** Engine tensor bytes when the step began. */
+  startBytes: number;
+  /** Number of gradient computations in the step (Tent/EATA: 1, or 0 when none ran). */
+  backwards: number;
+  /** Saved bytes before the first norm layer (input normalisation, stem), with `layers`. */
+  preambleBytes?: number;
+  layers?: LayerMemory[];
+}
+
+let installed = false;
+let supported = false;
+let active: MemoryProbe | null = null;
+
+function engine(): EngineLike {
+  return tf.engine() as unknown as EngineLike;
+}
+
+/** Installs the two engine hooks (idempotent). Returns false if this tfjs lacks the internals. */
+export function installMemoryHooks(): boolean {
+  if (installed) return supported;
+  installed = true;
+  const eng = engine();
+  if (typeof eng.gradients !== 'function' || typeof eng.trackTensor !== 'function' || !eng.state || typeof eng.state.numBytes !== 'number') {
+    return (supported = false);
+  }
+  const gradients = eng.gradients.bind(eng);
+  eng.gradients = (f, xs, dy, allowNoGradients) => {
+    const probe = active;
+    if (!probe) return gradients(f, xs, dy, allowNoGradients);
+    return gradients(
+      () => {
+        const y = f();
+        probe.onForwardEnd(eng.state.activeTape ?? [], xs, y);
+        return y;
+      },
+      xs,
+      dy,
+      allowNoGradients,
+    );
+  };
+  const trackTensor = eng.trackTensor.bind(eng);
+  eng.trackTensor = (a, backend) => {
+    trackTensor(a, backend);
+    if (active && eng.state.numBytes > active.peak) active.peak = eng.state.numBytes;
+  };
+  return (supported = true);
+}
+
+/**
+ * Measures one adaptation step: `begin()`, run the step, `end()`. One probe is active at a time.
+ * With `perLayer`, call `markLayers(model)` first so norm-layer forwards are located on the tape.
+ */
+export class MemoryProbe {
+  peak = 0;
+  private start = 0;
+  private account: TapeAccount | null = null;
+  private backwards = 0;
+  private marks: LayerMark[] = [];
+  private layerResult: { preamble: number; layers: LayerMemory[] } | null = null;
+
+  constructor(readonly perLayer = false) {
+    installMemoryHooks();
+  }
+
+  get supported(): boolean {
+    return supported;
+  }
+
+  begin(): void {
+    const eng = engine();
+    this.start = this.peak = eng.state.numBytes;
+    this.account = null;
+    this.backwards = 0;
+    this.marks = [];
+    this.layerResult = null;
+    active = this;
+  }
+
+  end(): StepMemory {
+    if (active === this) active = null;
+    const out: StepMemory = {
+      backpropBytes: supported ? (this.account?.backpropBytes ?? 0) : null,
+      tapeBytes: supported ? (this.account?.tapeBytes ?? 0) : null,
+      peakBytes: supported ? this.peak : null,
+      startBytes: this.start,
+      backwards: this.backwards,
+    };
+    if (this.perLayer && this.layerResult) {
+      out.preambleBytes = this.layerResult.preamble;
+      out.layers = this.layerResult.layers;
+    }
+    return out;
+  }
+
+  /** Called by the gradients hook with the complete forward tape. */
+  onForwardEnd(tape: readonly TapeNodeLike[], xs: readonly tf.Tensor[], y: tf.Tensor): void {
+    const acc = accountTape(tape, xs, y);
+    this.backwards += acc.pathNodes > 0 ? 1 : 0;
+    // Several gradient computations in one step: report the largest.
+    if (!this.account || acc.backpropBytes >= this.account.backpropBytes) {
+      this.account = acc;
+      if (this.perLayer) this.layerResult = attribute(acc.perNode, this.marks);
+    }
+    this.marks = [];
+  }
+
+  /** Records where a norm layer's op lands on the tape (only while a tape records). */
+  mark(name: string, shape: number[], start: number, end: number): void {
+    if (active === this) this.marks.push({ name, shape, start, end });
+  }
+
+  /**
+   * Wraps `apply` of every norm layer that has one so that its tape position is recorded. Returns
+   * the function that removes the wrappers.
+   */
+  markLayers(layers: readonly object[]): () => void {
+    const undo: (() => void)[] = [];
+    for (const layer of layers) {
+      const l = layer as { name?: string; apply?: (x: tf.Tensor) => tf.Tensor };
+      const own = Object.prototype.hasOwnProperty.call(l, 'apply');
+      const orig = l.apply;
+      if (typeof orig !== 'function') continue;
+      const name = l.name ?? '?';
+      l.apply = (x: tf.Tensor) => {
+        const tape = tf.engine().isTapeOn() ? engine().state.activeTape : null;
+        const start = tape ? tape.length : 0;
+        const y = orig.call(l, x);
+        if (tape && engine().state.activeTape === tape) this.mark(name, x.shape.slice(), start, tape.length);
+        return y;
+      };
+      undo.push(() => {
+        if (own) l.apply = orig;
+        else delete l.apply;
+      });
+    }
+    return () => undo.forEach((u) => u());
+  }
+}
+
+/** Splits per-node bytes into the norm layers' own ops and the stretches after each. */
+function attribute(perNode: readonly number[], marks: readonly LayerMark[]): { preamble: number; layers: LayerMemory[] } {
+  const sum = (a: number, b: number) => {
+    let s = 0;
+    for (let i = Math.max(0, a); i < Math.min(b, perNode.length); i++) s += perNode[i];
+    return s;
+  };
+  const layers = marks.map((m, i) => ({
+    name: m.name,
+    shape: m.shape,
+    normBytes: sum(m.start, m.end),
+    afterBytes: sum(m.end, i + 1 < marks.length ? marks[i + 1].start : perNode.length),
+  }));
+  return { preamble: marks.length ? sum(0, marks[0].start) : sum(0, perNode.length), layers };
+}
+
+/** The process-wide probe used by the continual runner (no per-layer breakdown). */
+let shared: MemoryProbe | null = null;
+export function runnerProbe(): MemoryProbe {
+  shared ??= new MemoryProbe(false);
+  return shared;
+}
+
+/** Per-batch measured fields of batches.jsonl (MB = 1e6 bytes; absent when unmeasurable). */
+export interface MeasuredBatchFields {
+  measured_backprop_mb?: number;
+  measured_peak_mb?: number;
+}
+
+/** Per-domain measured fields of summary.json. */
+export interface MeasuredDomainFields {
+  measured_max_backprop_mb?: number | null;
+  measured_avg_backprop_mb?: number | null;
+  measured_max_peak_mb?: number | null;
+}
+
+/** Collects one domain's measured figures for the continual runner. */
+export class MeasuredDomain {
+  private readonly backprop: number[] = [];
+  private readonly peak: number[] = [];
+
+  /** Records one step and returns its batches.jsonl fields. */
+  add(mem: StepMemory | null): MeasuredBatchFields {
+    if (!mem || mem.backpropBytes === null || mem.peakBytes === null) return {};
+    this.backprop.push(mem.backpropBytes / MB);
+    this.peak.push(mem.peakBytes / MB);
+    return { measured_backprop_mb: mem.backpropBytes / MB, measured_peak_mb: mem.peakBytes / MB };
+  }
+
+  summary(): MeasuredDomainFields {
+    if (this.backprop.length === 0) return {};
+    return {
+      measured_max_backprop_mb: Math.max(...this.backprop),
+      measured_avg_backprop_mb: this.backprop.reduce((a, v) => a + v, 0) / this.backprop.length,
+      measured_max_peak_mb: Math.max(...this.peak),
+    };
+  }
+}

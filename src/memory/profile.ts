@@ -1,0 +1,398 @@
+/**
+ * profile-mem's logic (algorithms.md E, with measurement added): build the model and algorithm
+ * from a cta-eval config, and for each batch size run one forward without a tape (inference peak)
+ * and one adaptation step on the first batch of a domain (or random input), reporting the
+ * analytic MECTA cache (A.9), the measured bytes held for backprop, the step's peak and its time.
+ * The model state is restored before every measurement, so each batch size starts from the same
+ * weights and statistics (MECTA's forget gate sees the same "first batch" situation).
+ */
+import { tf, initBackend, type BackendInfo } from '../tf.js';
+import { CtaError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
+import { FIELDS, type CtaConfig } from '../config/schema.js';
+import { buildModel } from '../models/registry.js';
+import type { Classifier, NormRecord } from '../models/types.js';
+import { ALGORITHMS } from '../algorithms/registry.js';
+import type { Algorithm, AlgorithmContext } from '../algorithms/types.js';
+import { openDataSource } from '../data/registry.js';
+import { openDomain, type DomainSource } from '../data/stream.js';
+import { accountCache } from '../runner/accounting.js';
+import { adaptOptions, mectaOptions, prepareModel } from '../runner/continual.js';
+import { MB, MemoryProbe, type StepMemory } from './probe.js';
+import { randomStateDict } from './random-weights.js';
+
+export const DEFAULT_BATCH_SIZES = [8, 16, 32, 64];
+
+export interface ProfileSpec {
+  cfg: CtaConfig;
+  batchSizes: number[];
+  /** Domain whose first batch is used (ignored with `synthetic`). */
+  domain: string;
+  /** Random input of the model's shape instead of a data set. */
+  synthetic: boolean;
+  perLayer: boolean;
+  /** Adaptation steps per batch size on the same batch (memory: the first; time: the fastest). */
+  steps: number;
+  log: (line: string) => void;
+}
+
+export interface LayerRow {
+  name: string;
+  shape: number[];
+  beta: number | null;
+  cached: boolean;
+  analytic_forward_mb: number;
+  analytic_backward_mb: number;
+  measured_norm_mb: number;
+  measured_after_mb: number;
+}
+
+export interface ProfileRow {
+  batch_size: number;
+  /** A.9: the largest single layer's (pruned) input, MB. */
+  analytic_forward_mb: number | null;
+  /** A.9: Σ inputs of the layers that cache in this step, MB. */
+  analytic_backward_mb: number | null;
+  /** A.9: max(forward, backward), the figure cta-eval logs as cache_mb. */
+  analytic_cache_mb: number | null;
+  /** Saved tensors the backward runs on, when it starts (distinct buffers), MB. */
+  measured_backprop_mb: number | null;
+  /** All saved tensors on the tape (≥ backprop; includes nodes the backward skips), MB. */
+  measured_tape_mb: number | null;
+  /** measured_backprop / analytic_backward (null when the analytic figure is 0). */
+  ratio: number | null;
+  /** Highest engine tensor bytes during the step, everything included (weights…), MB. */
+  step_peak_mb: number | null;
+  /** Engine tensor bytes when the step began (weights, optimizer state, the batch), MB. */
+  step_start_mb: number | null;
+  /** Same as step_peak for one forward without a tape, MB. */
+  inference_peak_mb: number | null;
+  /** Wall time of the step (the fastest of --steps), ms. */
+  step_ms: number | null;
+  /** CPU time of this process during that step (user + system), ms: steadier on a shared machine. */
+  step_cpu_ms: number | null;
+  inference_ms: number | null;
+  /** Whether the step ran a backward + optimizer step. */
+  updated: boolean | null;
+  error?: string;
+  /** Saved bytes before the first norm layer (input normalisation, stem), MB (--per-layer). */
+  preamble_mb?: number;
+  layers?: LayerRow[];
+}
+
+export interface ProfileReport {
+  tool: 'profile-mem';
+  node: string;
+  tfjs: string;
+  backend: string;
+  model: { arch: string; num_classes: number; input_shape: readonly number[]; norm_layers: number };
+  weights: string;
+  input: string;
+  alg: string;
+  mecta: boolean;
+  config: Record<string, unknown>;
+  rows: ProfileRow[];
+}
+
+const mb = (bytes: number | null | undefined) => (bytes == null ? null : bytes / MB);
+
+/** "8,16,32,64" → [8, 16, 32, 64] (positive integers, duplicates removed, order kept). */
+export function parseBatchSizes(text: string): number[] {
+  const out: number[] = [];
+  for (const part of text.split(',').map((s) => s.trim()).filter((s) => s.length > 0)) {
+    const v = Number(part);
+    if (!Number.isInteger(v) || v < 1) throw new CtaError(`--batch-sizes: '${part}' is not a positive integer`);
+    if (!out.includes(v)) out.push(v);
+  }
+  if (out.length === 0) throw new CtaError('--batch-sizes: give at least one batch size, e.g. 8,16,32,64');
+  return out;
+}
+
+/** Weights from --weights, or a random RobustBench-shaped state dict. */
+async function prepare(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; backend: BackendInfo; weights: string }> {
+  if (cfg.weights) {
+    const { model, backend } = await prepareModel(cfg, log);
+    return { model, backend, weights: cfg.weights };
+  }
+  const backend = await initBackend(cfg.backend);
+  if (backend.notice) log(backend.notice);
+  const numClasses = cfg.data === 'cifar100c' ? 100 : 10;
+  const sd = randomStateDict(cfg.model, { numClasses, seed: cfg.seed });
+  const model = buildModel(cfg.model, sd, {
+    rng: new Rng(cfg.seed + 7),
+    expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined },
+  });
+  if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
+  log(`profile-mem: no --weights: random ${cfg.model} weights of the RobustBench shape (${numClasses} classes); memory and time depend only on the shapes`);
+  return { model, backend, weights: `random ${cfg.model} (RobustBench shape)` };
+}
+
+/** Model weights and buffers as plain arrays (no tensors alive during the measurements). */
+type Snapshot = Map<string, { data: Float32Array; shape: number[] }>;
+
+function snapshot(model: Classifier): Snapshot {
+  const out: Snapshot = new Map();
+  for (const [k, t] of model.stateDict()) {
+    out.set(k, { data: t.dataSync() as Float32Array, shape: t.shape.slice() });
+    t.dispose();
+  }
+  return out;
+}
+
+function restore(model: Classifier, snap: Snapshot, cfg: CtaConfig): void {
+  const sd = new Map<string, tf.Tensor>();
+  for (const [k, v] of snap) sd.set(k, tf.tensor(v.data, v.shape, 'float32'));
+  try {
+    model.loadStateDict(sd);
+  } finally {
+    for (const t of sd.values()) t.dispose();
+  }
+  for (const l of model.normLayers) l.reset();
+  if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
+  else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
+}
+
+/** Uniform [0, 1) images from a seeded generator. */
+function randomImages(count: number, pix: number, rng: Rng): Float32Array {
+  const x = new Float32Array(count * pix);
+  for (let i = 0; i < x.length; i++) x[i] = rng.next();
+  return x;
+}
+
+/** The first `count` images of a domain, NHWC floats in [0, 1]. */
+async function firstImages(source: DomainSource, name: string, count: number, shape: readonly number[]): Promise<Float32Array> {
+  const d = await openDomain(source, name);
+  const [h, w, c] = shape;
+  if (d.height !== h || d.width !== w || d.channels !== c) {
+    throw new CtaError(`domain ${name}: images are ${d.height}×${d.width}×${d.channels}, the model takes ${h}×${w}×${c}`);
+  }
+  const n = Math.min(count, d.n);
+  if (n < count) throw new CtaError(`domain ${name} has ${d.n} images, fewer than the largest batch size ${count}`);
+  const order = Int32Array.from({ length: n }, (_, i) => i);
+  for await (const b of d.batches(order, n)) return b.x;
+  throw new CtaError(`domain ${name}: no images`);
+}
+
+const WASM_FATAL = /memory access out of bounds|Aborted|table index is out of bounds|Cannot enlarge memory|out of memory|Array buffer allocation failed/i;
+
+function analyticRow(records: readonly (NormRecord | null)[]) {
+  const acc = accountCache(records);
+  return {
+    analytic_forward_mb: acc.maxForwardBytes / MB,
+    analytic_backward_mb: acc.totalBackwardBytes / MB,
+    analytic_cache_mb: acc.cacheMb,
+  };
+}
+
+function layerRows(model: Classifier, mem: StepMemory): LayerRow[] {
+  const measured = mem.layers ?? [];
+  return model.normLayers.map((l, i) => {
+    const r = l.last;
+    const m = measured[i] && measured[i].name === l.name ? measured[i] : measured.find((x) => x.name === l.name);
+    return {
+      name: l.name,
+      shape: m?.shape ?? [],
+      beta: r?.beta ?? null,
+      cached: r?.cached ?? false,
+      analytic_forward_mb: (r?.forwardBytes ?? 0) / MB,
+      analytic_backward_mb: (r?.backwardBytes ?? 0) / MB,
+      measured_norm_mb: (m?.normBytes ?? 0) / MB,
+      measured_after_mb: (m?.afterBytes ?? 0) / MB,
+    };
+  });
+}
+
+/** Runs the whole profile; rows that failed carry `error` (a WASM heap abort stops the rest). */
+export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
+  const { cfg, log } = spec;
+  const algSpec = ALGORITHMS[cfg.alg];
+  const { model, backend, weights } = await prepare(cfg, log);
+  const shape = model.inputShape;
+  const pix = shape[0] * shape[1] * shape[2];
+  const maxBs = Math.max(...spec.batchSizes);
+  const rng = new Rng(cfg.seed);
+  const source = spec.synthetic ? null : await openDataSource(cfg);
+  const images = source ? await firstImages(source, spec.domain, maxBs, shape) : randomImages(maxBs, pix, rng);
+  // The Fisher values do not change the step's memory: one batch unless --fisher-size was set.
+  const fisherExplicit = cfg.fisherSize !== FIELDS.fisherSize.default;
+  const snap = snapshot(model);
+  const probe = new MemoryProbe(spec.perLayer);
+  if (!probe.supported) log('profile-mem: notice: this tfjs build lacks the engine internals the measurement hooks need; measured columns are empty');
+  const report: ProfileReport = {
+    tool: 'profile-mem',
+    node: process.version,
+    tfjs: tf.version.tfjs,
+    backend: backend.name,
+    model: { arch: model.arch, num_classes: model.numClasses, input_shape: shape, norm_layers: model.normLayers.length },
+    weights,
+    input: spec.synthetic ? 'synthetic (uniform [0,1) random images)' : `${cfg.data} ${spec.domain} severity ${cfg.severity}, first images in file order`,
+    alg: cfg.alg,
+    mecta: cfg.accumBn,
+    config: { ...cfg },
+    rows: [],
+  };
+  let fatal: string | null = null;
+  for (const bs of spec.batchSizes) {
+    const row: ProfileRow = {
+      batch_size: bs,
+      analytic_forward_mb: null,
+      analytic_backward_mb: null,
+      analytic_cache_mb: null,
+      measured_backprop_mb: null,
+      measured_tape_mb: null,
+      ratio: null,
+      step_peak_mb: null,
+      step_start_mb: null,
+      inference_peak_mb: null,
+      step_ms: null,
+      step_cpu_ms: null,
+      inference_ms: null,
+      updated: null,
+    };
+    report.rows.push(row);
+    if (fatal) {
+      row.error = `skipped after an earlier WASM failure (${fatal})`;
+      continue;
+    }
+    let x: tf.Tensor4D | null = null;
+    let alg: Algorithm | null = null;
+    try {
+      x = tf.tensor4d(images.subarray(0, bs * pix), [bs, shape[0], shape[1], shape[2]]);
+      // Inference: one forward without a tape, in the algorithm's norm mode.
+      restore(model, snap, cfg);
+      probe.begin();
+      let t0 = performance.now();
+      const logits = model.forward(x);
+      logits.dataSync();
+      row.inference_ms = Math.round((performance.now() - t0) * 10) / 10;
+      logits.dispose();
+      row.inference_peak_mb = mb(probe.end().peakBytes);
+
+      // Adaptation: fresh state, the algorithm as cta-eval configures it.
+      restore(model, snap, cfg);
+      const fisherCount = fisherExplicit ? cfg.fisherSize : bs;
+      const fisherRng = new Rng(cfg.seed + 1);
+      const ctx: AlgorithmContext = {
+        rng: new Rng(cfg.seed + 3),
+        fisherData: async function* () {
+          const clean = source ? await firstImages(source, 'original', fisherCount, shape) : null;
+          for (let s = 0; s < fisherCount; s += bs) {
+            const n = Math.min(bs, fisherCount - s);
+            const data = clean ? clean.subarray(s * pix, (s + n) * pix) : randomImages(n, pix, fisherRng);
+            yield tf.tensor4d(data, [n, shape[0], shape[1], shape[2]]);
+          }
+        },
+      };
+      alg = await algSpec.create(model, adaptOptions(cfg), ctx);
+      const undo = spec.perLayer ? probe.markLayers(model.normLayers) : () => undefined;
+      try {
+        for (let s = 0; s < Math.max(1, spec.steps); s++) {
+          probe.begin();
+          t0 = performance.now();
+          const c0 = process.cpuUsage();
+          const res = alg.step(x);
+          res.logits.dataSync();
+          const ms = Math.round((performance.now() - t0) * 10) / 10;
+          const cpu = process.cpuUsage(c0);
+          const mem = probe.end();
+          res.logits.dispose();
+          if (row.step_ms === null || ms < row.step_ms) {
+            row.step_ms = ms;
+            row.step_cpu_ms = Math.round((cpu.user + cpu.system) / 100) / 10;
+          }
+          if (s > 0) continue; // memory: the first step (the reference's "first batch")
+          row.updated = res.updated;
+          Object.assign(row, analyticRow(model.normLayers.map((l) => l.last)));
+          row.measured_backprop_mb = mb(mem.backpropBytes);
+          row.measured_tape_mb = mb(mem.tapeBytes);
+          row.step_peak_mb = mb(mem.peakBytes);
+          row.step_start_mb = mb(mem.startBytes);
+          row.ratio = row.measured_backprop_mb !== null && row.analytic_backward_mb ? row.measured_backprop_mb / row.analytic_backward_mb : null;
+          if (spec.perLayer) {
+            row.preamble_mb = (mem.preambleBytes ?? 0) / MB;
+            row.layers = layerRows(model, mem);
+          }
+        }
+      } finally {
+        undo();
+      }
+      log(`profile-mem: batch ${bs}: step ${row.step_ms} ms, measured backprop ${fmt(row.measured_backprop_mb)} MB, peak ${fmt(row.step_peak_mb)} MB`);
+    } catch (e) {
+      const msg = (e as Error)?.message ?? String(e);
+      row.error = msg.split('\n')[0];
+      log(`profile-mem: batch ${bs}: failed: ${row.error}`);
+      if (WASM_FATAL.test(msg) || e instanceof WebAssembly.RuntimeError) fatal = row.error;
+      else if (e instanceof CtaError) throw e;
+    } finally {
+      try {
+        alg?.dispose();
+        x?.dispose();
+      } catch {
+        /* the backend may be unusable after a heap abort */
+      }
+    }
+  }
+  if (!fatal) {
+    restore(model, snap, cfg);
+    model.dispose();
+  }
+  return report;
+}
+
+const fmt = (v: number | null | undefined, digits = 1) => (v == null ? '–' : v.toFixed(digits));
+
+/** Right-aligned text table (first column left-aligned). */
+export function textTable(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  return [line(headers), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+/** The batch-size table. */
+export function summaryTable(report: ProfileReport): string {
+  const headers = ['batch', 'analytic fwd MB', 'analytic bwd MB', 'measured backprop MB', 'meas/anal', 'step peak MB', 'infer peak MB', 'step ms', 'step cpu ms'];
+  const rows = report.rows.map((r) =>
+    r.error && r.measured_backprop_mb === null
+      ? [String(r.batch_size), `failed: ${r.error}`, '', '', '', '', '', '', '']
+      : [
+          String(r.batch_size),
+          fmt(r.analytic_forward_mb),
+          fmt(r.analytic_backward_mb),
+          fmt(r.measured_backprop_mb),
+          r.ratio === null ? '–' : r.ratio.toFixed(2),
+          fmt(r.step_peak_mb),
+          fmt(r.inference_peak_mb),
+          fmt(r.step_ms, 0),
+          fmt(r.step_cpu_ms, 0),
+        ],
+  );
+  return textTable(headers, rows);
+}
+
+/** The per-layer table of one row (--per-layer). */
+export function layerTable(row: ProfileRow): string {
+  const headers = ['layer', 'input NHWC', 'beta', 'cached', 'analytic fwd MB', 'analytic bwd MB', 'measured norm MB', 'measured after MB'];
+  const rows = (row.layers ?? []).map((l) => [
+    l.name,
+    l.shape.join('×'),
+    l.beta === null ? '–' : l.beta.toPrecision(3),
+    l.cached ? 'yes' : 'no',
+    fmt(l.analytic_forward_mb, 2),
+    fmt(l.analytic_backward_mb, 2),
+    fmt(l.measured_norm_mb, 2),
+    fmt(l.measured_after_mb, 2),
+  ]);
+  const sum = (f: (l: LayerRow) => number) => (row.layers ?? []).reduce((a, l) => a + f(l), 0);
+  rows.push(['(before the first norm layer)', '', '', '', '', '', '', fmt(row.preamble_mb ?? 0, 2)]);
+  rows.push([
+    'total',
+    '',
+    '',
+    '',
+    '',
+    fmt(sum((l) => l.analytic_backward_mb), 2),
+    fmt(sum((l) => l.measured_norm_mb), 2),
+    fmt(sum((l) => l.measured_after_mb) + (row.preamble_mb ?? 0), 2),
+  ]);
+  return textTable(headers, rows);
+}
