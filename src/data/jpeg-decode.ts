@@ -23,6 +23,7 @@
  */
 import sharp from 'sharp';
 import { CtaError } from '../util/errors.js';
+import { resizePil } from './pil-resample.js';
 
 export const CROP = 224;
 export const RESIZE_SHORT = 256;
@@ -44,93 +45,9 @@ export function resizedSize(width: number, height: number, short = RESIZE_SHORT)
   return [Math.trunc((short * width) / height), short];
 }
 
-// ---------------------------------------------------------------------------------------------
-// Pillow's bilinear resampler (Resample.c, 8 bits per channel, fixed point)
-
-const PRECISION_BITS = 32 - 8 - 2;
-
-interface Plan {
-  bounds: Int32Array; // per output sample: first input index, count
-  ksize: number;
-  k: Int32Array;
-}
-
-/** precompute_coeffs + normalize_coeffs_8bpc for the triangle filter (support 1). */
-function bilinearPlan(inSize: number, outSize: number): Plan {
-  const scale = inSize / outSize;
-  const filterscale = Math.max(scale, 1);
-  const support = 1 * filterscale;
-  const ksize = Math.ceil(support) * 2 + 1;
-  const bounds = new Int32Array(outSize * 2);
-  const k = new Int32Array(outSize * ksize);
-  const pre = new Float64Array(ksize);
-  for (let xx = 0; xx < outSize; xx++) {
-    const center = (xx + 0.5) * scale;
-    const ss = 1 / filterscale;
-    const xmin = Math.max(0, Math.trunc(center - support + 0.5));
-    const xmax = Math.min(inSize, Math.trunc(center + support + 0.5)) - xmin;
-    let ww = 0;
-    for (let x = 0; x < xmax; x++) {
-      const t = Math.abs((x + xmin - center + 0.5) * ss);
-      const w = t < 1 ? 1 - t : 0;
-      pre[x] = w;
-      ww += w;
-    }
-    for (let x = 0; x < ksize; x++) {
-      const v = x < xmax ? (ww !== 0 ? pre[x] / ww : pre[x]) : 0;
-      k[xx * ksize + x] = v < 0 ? Math.trunc(-0.5 + v * (1 << PRECISION_BITS)) : Math.trunc(0.5 + v * (1 << PRECISION_BITS));
-    }
-    bounds[2 * xx] = xmin;
-    bounds[2 * xx + 1] = xmax;
-  }
-  return { bounds, ksize, k };
-}
-
-function clip8(ss: number): number {
-  const v = ss >> PRECISION_BITS;
-  return v < 0 ? 0 : v > 255 ? 255 : v;
-}
-
-/** PIL `Image.resize((outW, outH), BILINEAR)` of an RGB HWC uint8 image: horizontal pass, then vertical. */
+/** PIL `Image.resize((outW, outH), BILINEAR)` of an RGB HWC uint8 image. */
 export function resizeBilinearPil(src: Uint8Array, H: number, W: number, outH: number, outW: number): Uint8Array {
-  let cur = src;
-  let curW = W;
-  if (outW !== W) {
-    const p = bilinearPlan(W, outW);
-    const tmp = new Uint8Array(H * outW * 3);
-    for (let y = 0; y < H; y++) {
-      for (let xx = 0; xx < outW; xx++) {
-        const xmin = p.bounds[2 * xx];
-        const cnt = p.bounds[2 * xx + 1];
-        const kb = xx * p.ksize;
-        for (let ch = 0; ch < 3; ch++) {
-          let ss = 1 << (PRECISION_BITS - 1);
-          for (let x = 0; x < cnt; x++) ss += cur[(y * curW + x + xmin) * 3 + ch] * p.k[kb + x];
-          tmp[(y * outW + xx) * 3 + ch] = clip8(ss);
-        }
-      }
-    }
-    cur = tmp;
-    curW = outW;
-  }
-  if (outH !== H) {
-    const p = bilinearPlan(H, outH);
-    const tmp = new Uint8Array(outH * curW * 3);
-    for (let yy = 0; yy < outH; yy++) {
-      const ymin = p.bounds[2 * yy];
-      const cnt = p.bounds[2 * yy + 1];
-      const kb = yy * p.ksize;
-      for (let x = 0; x < curW; x++) {
-        for (let ch = 0; ch < 3; ch++) {
-          let ss = 1 << (PRECISION_BITS - 1);
-          for (let y = 0; y < cnt; y++) ss += cur[((y + ymin) * curW + x) * 3 + ch] * p.k[kb + y];
-          tmp[(yy * curW + x) * 3 + ch] = clip8(ss);
-        }
-      }
-    }
-    cur = tmp;
-  }
-  return cur === src ? src.slice() : cur;
+  return resizePil(src, H, W, outH, outW, 'bilinear');
 }
 
 /**

@@ -16,6 +16,7 @@ import {
   unitToU8,
   type RgbImage,
 } from './common.js';
+import { resizePil } from '../pil-resample.js';
 
 /** brightness: skimage rgb2hsv → V = clip(V + c, 0, 1) → hsv2rgb. */
 export function brightness(img: RgbImage, c: number): Uint8Array {
@@ -229,100 +230,13 @@ export function elasticTransform(img: RgbImage, c: readonly [number, number, num
 // ---------------------------------------------------------------------------------------------
 // pixelate: PIL Image.resize(BOX) down to int(W·c) × int(H·c) and back up with BOX.
 
-const PRECISION_BITS = 22; // Pillow Resample.c: 32 − 8 − 2
-
-interface ResamplePlan {
-  bounds: Int32Array; // xmin, count per output sample
-  ksize: number;
-  k: Int32Array; // fixed-point coefficients
-}
-
-/** Pillow precompute_coeffs + normalize_coeffs_8bpc for the BOX filter (support 0.5). */
-function boxPlan(inSize: number, outSize: number): ResamplePlan {
-  const scale = inSize / outSize;
-  const filterscale = scale < 1 ? 1 : scale;
-  const support = 0.5 * filterscale;
-  const ksize = Math.ceil(support) * 2 + 1;
-  const bounds = new Int32Array(outSize * 2);
-  const k = new Int32Array(outSize * ksize);
-  const pre = new Float64Array(ksize);
-  for (let xx = 0; xx < outSize; xx++) {
-    const center = (xx + 0.5) * scale;
-    const ss = 1 / filterscale;
-    let xmin = Math.trunc(center - support + 0.5);
-    if (xmin < 0) xmin = 0;
-    let xmax = Math.trunc(center + support + 0.5);
-    if (xmax > inSize) xmax = inSize;
-    xmax -= xmin;
-    let ww = 0;
-    for (let x = 0; x < xmax; x++) {
-      const t = (x + xmin - center + 0.5) * ss;
-      const w = t > -0.5 && t <= 0.5 ? 1 : 0;
-      pre[x] = w;
-      ww += w;
-    }
-    for (let x = 0; x < ksize; x++) {
-      const v = x < xmax ? (ww !== 0 ? pre[x] / ww : pre[x]) : 0;
-      k[xx * ksize + x] = v < 0 ? Math.trunc(-0.5 + v * (1 << PRECISION_BITS)) : Math.trunc(0.5 + v * (1 << PRECISION_BITS));
-    }
-    bounds[2 * xx] = xmin;
-    bounds[2 * xx + 1] = xmax;
-  }
-  return { bounds, ksize, k };
-}
-
-function clip8(ss: number): number {
-  const v = ss >> PRECISION_BITS;
-  return v < 0 ? 0 : v > 255 ? 255 : v;
-}
-
-/** PIL-style BOX resize of an HWC RGB uint8 image: horizontal pass, uint8, then vertical pass. */
-export function resizeBox(src: Uint8Array, H: number, W: number, outH: number, outW: number): Uint8Array {
-  let cur = src;
-  let curW = W;
-  if (outW !== W) {
-    const p = boxPlan(W, outW);
-    const tmp = new Uint8Array(H * outW * 3);
-    for (let y = 0; y < H; y++) {
-      for (let xx = 0; xx < outW; xx++) {
-        const xmin = p.bounds[2 * xx];
-        const cnt = p.bounds[2 * xx + 1];
-        for (let ch = 0; ch < 3; ch++) {
-          let ss = 1 << (PRECISION_BITS - 1);
-          for (let x = 0; x < cnt; x++) ss += cur[(y * curW + x + xmin) * 3 + ch] * p.k[xx * p.ksize + x];
-          tmp[(y * outW + xx) * 3 + ch] = clip8(ss);
-        }
-      }
-    }
-    cur = tmp;
-    curW = outW;
-  }
-  if (outH !== H) {
-    const p = boxPlan(H, outH);
-    const tmp = new Uint8Array(outH * curW * 3);
-    for (let yy = 0; yy < outH; yy++) {
-      const ymin = p.bounds[2 * yy];
-      const cnt = p.bounds[2 * yy + 1];
-      for (let x = 0; x < curW; x++) {
-        for (let ch = 0; ch < 3; ch++) {
-          let ss = 1 << (PRECISION_BITS - 1);
-          for (let y = 0; y < cnt; y++) ss += cur[((y + ymin) * curW + x) * 3 + ch] * p.k[yy * p.ksize + y];
-          tmp[(yy * curW + x) * 3 + ch] = clip8(ss);
-        }
-      }
-    }
-    cur = tmp;
-  }
-  return cur === src ? src.slice() : cur;
-}
-
 export function pixelate(img: RgbImage, c: number): Uint8Array {
   const { height: H, width: W } = img;
   // PIL size is (width, height); int() truncates. Never below 1 px.
   const w = Math.max(1, Math.trunc(W * c));
   const h = Math.max(1, Math.trunc(H * c));
-  const small = resizeBox(img.data, H, W, h, w);
-  return resizeBox(small, h, w, H, W);
+  const small = resizePil(img.data, H, W, h, w, 'box');
+  return resizePil(small, h, w, H, W, 'box');
 }
 
 // ---------------------------------------------------------------------------------------------
