@@ -21,9 +21,8 @@ import { initBackend, tf } from '../dist/tf.js';
 import { imageNetCSource } from '../dist/data/imagenet-c.js';
 import { makeImageNetTree } from '../dist/data/imagenet-tree.js';
 import { buildModel, MODELS } from '../dist/models/registry.js';
-import { randomStateDict, testImages } from '../dist/models/test-weights.js';
-import { resnetExpectedKeys } from '../dist/models/resnet50.js';
-import { vitExpectedKeys } from '../dist/models/vit.js';
+import { testImages } from '../dist/models/test-weights.js';
+import { randomStateDict } from '../dist/memory/random-weights.js';
 import { ALGORITHMS } from '../dist/algorithms/registry.js';
 import { Rng } from '../dist/util/rng.js';
 
@@ -75,27 +74,9 @@ if (!a['no-model']) {
   await initBackend('wasm');
   const mb = Number(a['model-batch']);
   const steps = Number(a.steps);
-  const keysFor = {
-    resnet50: () =>
-      resnetExpectedKeys({
-        prefix: '',
-        hasNormalize: false,
-        stem: 64,
-        groups: 1,
-        stages: [
-          { blocks: 3, inner: 64, out: 256, stride: 1 },
-          { blocks: 4, inner: 128, out: 512, stride: 2 },
-          { blocks: 6, inner: 256, out: 1024, stride: 2 },
-          { blocks: 3, inner: 512, out: 2048, stride: 2 },
-        ],
-        numClasses: 1000,
-        depth: 50,
-      }),
-    vit_b16: () => vitExpectedKeys({ dim: 768, depth: 12, mlpDim: 3072, patch: 16, grid: 14, numClasses: 1000, qkvBias: true }),
-  };
   for (const name of a.models.split(',').filter(Boolean)) {
-    if (!(name in MODELS) || !(name in keysFor)) throw new Error(`--models: ${name} is not resnet50 or vit_b16`);
-    const sd = randomStateDict([...keysFor[name]()].map(([n, shape]) => ({ name: n, shape })), 1);
+    if (!(name in MODELS)) throw new Error(`--models: ${name} is not a registered model`);
+    const sd = randomStateDict(name, { seed: 1 });
     const model = buildModel(name, sd, { rng: new Rng(1) });
     sd.clear();
     const alg = await ALGORITHMS.tent.create(model, { lr: 0.00025, momentum: 0.9, optimizer: 'sgd', episodic: false, eMargin: 2.76, dMargin: 0.05, fisherAlpha: 2000, fisherSize: 2000, matchedUpdate: 'momentum' }, { rng: new Rng(2) });

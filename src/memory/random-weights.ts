@@ -9,6 +9,8 @@ import type { RawTensor, StateDict } from '../io/types.js';
 import { Rng } from '../util/rng.js';
 import { resnextExpectedKeys, type ResNeXtArch } from '../models/resnext.js';
 import { wrnExpectedKeys, type WrnArch } from '../models/wrn.js';
+import { resnetExpectedKeys } from '../models/resnet50.js';
+import { vitExpectedKeys } from '../models/vit.js';
 import { CtaError } from '../util/errors.js';
 
 /** RobustBench Hendrycks2020AugMix_ResNeXt: depth 29, cardinality 4, base width 32. */
@@ -70,12 +72,33 @@ function fromShapes(shapes: Map<string, number[]>, seed: number): StateDict {
   return sd;
 }
 
-/** A random state dict for `model` ('resnext29' | 'wrn28_10') at RobustBench's full size. */
+/** Full-size key → shape lists: RobustBench CIFAR models, torchvision ResNet-50, timm ViT-B/16. */
+const FULL_SIZE: Record<string, (numClasses?: number) => Map<string, number[]>> = {
+  resnext29: (c) => resnextExpectedKeys(robustbenchResNeXtArch(c)),
+  wrn28_10: (c) => wrnExpectedKeys(robustbenchWrnArch(c)),
+  resnet50: (c = 1000) =>
+    resnetExpectedKeys({
+      prefix: '',
+      hasNormalize: false,
+      stem: 64,
+      groups: 1,
+      stages: [
+        { blocks: 3, inner: 64, out: 256, stride: 1 },
+        { blocks: 4, inner: 128, out: 512, stride: 2 },
+        { blocks: 6, inner: 256, out: 1024, stride: 2 },
+        { blocks: 3, inner: 512, out: 2048, stride: 2 },
+      ],
+      numClasses: c,
+      depth: 50,
+    }),
+  vit_b16: (c = 1000) => vitExpectedKeys({ dim: 768, depth: 12, mlpDim: 3072, patch: 16, grid: 14, numClasses: c, qkvBias: true }),
+};
+
+/** A random state dict for `model` at its published full size (every registry architecture). */
 export function randomStateDict(model: string, opts: { numClasses?: number; seed?: number } = {}): StateDict {
-  const seed = opts.seed ?? 0;
-  if (model === 'resnext29') return fromShapes(resnextExpectedKeys(robustbenchResNeXtArch(opts.numClasses)), seed);
-  if (model === 'wrn28_10') return fromShapes(wrnExpectedKeys(robustbenchWrnArch(opts.numClasses)), seed);
-  throw new CtaError(`no random-weight template for model '${model}'`);
+  const shapes = FULL_SIZE[model];
+  if (!shapes) throw new CtaError(`no random-weight template for model '${model}'`);
+  return fromShapes(shapes(opts.numClasses), opts.seed ?? 0);
 }
 
 /** A random state dict for any ResNeXt shape (small variants for tests). */
