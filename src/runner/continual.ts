@@ -140,6 +140,9 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
   else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
 
+  // Generated frost without the original photographs is our procedural texture: say so, always.
+  const proceduralFrost = cfg.data === 'synthetic-c' && cfg.corruptions.includes('frost') && !cfg.frostDir;
+  if (proceduralFrost) hooks.log('notice: frost uses the procedural texture (non-standard); --frost-dir <folder with frost1.png … frost6.jpg> gives the standard one');
   const writer = new RunWriter(outDir, ckpt ? ckpt.batchIndex : 0);
   const manifest: Record<string, unknown> = {
     tool: 'cta-eval',
@@ -155,6 +158,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     weights_sha256: weightsSha256,
     model: { arch: model.arch, num_classes: model.numClasses, input_shape: model.inputShape, norm_layers: model.normLayers.length },
     data_files: source.files().map((path) => ({ path, bytes: fileSize(path) })),
+    ...(proceduralFrost ? { frost: 'procedural (non-standard: not the Hendrycks frost photographs)' } : {}),
     config: { ...cfg },
     stream_fingerprint: null as string | null,
   };
