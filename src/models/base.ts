@@ -10,7 +10,7 @@ import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
 import { BatchNormLayer } from './norm-layer.js';
 import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
-import type { Conv2dSpec } from './layers.js';
+import type { Conv2dSpec, WeightOptions } from './layers.js';
 
 /** One state_dict entry: its PyTorch shape, a getter (new tensor, PyTorch layout) and a setter. */
 interface StateEntry {
@@ -18,6 +18,15 @@ interface StateEntry {
   shape: number[];
   get(): tf.Tensor;
   set(value: tf.Tensor): void;
+}
+
+/** A conv filter / linear weight or bias held in a tf.Variable (models built with `trainWeights`). */
+export interface TrainableWeight {
+  /** State-dict key, e.g. 'stage_1.0.conv_conv.weight' (the variable's layout may differ: HWIO, [in, out]). */
+  key: string;
+  variable: tf.Variable;
+  /** True for conv/linear weights, false for biases (weight decay applies to weights only). */
+  isWeight: boolean;
 }
 
 /** Per-channel input normalisation (x − mean)/std, e.g. RobustBench AugMix's mu/sigma buffers. */
@@ -51,10 +60,14 @@ export abstract class BaseClassifier implements Classifier {
   private disposed = false;
   /** The raw weights while building; released by finishBuild(). */
   private sd: StateDict | null;
+  /** Conv/linear variables (source training only; empty for adaptation models). */
+  private readonly weightVars: TrainableWeight[] = [];
 
+  /** `weightOpts.trainable`: conv filters and linear weights become tf.Variables (source training). */
   protected constructor(
     sd: StateDict,
     private readonly rng: Rng,
+    private readonly weightOpts: WeightOptions = {},
   ) {
     this.sd = sd;
   }
@@ -113,8 +126,9 @@ export abstract class BaseClassifier implements Classifier {
   protected conv(prefix: string, spec: Conv2dSpec): Conv2d {
     const key = `${prefix}.weight`;
     const w = this.raw(key) as tf.Tensor4D;
-    const conv = usingTemps([w], () => new Conv2d(w, spec));
+    const conv = usingTemps([w], () => new Conv2d(w, spec, this.weightOpts));
     this.owned.push(conv);
+    if (conv.weightVariable) this.weightVars.push({ key, variable: conv.weightVariable, isWeight: true });
     this.entries.push({
       key,
       shape: conv.weightShape,
@@ -154,8 +168,13 @@ export abstract class BaseClassifier implements Classifier {
     const hasBias = this.source().has(`${prefix}.bias`);
     const w = this.raw(`${prefix}.weight`) as tf.Tensor2D;
     const b = hasBias ? (this.raw(`${prefix}.bias`) as tf.Tensor1D) : null;
-    const lin = usingTemps(b ? [w, b] : [w], () => new Linear(w, b));
+    const lin = usingTemps(b ? [w, b] : [w], () => new Linear(w, b, this.weightOpts));
     this.owned.push(lin);
+    const vars = lin.variables;
+    if (vars) {
+      this.weightVars.push({ key: `${prefix}.weight`, variable: vars.weight, isWeight: true });
+      if (vars.bias) this.weightVars.push({ key: `${prefix}.bias`, variable: vars.bias, isWeight: false });
+    }
     this.entries.push({
       key: `${prefix}.weight`,
       shape: [lin.outFeatures, lin.inFeatures],
@@ -236,6 +255,14 @@ export abstract class BaseClassifier implements Classifier {
     if (this.chooser) return this.chooser(layer, channels);
     // Like torch.randperm(C)[:n_rm]: a fresh permutation per layer and forward.
     return this.rng.permutation(channels).slice(0, count);
+  }
+
+  /**
+   * The conv/linear variables of a model built with trainable weights, in module order (empty
+   * otherwise). Not part of the Classifier contract: adaptation only ever trains norm layers.
+   */
+  trainableWeights(): readonly TrainableWeight[] {
+    return this.weightVars;
   }
 
   trainableParams(): tf.Variable[] {

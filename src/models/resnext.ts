@@ -124,6 +124,8 @@ export interface ResNeXtOptions {
   rng: Rng;
   /** Input normalisation when the weights carry no mu/sigma buffers. */
   inputNorm?: InputNorm | null;
+  /** Conv filters and the classifier as tf.Variables with gradients (source training, src/train). */
+  trainWeights?: boolean;
 }
 
 export class CifarResNeXt extends BaseClassifier {
@@ -137,7 +139,7 @@ export class CifarResNeXt extends BaseClassifier {
 
   /** `sd` must already match `resnextExpectedKeys(arch)` (the registry checks it). */
   constructor(sd: StateDict, arch: ResNeXtArch, opts: ResNeXtOptions) {
-    super(sd, opts.rng);
+    super(sd, opts.rng, { trainable: opts.trainWeights === true });
     this.architecture = arch;
     this.numClasses = arch.numClasses;
     // Layers are created in PyTorch module order, which is also the stateDict() order.

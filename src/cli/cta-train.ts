@@ -1,0 +1,231 @@
+/**
+ * cta-train: trains a source model from scratch on a clean labelled set and writes a RobustBench
+ * state_dict (.safetensors) that `cta-eval --model resnext29 --weights FILE` loads unchanged.
+ * See src/train/trainer.ts for the recipe (SGD + cosine, crop/flip, train-mode BN).
+ *
+ * Own flags (not the run config), parsed with yargs; every error is one CtaError line (runMain).
+ */
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import yargs from 'yargs';
+import { runMain } from './run-main.js';
+import { CtaError } from '../util/errors.js';
+import { BACKENDS, initBackend, tf, type BackendName } from '../tf.js';
+import { Rng } from '../util/rng.js';
+import { loadClean } from '../data/idx.js';
+import { channelStats, type ImageSet } from '../train/augment.js';
+import { countValues, initResNeXt, resnextShapes, type ResNeXtConfig } from '../train/init.js';
+import { checkKeys, loadStateDict } from '../io/state-dict.js';
+import { inferResNeXt, resnextExpectedKeys } from '../models/resnext.js';
+import type { StateDict } from '../io/types.js';
+import { DEFAULT_TRAIN, buildTrainable, saveModel, trainModel, type EpochRecord, type TrainOptions } from '../train/trainer.js';
+
+const USAGE = '$0 --data PATH --out FILE.safetensors [options]';
+const ABOUT =
+  'Trains a RobustBench CifarResNeXt from scratch (SGD momentum 0.9 + cosine LR, weight decay on conv/linear ' +
+  'weights, RandomCrop(pad 4) + horizontal flip, BatchNorm in train mode) and writes its state_dict with the ' +
+  'RobustBench key names, mu/sigma input-normalisation buffers (the training images\' per-channel mean/std) ' +
+  'and num_batches_tracked. --data: an IDX images file (.gz ok; labels beside it), a CIFAR binary batch, an ' +
+  '.npy pair, or a folder holding train-images-idx3-ubyte[.gz] (then t10k-images-idx3-ubyte[.gz] there is ' +
+  'the default --test). Grey 28×28 images are padded to 32×32 RGB. The weights are rewritten after every epoch.';
+
+function last(v: unknown): unknown {
+  return Array.isArray(v) ? v[v.length - 1] : v;
+}
+
+function num(name: string, v: unknown, opts: { int?: boolean; min?: number; minExclusive?: boolean } = {}): number | undefined {
+  if (v === undefined) return undefined;
+  const s = last(v);
+  const n = Number(s);
+  const bad =
+    typeof s === 'boolean' ||
+    String(s).trim() === '' ||
+    !Number.isFinite(n) ||
+    (opts.int && !Number.isInteger(n)) ||
+    (opts.min !== undefined && (opts.minExclusive ? n <= opts.min : n < opts.min));
+  if (bad) {
+    const what = opts.int ? 'an integer' : 'a number';
+    const bound = opts.min === undefined ? '' : ` ${opts.minExclusive ? '>' : '≥'} ${opts.min}`;
+    throw new CtaError(`--${name}: expected ${what}${bound}, got ${JSON.stringify(s)}`);
+  }
+  return n;
+}
+
+function str(name: string, v: unknown): string | undefined {
+  if (v === undefined) return undefined;
+  const s = last(v);
+  if (typeof s !== 'string' || s === '') throw new CtaError(`--${name}: expected a value`);
+  return s;
+}
+
+/** A folder → its IDX file named `stem` (with or without .gz), else the path itself. */
+function findIdx(dir: string, stem: string): string | null {
+  for (const name of [`${stem}.gz`, stem]) if (existsSync(join(dir, name))) return join(dir, name);
+  const alt = readdirSync(dir).find((f) => f.startsWith(stem.replace('-idx3-ubyte', '')) && f.includes('idx3'));
+  return alt ? join(dir, alt) : null;
+}
+
+function resolveData(data: string, test: string | undefined): { train: string; test: string | null } {
+  if (!existsSync(data)) throw new CtaError(`--data: ${data}: not found`);
+  if (!statSync(data).isDirectory()) return { train: data, test: test ?? null };
+  const train = findIdx(data, 'train-images-idx3-ubyte');
+  if (!train) throw new CtaError(`--data: ${data} is a folder without train-images-idx3-ubyte[.gz]`);
+  return { train, test: test ?? findIdx(data, 't10k-images-idx3-ubyte') };
+}
+
+export async function main(argv: string[]): Promise<void> {
+  await runMain('cta-train', async () => {
+    const p = (await yargs(argv)
+      .scriptName('cta-train')
+      .usage(USAGE)
+      .epilogue(ABOUT)
+      .option('data', { type: 'string', describe: 'training set: IDX images file, CIFAR binary batch, .npy, or a folder with train-images-idx3-ubyte[.gz]' })
+      .option('test', { type: 'string', describe: 'evaluation set after each epoch (default: t10k-images-idx3-ubyte[.gz] beside a --data folder; "none" to skip)' })
+      .option('out', { type: 'string', describe: 'output .safetensors (rewritten after every epoch)' })
+      .option('model', { type: 'string', describe: 'architecture (only resnext29: the RobustBench CifarResNeXt family)', default: 'resnext29' })
+      .option('depth', { type: 'string', describe: 'depth 9·blocks+2 (default 29; 11 = one block per stage)' })
+      .option('cardinality', { type: 'string', describe: 'groups of the 3×3 convs (default 4)' })
+      .option('base-width', { type: 'string', describe: 'base_width: dim = floor(planes·base_width/64) per group (default 32)' })
+      .option('width', { type: 'string', describe: 'stem width = stage-1 planes (RobustBench: 64, the default); stages use w, 2w, 4w' })
+      .option('init', { type: 'string', describe: 'start from these resnext29 weights (.safetensors/.pt, with mu/sigma) instead of a random init; the architecture flags, if given, must match' })
+      .option('num-classes', { type: 'string', describe: 'classes (default: max label + 1, at least 10)' })
+      .option('epochs', { type: 'string', describe: `epochs (default ${DEFAULT_TRAIN.epochs})` })
+      .option('batch-size', { type: 'string', describe: `batch size (default ${DEFAULT_TRAIN.batchSize}; the last partial batch of an epoch is dropped)` })
+      .option('lr', { type: 'string', describe: `initial learning rate of the cosine schedule (default ${DEFAULT_TRAIN.lr})` })
+      .option('momentum', { type: 'string', describe: `SGD momentum (default ${DEFAULT_TRAIN.momentum})` })
+      .option('weight-decay', { type: 'string', describe: `L2 on conv/linear weights (default ${DEFAULT_TRAIN.weightDecay})` })
+      .option('no-augment', { type: 'boolean', describe: 'no random crop / flip' })
+      .option('crop-pad', { type: 'string', describe: 'RandomCrop padding; 0 = horizontal flip only (default 4)' })
+      .option('n-train', { type: 'string', describe: 'use the first N training images (default: all)' })
+      .option('n-test', { type: 'string', describe: 'evaluate on the first N test images (default: all)' })
+      .option('seed', { type: 'string', describe: `init / shuffle / augmentation seed (default ${DEFAULT_TRAIN.seed})` })
+      .option('log-every', { type: 'string', describe: `progress line every N steps, 0 = none (default ${DEFAULT_TRAIN.logEvery})` })
+      .option('backend', { type: 'string', describe: `tfjs backend: ${BACKENDS.join(', ')} (default wasm)` })
+      .strictOptions()
+      .strict()
+      .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': false })
+      .version(false)
+      .help('help')
+      .alias('help', 'h')
+      .wrap(Math.min(120, process.stdout.columns || 100))
+      .fail((msg, err) => {
+        if (err) throw err;
+        throw new CtaError(`${msg.split('\n')[0]} (see cta-train --help)`);
+      })
+      .parseAsync()) as Record<string, unknown>;
+
+    const dataArg = str('data', p.data);
+    const out = str('out', p.out);
+    if (!dataArg) throw new CtaError('--data: required (training images)');
+    if (!out) throw new CtaError('--out: required (the .safetensors file to write)');
+    const model = str('model', p.model)!;
+    if (model !== 'resnext29') throw new CtaError(`--model ${model}: cta-train builds resnext29 (RobustBench CifarResNeXt) only`);
+    const backend = (str('backend', p.backend) ?? 'wasm') as BackendName;
+    if (!(BACKENDS as readonly string[]).includes(backend)) throw new CtaError(`--backend: expected one of ${BACKENDS.join(', ')}, got ${backend}`);
+    const testArg = str('test', p.test);
+    const files = resolveData(dataArg, testArg === 'none' ? undefined : testArg);
+    if (testArg === 'none') files.test = null;
+
+    const opts: TrainOptions = {
+      ...DEFAULT_TRAIN,
+      epochs: num('epochs', p.epochs, { int: true, min: 1 }) ?? DEFAULT_TRAIN.epochs,
+      batchSize: num('batch-size', p.batchSize, { int: true, min: 2 }) ?? DEFAULT_TRAIN.batchSize,
+      lr: num('lr', p.lr, { min: 0, minExclusive: true }) ?? DEFAULT_TRAIN.lr,
+      momentum: num('momentum', p.momentum, { min: 0 }) ?? DEFAULT_TRAIN.momentum,
+      weightDecay: num('weight-decay', p.weightDecay, { min: 0 }) ?? DEFAULT_TRAIN.weightDecay,
+      augment: p.noAugment ? null : { pad: num('crop-pad', p.cropPad, { int: true, min: 0 }) ?? 4, flip: true },
+      seed: num('seed', p.seed, { int: true, min: 0 }) ?? DEFAULT_TRAIN.seed,
+      logEvery: num('log-every', p.logEvery, { int: true, min: 0 }) ?? DEFAULT_TRAIN.logEvery,
+    };
+    const nTrain = num('n-train', p.nTrain, { int: true, min: 1 });
+    const nTest = num('n-test', p.nTest, { int: true, min: 1 });
+
+    const log = (line: string) => process.stdout.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+    const t0 = Date.now();
+    const train: ImageSet = await loadClean(files.train, { nExamples: nTrain });
+    const test: ImageSet | null = files.test ? await loadClean(files.test, { nExamples: nTest }) : null;
+    if (train.height !== 32 || train.width !== 32) throw new CtaError(`${files.train}: images are ${train.height}×${train.width}; the CIFAR models need 32×32`);
+    if (train.n < opts.batchSize) throw new CtaError(`--batch-size ${opts.batchSize} is larger than the ${train.n} training images`);
+    let maxLabel = 0;
+    for (const y of train.labels) maxLabel = Math.max(maxLabel, y);
+    const flags = {
+      depth: num('depth', p.depth, { int: true }),
+      cardinality: num('cardinality', p.cardinality, { int: true }),
+      baseWidth: num('base-width', p.baseWidth, { int: true }),
+      width: num('width', p.width, { int: true }),
+      numClasses: num('num-classes', p.numClasses, { int: true }),
+    };
+    const initPath = str('init', p.init);
+    let initial: StateDict | null = null;
+    let cfg: ResNeXtConfig;
+    if (initPath) {
+      initial = await loadStateDict(initPath); // num_batches_tracked dropped, module. stripped
+      const a = inferResNeXt(initial);
+      checkKeys(initial, resnextExpectedKeys(a), `--init ${initPath}`, 'resnext29');
+      if (!a.hasInputNorm) throw new CtaError(`--init ${initPath}: has no mu/sigma input-normalisation buffers`);
+      cfg = { depth: a.depth, cardinality: a.cardinality, baseWidth: a.baseWidth, width: a.stem, numClasses: a.numClasses };
+      for (const [k, v] of Object.entries(flags)) {
+        const have = cfg[k as keyof ResNeXtConfig];
+        if (v !== undefined && v !== have) throw new CtaError(`--init ${initPath}: the weights have ${k} ${have}, the flags say ${v}`);
+      }
+    } else {
+      cfg = {
+        depth: flags.depth ?? 29,
+        cardinality: flags.cardinality ?? 4,
+        baseWidth: flags.baseWidth ?? 32,
+        width: flags.width ?? 64,
+        numClasses: flags.numClasses ?? Math.max(10, maxLabel + 1),
+      };
+    }
+    if (maxLabel >= cfg.numClasses) throw new CtaError(`--num-classes ${cfg.numClasses}: the training labels go up to ${maxLabel}`);
+    const shapes = resnextShapes(cfg);
+    const values = countValues(shapes);
+
+    const info = await initBackend(backend);
+    if (info.notice) log(info.notice);
+    const stats = channelStats(train);
+    const sd = initial ?? initResNeXt(cfg, new Rng(opts.seed), stats);
+    const net = buildTrainable(sd, opts.seed);
+    const arch = net.architecture;
+    log(
+      `cta-train: resnext29 depth ${arch.depth}, cardinality ${arch.cardinality}, base width ${arch.baseWidth}, width ${cfg.width} ` +
+        `(stem ${arch.stem}, inner ${arch.stages.map((s) => s.inner).join('/')}, out ${arch.stages.map((s) => s.out).join('/')}), ` +
+        `${values} values = ${((values * 4) / 1e6).toFixed(2)} MB float32`,
+    );
+    log(`train ${files.train} (${train.n} images), test ${files.test ?? 'none'}${test ? ` (${test.n})` : ''}, backend ${info.name}`);
+    if (initPath) log(`init from ${initPath} (its mu/sigma are kept)`);
+    else log(`mu ${stats.mean.map((v) => v.toFixed(4)).join(',')} sigma ${stats.std.map((v) => v.toFixed(4)).join(',')}`);
+    log(
+      `epochs ${opts.epochs}, batch ${opts.batchSize}, lr ${opts.lr} cosine, momentum ${opts.momentum}, weight decay ${opts.weightDecay}, ` +
+        `augment ${opts.augment ? `${opts.augment.pad > 0 ? `crop pad ${opts.augment.pad} + ` : ''}flip` : 'none'}, seed ${opts.seed}`,
+    );
+    mkdirSync(dirname(out) || '.', { recursive: true });
+    const command = `cta-train ${argv.join(' ')}`;
+    const history: EpochRecord[] = [];
+    const records = await trainModel(net, train, test, opts, {
+      log,
+      onEpoch: async (rec, m) => {
+        history.push(rec);
+        await saveModel(out, m, rec.steps, {
+          format: 'pt',
+          arch: 'resnext29',
+          command,
+          epoch: `${rec.epoch}/${opts.epochs}`,
+          train_loss: rec.trainLoss.toFixed(4),
+          train_acc: rec.trainAcc.toFixed(4),
+          test_acc: rec.testAcc === null ? 'n/a' : rec.testAcc.toFixed(4),
+          seconds: ((Date.now() - t0) / 1000).toFixed(0),
+        });
+        log(`wrote ${out} (epoch ${rec.epoch})`);
+      },
+    });
+    net.dispose();
+    const lastRec = records[records.length - 1];
+    log(
+      `done in ${((Date.now() - t0) / 1000).toFixed(0)} s: train acc ${lastRec.trainAcc.toFixed(4)}` +
+        (lastRec.testAcc === null ? '' : `, test acc ${lastRec.testAcc.toFixed(4)}`) +
+        `; test acc per epoch: ${history.map((r) => (r.testAcc === null ? '-' : r.testAcc.toFixed(4))).join(' ')}`,
+    );
+    void tf;
+  });
+}
