@@ -9,7 +9,7 @@
  * --compare-torch adds the PyTorch CPU reference (../shared/tools/pytorch-reference/) and the
  * ratio TF.js / PyTorch where the reference has the model (ResNeXt-29 only).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, writeFileSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism, loadavg } from 'node:os';
@@ -27,6 +27,7 @@ const HELP = `npm run bench -- [flags]
 
   --quick              resnext29, batch 16, all modes, 5 reps, 1 warm-up, 1 Fisher batch
                        (< 10 min on 2 cores)
+  --no-jpeg            skip the ImageNet-C JPEG pipeline bench that runs last
   --models LIST        comma-separated (default: every model in the registry)
   --batches LIST       default 16,64
   --modes LIST         default ${DEFAULT_MODES.join(',')} (also: ${Object.keys(MODES).filter((m) => !DEFAULT_MODES.includes(m)).join(',')})
@@ -185,7 +186,9 @@ async function main() {
       json: { type: 'string' },
       timeout: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
+      jpeg: { type: 'boolean', default: true },
     },
+    allowNegative: true,
     strict: true,
   });
   if (values.help) {
@@ -276,6 +279,15 @@ async function main() {
     process.stdout.write(`TF.js / PyTorch = TF.js img/s ÷ PyTorch ${torch.version} CPU img/s (medians of 5 after 2 warm-ups; TF.js WASM runs on 1 thread). n/a: no PyTorch counterpart (the reference has only ResNeXt-29 inference, norm and tent). PyTorch peak: torch.profiler live-allocation peak (mem_torch.py).\n`);
   }
   for (const l of targets(rows, torch)) process.stdout.write(`target: ${l}\n`);
+  if (values.jpeg) {
+    // ImageNet-C JPEG pipeline alone (decode + resize at 224 with the prefetch queue), compared
+    // with a Tent step of ResNet-50 (scripts/bench-jpeg.mjs; --no-jpeg skips it).
+    process.stdout.write('\nJPEG pipeline (scripts/bench-jpeg.mjs):\n');
+    const args = [join(dirname(fileURLToPath(import.meta.url)), 'bench-jpeg.mjs'), '--images', values.quick ? '256' : '512', '--models', 'resnet50', '--model-batch', values.quick ? '2' : '4', '--steps', values.quick ? '1' : '2'];
+    const r = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+    process.stdout.write(r.stdout);
+    if (values.json) appendFileSync(values.json, r.stdout);
+  }
   process.stdout.write(`total ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
 }
 
