@@ -7,7 +7,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import yargs from 'yargs';
+import { yargs } from './args.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
 import { BACKENDS, initBackend, tf, type BackendName } from '../tf.js';
