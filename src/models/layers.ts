@@ -3,8 +3,9 @@
  * gradient is a forward convolution (backends.md §2/§3), a linear layer, global average pooling,
  * lean-tape elementwise ops, and the per-channel primitives of the norm layer.
  *
- * Conv filters and linear weights are constants, never `tf.Variable`s: `Conv2DBackpropFilter` is not
- * registered on the WASM backend, and only the norm layers' affine parameters are ever adapted.
+ * For adaptation, conv filters and linear weights are constants: only the norm layers' affine
+ * parameters are adapted. `cta-train` builds them with `{ trainable: true }` (tf.Variables); their
+ * gradients are computed here without `Conv2DBackpropFilter`, which the WASM backend lacks.
  * Every persistent tensor is `tf.keep`-ed so that building a model inside a caller's `tf.tidy` is
  * harmless.
  */
