@@ -59,7 +59,8 @@ export function configureCli(y: Argv, scriptName: string, usage: string): Argv {
     .wrap(Math.min(120, process.stdout.columns || 100))
     .fail((msg, err) => {
       if (err) throw err;
-      throw new CtaError(`${scriptName}: ${msg.split('\n')[0]} (see ${scriptName} --help)`);
+      // runMain already prefixes `<cmd>: error:`; the message itself names no command.
+      throw new CtaError(`${msg.split('\n')[0]} (see ${scriptName} --help)`);
     });
 }
 

@@ -7,7 +7,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { yargs } from './args.js';
+import { configureCli, yargs } from './args.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
 import { BACKENDS, initBackend, tf, type BackendName } from '../tf.js';
@@ -75,9 +75,7 @@ function resolveData(data: string, test: string | undefined): { train: string; t
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-train', async () => {
-    const p = (await yargs(argv)
-      .scriptName('cta-train')
-      .usage(USAGE)
+    const p = (await configureCli(yargs(argv), 'cta-train', USAGE)
       .epilogue(ABOUT)
       .option('data', { type: 'string', describe: 'training set: IDX images file, CIFAR binary batch, .npy, or a folder with train-images-idx3-ubyte[.gz]' })
       .option('test', { type: 'string', describe: 'evaluation set after each epoch (default: t10k-images-idx3-ubyte[.gz] beside a --data folder; "none" to skip)' })
@@ -101,17 +99,9 @@ export async function main(argv: string[]): Promise<void> {
       .option('seed', { type: 'string', describe: `init / shuffle / augmentation seed (default ${DEFAULT_TRAIN.seed})` })
       .option('log-every', { type: 'string', describe: `progress line every N steps, 0 = none (default ${DEFAULT_TRAIN.logEvery})` })
       .option('backend', { type: 'string', describe: `tfjs backend: ${BACKENDS.join(', ')} (default wasm)` })
-      .strictOptions()
       .strict()
+      // --no-augment is a flag of its own here, not the negation of --augment.
       .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': false })
-      .version(false)
-      .help('help')
-      .alias('help', 'h')
-      .wrap(Math.min(120, process.stdout.columns || 100))
-      .fail((msg, err) => {
-        if (err) throw err;
-        throw new CtaError(`${msg.split('\n')[0]} (see cta-train --help)`);
-      })
       .parseAsync()) as Record<string, unknown>;
 
     const dataArg = str('data', p.data);
