@@ -13,7 +13,7 @@ import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
 import type { Conv2dSpec, WeightOptions } from './layers.js';
 
 /** One state_dict entry: its PyTorch shape, a getter (new tensor, PyTorch layout) and a setter. */
-interface StateEntry {
+export interface StateEntry {
   key: string;
   shape: number[];
   get(): tf.Tensor;
@@ -266,9 +266,7 @@ export abstract class BaseClassifier implements Classifier {
   }
 
   trainableParams(): tf.Variable[] {
-    const out: tf.Variable[] = [];
-    for (const layer of this.norms) if (layer.trainable) out.push(layer.weight, layer.bias);
-    return out;
+    return trainableNormParams(this.norms);
   }
 
   /**
@@ -276,13 +274,11 @@ export abstract class BaseClassifier implements Classifier {
    * their flag. Configure like algorithms.md C.1 with setTrainable(false) then setTrainable(true, f).
    */
   setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void {
-    for (const layer of this.norms) if (!filter || filter(layer)) layer.trainable = trainable;
+    setNormTrainable(this.norms, trainable, filter);
   }
 
   stateDict(): Map<string, tf.Tensor> {
-    const out = new Map<string, tf.Tensor>();
-    for (const e of this.entries) out.set(e.key, e.get());
-    return out;
+    return readEntries(this.entries);
   }
 
   /**
@@ -290,23 +286,7 @@ export abstract class BaseClassifier implements Classifier {
    * `num_batches_tracked` keys are accepted and ignored.
    */
   loadStateDict(sd: Map<string, tf.Tensor>): void {
-    const expected = new Map(this.entries.map((e) => [e.key, e]));
-    const missing: string[] = [];
-    const wrong: string[] = [];
-    for (const e of this.entries) {
-      const t = sd.get(e.key);
-      if (!t) missing.push(e.key);
-      else if (!sameShape(t.shape, e.shape)) wrong.push(`${e.key} ${fmt(t.shape)} expected ${fmt(e.shape)}`);
-    }
-    const unexpected = [...sd.keys()].filter((k) => !expected.has(k) && !isBatchCounter(k));
-    if (missing.length + wrong.length + unexpected.length > 0) {
-      const parts: string[] = [];
-      if (missing.length) parts.push(`${missing.length} missing (${listSome(missing, 4)})`);
-      if (unexpected.length) parts.push(`${unexpected.length} unexpected (${listSome(unexpected, 4)})`);
-      if (wrong.length) parts.push(`${wrong.length} wrong shape (${listSome(wrong, 3)})`);
-      throw new CtaError(`loadStateDict: state does not match ${this.arch}: ${parts.join(', ')}`);
-    }
-    for (const e of this.entries) e.set(sd.get(e.key)!);
+    writeEntries(this.entries, sd, this.arch);
   }
 
   dispose(): void {
@@ -316,4 +296,51 @@ export abstract class BaseClassifier implements Classifier {
     this.inputMean?.dispose();
     this.inputInvStd?.dispose();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared by every Classifier (CNNs here, the ViT in vit.ts).
+
+/** Affine weight/bias of the trainable norm layers, in module order. */
+export function trainableNormParams(norms: readonly NormLayer[]): tf.Variable[] {
+  const out: tf.Variable[] = [];
+  for (const layer of norms) if (layer.trainable) out.push(layer.weight, layer.bias);
+  return out;
+}
+
+/** Sets `trainable` on the layers `filter` selects (all when omitted); the others keep theirs. */
+export function setNormTrainable(norms: readonly NormLayer[], trainable: boolean, filter?: (layer: NormLayer) => boolean): void {
+  for (const layer of norms) if (!filter || filter(layer)) layer.trainable = trainable;
+}
+
+/** Current values of every entry under its PyTorch key (new tensors the caller disposes). */
+export function readEntries(entries: readonly StateEntry[]): Map<string, tf.Tensor> {
+  const out = new Map<string, tf.Tensor>();
+  for (const e of entries) out.set(e.key, e.get());
+  return out;
+}
+
+/**
+ * Loads every entry, all-or-nothing: keys and shapes are checked before anything changes, and
+ * one CtaError lists what is missing, unexpected or wrongly shaped. `num_batches_tracked` keys
+ * are accepted and ignored.
+ */
+export function writeEntries(entries: readonly StateEntry[], sd: Map<string, tf.Tensor>, arch: string): void {
+  const expected = new Set(entries.map((e) => e.key));
+  const missing: string[] = [];
+  const wrong: string[] = [];
+  for (const e of entries) {
+    const t = sd.get(e.key);
+    if (!t) missing.push(e.key);
+    else if (!sameShape(t.shape, e.shape)) wrong.push(`${e.key} ${fmt(t.shape)} expected ${fmt(e.shape)}`);
+  }
+  const unexpected = [...sd.keys()].filter((k) => !expected.has(k) && !isBatchCounter(k));
+  if (missing.length + wrong.length + unexpected.length > 0) {
+    const parts: string[] = [];
+    if (missing.length) parts.push(`${missing.length} missing (${listSome(missing, 4)})`);
+    if (unexpected.length) parts.push(`${unexpected.length} unexpected (${listSome(unexpected, 4)})`);
+    if (wrong.length) parts.push(`${wrong.length} wrong shape (${listSome(wrong, 3)})`);
+    throw new CtaError(`loadStateDict: state does not match ${arch}: ${parts.join(', ')}`);
+  }
+  for (const e of entries) e.set(sd.get(e.key)!);
 }

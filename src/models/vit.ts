@@ -17,11 +17,11 @@
  * The norm layers are the 2·depth + 1 LayerNorms; they are what Tent / ETA / EATA adapt.
  */
 import { tf } from '../tf.js';
-import { CtaError, listSome } from '../util/errors.js';
+import { CtaError } from '../util/errors.js';
 import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
 import type { InputNorm } from './base.js';
-import { isBatchCounter } from './base.js';
+import { readEntries, setNormTrainable, trainableNormParams, writeEntries, type StateEntry } from './base.js';
 import { Conv2d, Linear, customOp, rawToTensor, usingTemps } from './layers.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { UNKNOWN, childCount, dimOf } from './infer.js';
@@ -206,12 +206,6 @@ class FastLinear {
 
 // ---------------------------------------------------------------------------------------------
 
-interface StateEntry {
-  key: string;
-  shape: number[];
-  get(): tf.Tensor;
-  set(value: tf.Tensor): void;
-}
 
 interface Block {
   norm1: LayerNormLayer;
@@ -447,39 +441,19 @@ export class VisionTransformer implements Classifier {
   }
 
   trainableParams(): tf.Variable[] {
-    const out: tf.Variable[] = [];
-    for (const layer of this.norms) if (layer.trainable) out.push(layer.weight, layer.bias);
-    return out;
+    return trainableNormParams(this.norms);
   }
 
   setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void {
-    for (const layer of this.norms) if (!filter || filter(layer)) layer.trainable = trainable;
+    setNormTrainable(this.norms, trainable, filter);
   }
 
   stateDict(): Map<string, tf.Tensor> {
-    const out = new Map<string, tf.Tensor>();
-    for (const e of this.entries) out.set(e.key, e.get());
-    return out;
+    return readEntries(this.entries);
   }
 
   loadStateDict(sd: Map<string, tf.Tensor>): void {
-    const expected = new Map(this.entries.map((e) => [e.key, e]));
-    const missing: string[] = [];
-    const wrong: string[] = [];
-    for (const e of this.entries) {
-      const t = sd.get(e.key);
-      if (!t) missing.push(e.key);
-      else if (t.shape.length !== e.shape.length || t.shape.some((v, i) => v !== e.shape[i])) wrong.push(`${e.key} ${fmt(t.shape)} expected ${fmt(e.shape)}`);
-    }
-    const unexpected = [...sd.keys()].filter((k) => !expected.has(k) && !isBatchCounter(k));
-    if (missing.length + wrong.length + unexpected.length > 0) {
-      const parts: string[] = [];
-      if (missing.length) parts.push(`${missing.length} missing (${listSome(missing, 4)})`);
-      if (unexpected.length) parts.push(`${unexpected.length} unexpected (${listSome(unexpected, 4)})`);
-      if (wrong.length) parts.push(`${wrong.length} wrong shape (${listSome(wrong, 3)})`);
-      throw new CtaError(`loadStateDict: state does not match ${this.arch}: ${parts.join(', ')}`);
-    }
-    for (const e of this.entries) e.set(sd.get(e.key)!);
+    writeEntries(this.entries, sd, this.arch);
   }
 
   dispose(): void {
