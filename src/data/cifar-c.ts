@@ -13,6 +13,7 @@ import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CtaError, listSome } from '../util/errors.js';
 import { readNpy, readNpyHeader, readNpyRows, shapeString, toInt32 } from '../io/npy.js';
+import type { ImageSet } from './image-set.js';
 
 export const CIFAR_C_SEVERITIES = 5;
 const H = 32;
@@ -43,15 +44,8 @@ export interface CifarCInfo {
   numClasses?: number;
 }
 
-export interface CifarCBlock {
-  /** k·32·32·3 bytes, NHWC, k = min(nExamples, n). */
-  images: Uint8Array;
-  labels: Int32Array;
-  n: number;
-  height: number;
-  width: number;
-  channels: number;
-}
+/** One severity block: k·32·32·3 bytes, NHWC, k = min(nExamples, n). */
+export type CifarCBlock = ImageSet;
 
 function isDir(p: string): boolean {
   try {

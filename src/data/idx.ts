@@ -24,6 +24,7 @@ import { promisify } from 'node:util';
 import { CtaError } from '../util/errors.js';
 import { readNpy, readNpyHeader, shapeString, toInt32 } from '../io/npy.js';
 import { inspectCifarBinary, readCifarBinary } from './cifar-bin.js';
+import type { ImageSet } from './image-set.js';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -187,14 +188,7 @@ export function idxLabelsPath(imagesPath: string): string {
 }
 
 /** A clean labelled set, uint8 NHWC RGB. */
-export interface CleanSet {
-  images: Uint8Array;
-  labels: Int32Array;
-  n: number;
-  height: number;
-  width: number;
-  channels: number;
-}
+export type CleanSet = ImageSet;
 
 export type CleanFormat = 'idx' | 'cifar-bin' | 'npy';
 

@@ -15,19 +15,13 @@ import type { Rng } from '../util/rng.js';
 import { join } from 'node:path';
 import { checkCifarCFile, openCifarC, loadCifarCDomain, resolveCifarCDir, type CifarCInfo } from './cifar-c.js';
 import { inspectCifarBinary, readCifarBinary, resolveCleanPath, type CifarVariant } from './cifar-bin.js';
+import type { ImageSet } from './image-set.js';
 
 /** One test domain, fully in memory as uint8 NHWC. */
-export interface Domain {
+export interface Domain extends ImageSet {
   name: string;
   /** Corruption severity 1…5; null for the clean domain. */
   severity: number | null;
-  /** n·height·width·channels bytes, NHWC. */
-  images: Uint8Array;
-  labels: Int32Array;
-  n: number;
-  height: number;
-  width: number;
-  channels: number;
 }
 
 /** Anything that can deliver the domains of a stream by name (CIFAR-C, ImageNet-C, synthetic …). */
