@@ -34,6 +34,7 @@ const HELP = `npm run bench -- [flags]
   --reps N             timed steps per measurement (default 7; --quick 5)
   --warmup N           untimed steps first (default 2; --quick 1), then 1 profiled step
   --backends LIST      tensorflow,wasm,cpu (default: tensorflow when tfjs-node(-gpu) is installed, and wasm)
+  --threads LIST       WASM thread counts to measure, 0 = one per CPU (default 0; e.g. 1,2 compares)
   --compare-torch      also time the PyTorch CPU reference and print TF.js / PyTorch
   --torch-threads LIST PyTorch thread counts, one ratio column each; targets are checked against
                        the fastest (default: ${defaultTorchThreads().join(',')}: all cores, and 1 like TF.js WASM)
@@ -100,6 +101,8 @@ function runChild(spec, timeoutS) {
 
 const mb = (b) => (typeof b === 'number' && b > 0 ? (b / 2 ** 20).toFixed(0) : '–');
 const num = (v, d = 2) => (typeof v === 'number' ? v.toFixed(d) : '–');
+/** The backend as measured: WASM rows carry their thread count. */
+const backendLabel = (r) => (r.backend === 'wasm' && typeof r.threads === 'number' ? `wasm ${r.threads} thr` : r.backend);
 
 function note(r) {
   if (r.status !== 'ok') return `${r.status}: ${r.error}`;
@@ -120,7 +123,7 @@ function table(rows, torch) {
   out.push(`| backend | model | batch | mode | img/s med | img/s best | img/CPU-s med | step peak MB | ${head.map((h) => h + ' | ').join('')}load | notes |`);
   out.push(`|---|---|---|---|---|---|---|---|${head.map(() => '---|').join('')}---|---|`);
   for (const r of rows) {
-    const cells = [r.backend, r.model, r.batch, r.mode, num(r.imgPerSecMed), num(r.imgPerSecBest), num(r.imgPerCpuSecMed), mb(r.stepPeakBytes)];
+    const cells = [backendLabel(r), r.model, r.batch, r.mode, num(r.imgPerSecMed), num(r.imgPerSecBest), num(r.imgPerCpuSecMed), mb(r.stepPeakBytes)];
     for (const t of threads) {
       const ref = r.torch?.find((x) => x.threads === t);
       cells.push(num(ref?.imgPerSecMed), ref ? `${ref.ratio.toFixed(2)}×` : 'n/a');
@@ -137,8 +140,8 @@ function table(rows, torch) {
 function targets(rows, torch) {
   const lines = [];
   const ok = (r) => r && r.status === 'ok';
-  for (const backend of [...new Set(rows.map((r) => r.backend))]) {
-    const find = (model, batch, mode) => rows.find((r) => r.backend === backend && r.model === model && r.batch === batch && r.mode === mode);
+  for (const backend of [...new Set(rows.map(backendLabel))]) {
+    const find = (model, batch, mode) => rows.find((r) => backendLabel(r) === backend && r.model === model && r.batch === batch && r.mode === mode);
     for (const mode of ['tent', 'inference']) {
       const r = find('resnext29', 16, mode);
       if (!r) continue;
@@ -147,7 +150,7 @@ function targets(rows, torch) {
       else if (!ok(r) || typeof r.ratio !== 'number') lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU: not measured (${r.error ?? r.torchError ?? r.status})`);
       else lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU${thr}: ${r.ratio.toFixed(2)}× (${r.imgPerSecMed.toFixed(2)} vs ${r.torchImgPerSecMed.toFixed(2)} img/s) → ${r.ratio >= 0.5 ? 'met' : 'BELOW target'}`);
     }
-    const pairs = new Set(rows.filter((r) => r.backend === backend && r.mode === 'eata+mecta').map((r) => `${r.model}/${r.batch}`));
+    const pairs = new Set(rows.filter((r) => backendLabel(r) === backend && r.mode === 'eata+mecta').map((r) => `${r.model}/${r.batch}`));
     for (const key of pairs) {
       const [model, b] = key.split('/');
       const m = find(model, Number(b), 'eata+mecta');
@@ -179,6 +182,7 @@ async function main() {
       reps: { type: 'string' },
       warmup: { type: 'string' },
       backends: { type: 'string' },
+      threads: { type: 'string' },
       'compare-torch': { type: 'boolean', default: false },
       'torch-threads': { type: 'string' },
       'torch-dir': { type: 'string' },
@@ -212,6 +216,11 @@ async function main() {
     if (!['tensorflow', 'wasm', 'cpu'].includes(b)) throw new Error(`--backends: unknown '${b}' (tensorflow, wasm, cpu)`);
     if (b === 'tensorflow' && !native) throw new Error('--backends tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (see README "Benchmarks")');
   }
+  const threadList = list(values.threads)?.map((t) => {
+    const n = Number(t);
+    if (!Number.isInteger(n) || n < 0 || n > 8) throw new Error(`--threads: '${t}' is not an integer from 0 to 8`);
+    return n;
+  }) ?? [0];
   if (reps < 5) process.stderr.write(`note: --reps ${reps} < 5: the median is of fewer than 5 steps\n`);
 
   let torch = null;
@@ -227,12 +236,16 @@ async function main() {
   if (values.json) writeFileSync(values.json, '');
 
   const plan = [];
-  for (const backend of backends) for (const model of models) for (const batch of batches) for (const mode of modes) plan.push({ backend, model, batch, mode });
+  for (const backend of backends) {
+    for (const threads of backend === 'wasm' ? threadList : [0]) {
+      for (const model of models) for (const batch of batches) for (const mode of modes) plan.push({ backend, threads, model, batch, mode });
+    }
+  }
   const t0 = performance.now();
   process.stderr.write(`bench: ${plan.length} measurement(s), ${warmup} warm-up + 1 profiled + ${reps} timed steps each; backends ${backends.join(', ')}${native ? ` (${native})` : ''}\n`);
   const rows = [];
   for (const [i, p] of plan.entries()) {
-    const label = `[${i + 1}/${plan.length}] ${p.backend} ${p.model} b${p.batch} ${p.mode}`;
+    const label = `[${i + 1}/${plan.length}] ${p.backend}${p.backend === 'wasm' ? ` (threads ${p.threads || 'auto'})` : ''} ${p.model} b${p.batch} ${p.mode}`;
     process.stderr.write(`${label} …\n`);
     const load0 = loadavg()[0];
     const r = await runChild({ ...p, reps, warmup, fisherBatches, seed: 0 }, timeoutS);
@@ -276,7 +289,7 @@ async function main() {
   process.stdout.write('\n' + table(rows, torch) + '\n\n');
   process.stdout.write(`img/CPU-s = batch ÷ median CPU time of the bench process per step (other jobs inflate wall time much more). load = 1-min load average before→after the row (${availableParallelism()} cores).\n`);
   if (torch && !torch.unavailable) {
-    process.stdout.write(`TF.js / PyTorch = TF.js img/s ÷ PyTorch ${torch.version} CPU img/s (medians of 5 after 2 warm-ups; TF.js WASM runs on 1 thread). n/a: no PyTorch counterpart (the reference has only ResNeXt-29 inference, norm and tent). PyTorch peak: torch.profiler live-allocation peak (mem_torch.py).\n`);
+    process.stdout.write(`TF.js / PyTorch = TF.js img/s ÷ PyTorch ${torch.version} CPU img/s (medians of 5 after 2 warm-ups; the WASM thread count is in the backend column). n/a: no PyTorch counterpart (the reference has only ResNeXt-29 inference, norm and tent). PyTorch peak: torch.profiler live-allocation peak (mem_torch.py).\n`);
   }
   for (const l of targets(rows, torch)) process.stdout.write(`target: ${l}\n`);
   if (values.jpeg) {

@@ -5,7 +5,9 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
+import os from 'node:os';
 import { CtaError } from './util/errors.js';
+import { MAX_WASM_THREADS, setWasmBackendThreaded } from './wasm-threads.js';
 
 export { tf };
 
@@ -32,16 +34,27 @@ export interface BackendInfo {
   name: string; // tfjs backend name actually active: 'tensorflow' | 'wasm' | 'cpu'
   nativePackage: string | null;
   notice: string | null; // one line to print when a faster backend was wanted but is absent
+  threads: number; // WASM: XNNPACK threads in use (1 = the single-thread SIMD build); others: 0
+}
+
+/** `--threads 0` (auto): one per CPU, at most the 8 workers Emscripten pre-creates. */
+export function autoThreads(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), MAX_WASM_THREADS));
 }
 
 let active: BackendInfo | null = null;
 
 /**
  * auto: tfjs-node-gpu (GPU visible) > tfjs-node > wasm > cpu. An explicit choice that cannot be
- * honoured is an error, never a silent switch.
+ * honoured is an error, never a silent switch. `threads` (WASM only): 0 = `autoThreads()`, 1 = the
+ * single-thread SIMD build, n > 1 = the threaded-SIMD build with n XNNPACK threads. The first call
+ * in a process decides; later calls return the same backend.
  */
-export async function initBackend(requested: BackendName = 'auto'): Promise<BackendInfo> {
+export async function initBackend(requested: BackendName = 'auto', threads = 0): Promise<BackendInfo> {
   if (active && (active.requested === requested || requested === 'auto')) return active;
+  if (!Number.isInteger(threads) || threads < 0 || threads > MAX_WASM_THREADS) {
+    throw new CtaError(`--threads: expected an integer from 0 (auto) to ${MAX_WASM_THREADS}, got ${threads}`);
+  }
   let notice: string | null = null;
   let nativePackage: string | null = null;
   let target: string;
@@ -61,11 +74,23 @@ export async function initBackend(requested: BackendName = 'auto'): Promise<Back
   } else {
     target = requested;
   }
-  if (target === 'wasm') {
-    // Node cannot start the threaded WASM build (Worker rejects blob: URLs), so WASM runs one thread.
-    tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+  let wasmThreads = target === 'wasm' ? (threads === 0 ? autoThreads() : threads) : 0;
+  let ok = false;
+  if (wasmThreads > 1) {
+    try {
+      wasmThreads = await setWasmBackendThreaded(tf, wasmThreads);
+      ok = true;
+    } catch (e) {
+      notice = `notice: the threaded WASM build failed to start (${(e as Error).message}); using one thread`;
+    }
   }
-  const ok = await tf.setBackend(target);
+  if (!ok) {
+    if (target === 'wasm') {
+      tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', false);
+      wasmThreads = 1;
+    }
+    ok = await tf.setBackend(target);
+  }
   if (!ok) {
     if (requested === 'auto' && target === 'wasm') {
       notice = 'notice: WASM backend failed to initialise; using the pure-JS cpu backend (slow)';
@@ -76,6 +101,6 @@ export async function initBackend(requested: BackendName = 'auto'): Promise<Back
     }
   }
   await tf.ready();
-  active = { requested, name: tf.getBackend(), nativePackage, notice };
+  active = { requested, name: tf.getBackend(), nativePackage, notice, threads: tf.getBackend() === 'wasm' ? wasmThreads : 0 };
   return active;
 }

@@ -70,9 +70,10 @@ async function measure(spec) {
   const mode = MODES[spec.mode];
   const fisherBatches = spec.fisherBatches ?? 2;
   if (!mode) throw new Error(`unknown mode '${spec.mode}'`);
-  const info = await initBackend(spec.backend);
+  const info = await initBackend(spec.backend, spec.threads ?? 0);
   const out = {
     backend: info.name,
+    threads: info.threads,
     nativePackage: info.nativePackage,
     tfjs: tf.version.tfjs,
     model: spec.model,

@@ -11,6 +11,7 @@ import { configureCli, yargs } from './args.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
 import { BACKENDS, initBackend, tf, type BackendName } from '../tf.js';
+import { MAX_WASM_THREADS } from '../wasm-threads.js';
 import { Rng } from '../util/rng.js';
 import { loadClean } from '../data/idx.js';
 import { channelStats, type ImageSet } from '../train/augment.js';
@@ -99,6 +100,7 @@ export async function main(argv: string[]): Promise<void> {
       .option('seed', { type: 'string', describe: `init / shuffle / augmentation seed (default ${DEFAULT_TRAIN.seed})` })
       .option('log-every', { type: 'string', describe: `progress line every N steps, 0 = none (default ${DEFAULT_TRAIN.logEvery})` })
       .option('backend', { type: 'string', describe: `tfjs backend: ${BACKENDS.join(', ')} (default wasm)` })
+      .option('threads', { type: 'string', describe: `WASM threads, 0 = one per CPU (default 0, at most ${MAX_WASM_THREADS})` })
       .strict()
       // --no-augment is a flag of its own here, not the negation of --augment.
       .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': false })
@@ -112,6 +114,7 @@ export async function main(argv: string[]): Promise<void> {
     if (model !== 'resnext29') throw new CtaError(`--model ${model}: cta-train builds resnext29 (RobustBench CifarResNeXt) only`);
     const backend = (str('backend', p.backend) ?? 'wasm') as BackendName;
     if (!(BACKENDS as readonly string[]).includes(backend)) throw new CtaError(`--backend: expected one of ${BACKENDS.join(', ')}, got ${backend}`);
+    const threads = num('threads', p.threads, { int: true, min: 0 }) ?? 0;
     const testArg = str('test', p.test);
     const files = resolveData(dataArg, testArg === 'none' ? undefined : testArg);
     if (testArg === 'none') files.test = null;
@@ -171,7 +174,7 @@ export async function main(argv: string[]): Promise<void> {
     const shapes = resnextShapes(cfg);
     const values = countValues(shapes);
 
-    const info = await initBackend(backend);
+    const info = await initBackend(backend, threads);
     if (info.notice) log(info.notice);
     const stats = channelStats(train);
     const sd = initial ?? initResNeXt(cfg, new Rng(opts.seed), stats);
@@ -182,7 +185,7 @@ export async function main(argv: string[]): Promise<void> {
         `(stem ${arch.stem}, inner ${arch.stages.map((s) => s.inner).join('/')}, out ${arch.stages.map((s) => s.out).join('/')}), ` +
         `${values} values = ${((values * 4) / 1e6).toFixed(2)} MB float32`,
     );
-    log(`train ${files.train} (${train.n} images), test ${files.test ?? 'none'}${test ? ` (${test.n})` : ''}, backend ${info.name}`);
+    log(`train ${files.train} (${train.n} images), test ${files.test ?? 'none'}${test ? ` (${test.n})` : ''}, backend ${info.name}${info.threads > 1 ? ` (${info.threads} threads)` : ''}`);
     if (initPath) log(`init from ${initPath} (its mu/sigma are kept)`);
     else log(`mu ${stats.mean.map((v) => v.toFixed(4)).join(',')} sigma ${stats.std.map((v) => v.toFixed(4)).join(',')}`);
     log(

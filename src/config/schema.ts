@@ -4,6 +4,7 @@
  * table and the manifest's resolved config are all derived from `FIELDS`.
  */
 import { BACKENDS } from '../tf.js';
+import { MAX_WASM_THREADS } from '../wasm-threads.js';
 import { DIST_METRICS } from '../models/types.js';
 import { OPTIMIZERS } from '../algorithms/types.js';
 import { ALGORITHM_NAMES } from '../algorithms/registry.js';
@@ -51,6 +52,7 @@ export const FIELDS = {
   depth: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected depth (checked against the weights)' },
   cardinality: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected ResNeXt cardinality (checked against the weights)' },
   backend: { type: 'enum', choices: BACKENDS, default: 'auto', group: 'model', description: 'TF.js backend: auto = tfjs-node-gpu > tfjs-node > wasm > cpu' },
+  threads: { type: 'int', min: 0, max: MAX_WASM_THREADS, default: 0, group: 'model', description: 'WASM: XNNPACK threads (0 = one per CPU, 1 = the single-thread build); results are identical for any count' },
   // --- algorithm ------------------------------------------------------------------------------
   alg: { type: 'enum', choices: ALGORITHM_NAMES, default: 'source', group: 'algorithm', description: 'adaptation method' },
   lr: { type: 'number', min: 0, exclusiveMin: true, default: 0.0025, group: 'algorithm', description: 'learning rate (tent/eta/eata)' },

@@ -85,6 +85,7 @@ export interface ProfileReport {
   node: string;
   tfjs: string;
   backend: string;
+  wasm_threads: number;
   model: { arch: string; num_classes: number; input_shape: readonly number[]; norm_layers: number };
   weights: string;
   input: string;
@@ -114,7 +115,7 @@ async function prepare(cfg: CtaConfig, log: (l: string) => void): Promise<{ mode
     const { model, backend } = await prepareModel(cfg, log);
     return { model, backend, weights: cfg.weights };
   }
-  const backend = await initBackend(cfg.backend);
+  const backend = await initBackend(cfg.backend, cfg.threads);
   if (backend.notice) log(backend.notice);
   const numClasses = cfg.data === 'cifar100c' ? 100 : 10;
   const sd = randomStateDict(cfg.model, { numClasses, seed: cfg.seed });
@@ -223,6 +224,7 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
     node: process.version,
     tfjs: tf.version.tfjs,
     backend: backend.name,
+    wasm_threads: backend.threads,
     model: { arch: model.arch, num_classes: model.numClasses, input_shape: shape, norm_layers: model.normLayers.length },
     weights,
     input: spec.synthetic ? 'synthetic (uniform [0,1) random images)' : `${cfg.data} ${spec.domain} severity ${cfg.severity}, first images in file order`,

@@ -52,7 +52,7 @@ export function mectaOptions(cfg: CtaConfig): MectaOptions {
 
 /** Loads weights and builds the model; resolves defaults that depend on the model (E0). */
 export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; weightsSha256: string | null; backend: BackendInfo; pruneRng: Rng }> {
-  const backend = await initBackend(cfg.backend);
+  const backend = await initBackend(cfg.backend, cfg.threads);
   if (backend.notice) log(backend.notice);
   if (!cfg.weights) throw new CtaError('--weights: required (a .safetensors or PyTorch .pt state_dict for --model ' + cfg.model + ')');
   const sd = await loadStateDict(cfg.weights);
@@ -154,6 +154,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     backend: backend.name,
     backend_requested: backend.requested,
     native_package: backend.nativePackage,
+    wasm_threads: backend.threads,
     weights: cfg.weights,
     weights_sha256: weightsSha256,
     model: { arch: model.arch, num_classes: model.numClasses, input_shape: model.inputShape, norm_layers: model.normLayers.length },
