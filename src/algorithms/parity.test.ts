@@ -152,14 +152,15 @@ afterAll(() => {
 });
 
 /**
- * One gradient pass so the model creates its lazily built constants (each Conv2d keeps a flipped
- * filter after its first backward), which belong to the model, not to the algorithm under test.
+ * One gradient pass and one inference pass so the model creates its lazily built constants (each
+ * Conv2d keeps a flipped filter after its first backward; folded conv → BN filters after the first
+ * tape-free 'source' forward), which belong to the model, not to the algorithm under test.
  */
 function warmUp(model: Classifier, x: tf.Tensor4D): void {
   // in the freshly built model's 'source' mode, which changes no statistics
   expect(model.normMode).toBe('source');
   const { value, grads } = tf.engine().gradients(() => tf.sum(model.forward(x)) as tf.Scalar, model.trainableParams());
-  tf.dispose([value, ...grads]);
+  tf.dispose([value, ...grads, model.forward(x)]);
   for (const l of model.normLayers) l.reset();
 }
 

@@ -123,6 +123,12 @@ export abstract class BaseClassifier implements Classifier {
     this.inputInvStd = tf.keep(tf.tensor1d(Float32Array.from(std, (v) => 1 / v)));
   }
 
+  /** Registers something the model disposes with itself (e.g. folded inference filters). */
+  protected own<T extends { dispose(): void }>(o: T): T {
+    this.owned.push(o);
+    return o;
+  }
+
   protected conv(prefix: string, spec: Conv2dSpec): Conv2d {
     const key = `${prefix}.weight`;
     const w = this.raw(key) as tf.Tensor4D;

@@ -365,6 +365,20 @@ export class Conv2d {
     return this.variable ? this.op(x, this.variable) : this.op(x);
   }
 
+  /**
+   * The current per-group HWIO filters [k, k, in/G, out/G] (new tensors from a trainable variable;
+   * the layer's own tensors otherwise, which the caller must not dispose). For inference folding.
+   */
+  groupFilters(): { filters: tf.Tensor4D[]; owned: boolean } {
+    if (this.variable) return { filters: tf.tidy(() => this.groupsOf(this.variable!).map((f) => tf.keep(f.clone()))), owned: true };
+    return { filters: this.filters, owned: false };
+  }
+
+  /** Identity of the filter data: changes whenever setWeight / a variable assign replaces it. */
+  get filterIds(): object[] {
+    return this.variable ? [this.variable.dataId] : this.filters.map((f) => f.dataId);
+  }
+
   /** The trainable HWIO filter variable [k, k, in/G, out], or null for a frozen conv. */
   get weightVariable(): tf.Variable | null {
     return this.variable;

@@ -281,8 +281,27 @@ export class BatchNormLayer implements NormLayer {
     }
   }
 
-  private setRecord(x: tf.Tensor4D, keptChannels: number, beta: number | null, cached: boolean): void {
-    const [n, h, w] = x.shape;
+  /**
+   * Eval BN as the per-channel affine y = a·x + c, a = γ/σ_r, c = β − μ_r·a (C.2), for folding
+   * into the preceding conv (models/fused.ts, inference without a tape in 'source' mode only).
+   */
+  sourceAffine(): [tf.Tensor1D, tf.Tensor1D] {
+    if (this.normMode !== 'source') throw new CtaError(`${this.name}: sourceAffine() needs norm mode 'source', not '${this.normMode}'`);
+    return tf.tidy(() => foldAffine(this.weight, this.bias, this.runningMean as tf.Tensor1D, tf.rsqrt(tf.add(this.runningVar, this.eps)) as tf.Tensor1D));
+  }
+
+  /** What sourceAffine() depends on: changes whenever a parameter or statistic is reassigned. */
+  get stateIds(): object[] {
+    return [this.weight.dataId, this.bias.dataId, this.runningMean.dataId, this.runningVar.dataId];
+  }
+
+  /** The record a 'source' forward of an NHWC input of this shape leaves (folded path). */
+  noteSourceForward(shape: readonly number[]): void {
+    this.setRecord(shape, this.numFeatures, null, false);
+  }
+
+  private setRecord(x: tf.Tensor4D | readonly number[], keptChannels: number, beta: number | null, cached: boolean): void {
+    const [n, h, w] = x instanceof tf.Tensor ? x.shape : x;
     const forwardBytes = n * keptChannels * h * w * 4; // A.9
     this.record = { name: this.name, beta, cached, forwardBytes, backwardBytes: cached ? forwardBytes : 0 };
   }

@@ -21,6 +21,7 @@ import type { BatchNormLayer } from './norm-layer.js';
 import { addRelu, globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
+import { FoldedConvBn, foldable } from './fused.js';
 
 const STAGES = 3;
 const EXPANSION = 4; // ResNeXtBottleneck.expansion
@@ -118,6 +119,13 @@ interface Bottleneck {
   convExpand: Conv2d;
   bnExpand: BatchNormLayer;
   down: { conv: Conv2d; bn: BatchNormLayer } | null;
+  /** The same block with every conv → BN (→ ReLU) folded, for inference in 'source' mode. */
+  folded: {
+    reduce: FoldedConvBn; // split into the conv_conv groups: no channel split of the activation
+    conv: FoldedConvBn;
+    expand: FoldedConvBn;
+    down: FoldedConvBn | null;
+  };
 }
 
 export interface ResNeXtOptions {
@@ -134,6 +142,7 @@ export class CifarResNeXt extends BaseClassifier {
   readonly architecture: ResNeXtArch;
   private readonly stem: Conv2d;
   private readonly stemBn: BatchNormLayer;
+  private readonly stemFolded: FoldedConvBn;
   private readonly blocks: Bottleneck[] = [];
   private readonly classifier: Linear;
 
@@ -147,22 +156,36 @@ export class CifarResNeXt extends BaseClassifier {
       this.inputNormalization(opts.inputNorm);
       this.stem = this.conv('conv_1_3x3', { stride: 1, pad: 1, groups: 1 });
       this.stemBn = this.norm('bn_1');
+      this.stemFolded = this.own(new FoldedConvBn(this.stem, this.stemBn, true));
       let inC = arch.stem;
       arch.stages.forEach((st, si) => {
         for (let i = 0; i < st.blocks; i++) {
           const p = `stage_${si + 1}.${i}`;
           const stride = i === 0 ? st.stride : 1;
           const down = hasDownsample(i, inC, st);
+          const convReduce = this.conv(`${p}.conv_reduce`, { stride: 1, pad: 0, groups: 1 });
+          const bnReduce = this.norm(`${p}.bn_reduce`);
+          const convConv = this.conv(`${p}.conv_conv`, { stride, pad: 1, groups: arch.cardinality });
+          const bn = this.norm(`${p}.bn`);
+          const convExpand = this.conv(`${p}.conv_expand`, { stride: 1, pad: 0, groups: 1 });
+          const bnExpand = this.norm(`${p}.bn_expand`);
+          const ds = down
+            ? { conv: this.conv(`${p}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${p}.downsample.1`) }
+            : null;
           this.blocks.push({
-            convReduce: this.conv(`${p}.conv_reduce`, { stride: 1, pad: 0, groups: 1 }),
-            bnReduce: this.norm(`${p}.bn_reduce`),
-            convConv: this.conv(`${p}.conv_conv`, { stride, pad: 1, groups: arch.cardinality }),
-            bn: this.norm(`${p}.bn`),
-            convExpand: this.conv(`${p}.conv_expand`, { stride: 1, pad: 0, groups: 1 }),
-            bnExpand: this.norm(`${p}.bn_expand`),
-            down: down
-              ? { conv: this.conv(`${p}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${p}.downsample.1`) }
-              : null,
+            convReduce,
+            bnReduce,
+            convConv,
+            bn,
+            convExpand,
+            bnExpand,
+            down: ds,
+            folded: {
+              reduce: this.own(new FoldedConvBn(convReduce, bnReduce, true, arch.cardinality)),
+              conv: this.own(new FoldedConvBn(convConv, bn, true)),
+              expand: this.own(new FoldedConvBn(convExpand, bnExpand, false)),
+              down: ds ? this.own(new FoldedConvBn(ds.conv, ds.bn, false)) : null,
+            },
           });
           inC = st.out;
         }
@@ -183,12 +206,25 @@ export class CifarResNeXt extends BaseClassifier {
     return addRelu(residual, h);
   }
 
+  /** `block` with folded conv → BN (→ ReLU): eval BN and no tape only (see fused.ts). */
+  private foldedBlock(b: Bottleneck, x: tf.Tensor4D): tf.Tensor4D {
+    const f = b.folded;
+    const groups = f.conv.applyParts(f.reduce.applyParts(x));
+    const h = f.expand.apply(tf.concat(groups, 3) as tf.Tensor4D);
+    const residual = f.down ? f.down.apply(x) : x;
+    return tf.relu(tf.add(residual, h)) as tf.Tensor4D;
+  }
+
   forward(x: tf.Tensor4D): tf.Tensor2D {
     this.checkInput(x);
+    const fold = foldable(this.normMode);
     return tf.tidy(() => {
-      let h = tf.tidy(() => relu(this.stemBn.apply(this.stem.apply(this.normalizeInput(x)))));
+      let h = tf.tidy(() => {
+        const xn = this.normalizeInput(x);
+        return fold ? this.stemFolded.apply(xn) : relu(this.stemBn.apply(this.stem.apply(xn)));
+      });
       for (const b of this.blocks) {
-        const next = tf.tidy(() => this.block(b, h));
+        const next = tf.tidy(() => (fold ? this.foldedBlock(b, h) : this.block(b, h)));
         // Free the block input now rather than at the end of the outer tidy (inference peak
         // memory); a recording tape keeps what it needs through its own saved tensors.
         h.dispose();
