@@ -73,6 +73,11 @@ export async function setWasmBackendThreaded(tf: typeof TF, threads: number): Pr
       if (text.startsWith('var WasmBackendModuleThreadedSimd')) writeFileSync(mainPath, prelude + text);
     }
   }
+  // Emscripten unrefs each worker as soon as it has loaded, and parts of the start-up are promises
+  // that hold no libuv handle; keep the event loop alive until the backend is up so that Node
+  // cannot mistake the wait for an idle process (seen once under heavy load: exit 13, "unsettled
+  // top-level await").
+  const keepAlive = setInterval(() => undefined, 60_000);
   try {
     globalThis.Blob = RecordingBlob as typeof Blob;
     URL.createObjectURL = (obj: Blob) => {
@@ -92,6 +97,7 @@ export async function setWasmBackendThreaded(tf: typeof TF, threads: number): Pr
     const ok = await tf.setBackend('wasm');
     if (!ok) throw new Error('tf.setBackend("wasm") returned false');
   } finally {
+    clearInterval(keepAlive);
     globalThis.Blob = OrigBlob;
     URL.createObjectURL = origCreate;
     os.cpus = origCpus;
