@@ -276,7 +276,7 @@ describe('whole-model gradients against PyTorch Tent runs (adapt fixtures)', () 
   });
 });
 
-describe('Conv2d input gradient (forward conv with the flipped filter)', () => {
+describe('Conv2d input gradient (flipped-filter conv; sub-pixel phases when strided)', () => {
   const cases = [
     { k: 3, stride: 1, pad: 1, groups: 1, size: 8 },
     { k: 3, stride: 2, pad: 1, groups: 1, size: 8 },
@@ -285,6 +285,8 @@ describe('Conv2d input gradient (forward conv with the flipped filter)', () => {
     { k: 1, stride: 2, pad: 0, groups: 1, size: 8 },
     { k: 1, stride: 2, pad: 0, groups: 1, size: 9 },
     { k: 1, stride: 1, pad: 0, groups: 1, size: 5 },
+    { k: 7, stride: 2, pad: 3, groups: 1, size: 12 }, // ResNet-50's stem shape
+    { k: 3, stride: 2, pad: 1, groups: 2, size: 6 },
   ];
   for (const c of cases) {
     it(`k${c.k} s${c.stride} p${c.pad} g${c.groups} on ${c.size}×${c.size}`, () => {
