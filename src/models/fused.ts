@@ -30,7 +30,7 @@ export class FoldedConvBn {
    * output channels, so a following grouped conv gets its group inputs without a channel split.
    */
   constructor(
-    private readonly conv: Conv2d,
+    readonly conv: Conv2d,
     private readonly bn: BatchNormLayer,
     private readonly relu: boolean,
     private readonly outSplit = 1,
@@ -111,6 +111,43 @@ export class FoldedConvBn {
   dispose(): void {
     this.disposeParts();
   }
+}
+
+/**
+ * A bottleneck block (ResNeXt / torchvision ResNet: 1×1 reduce → BN → ReLU → k×k conv, grouped
+ * or not, carrying the stride → BN → ReLU → 1×1 expand → BN, plus an optional 1×1 conv → BN
+ * shortcut; then ReLU(shortcut + branch)) with every conv → BN (→ ReLU) folded. The reduce conv is
+ * folded per group of the k×k conv, so the grouped conv needs no channel split of its input.
+ */
+export interface FoldedBottleneck {
+  reduce: FoldedConvBn;
+  conv: FoldedConvBn;
+  expand: FoldedConvBn;
+  down: FoldedConvBn | null;
+}
+
+export interface BottleneckLayers {
+  reduce: [Conv2d, BatchNormLayer];
+  conv: [Conv2d, BatchNormLayer];
+  expand: [Conv2d, BatchNormLayer];
+  down: [Conv2d, BatchNormLayer] | null;
+}
+
+/** `own` registers each folded layer with the model, which disposes it. */
+export function foldBottleneck(l: BottleneckLayers, own: <T extends { dispose(): void }>(o: T) => T): FoldedBottleneck {
+  return {
+    reduce: own(new FoldedConvBn(l.reduce[0], l.reduce[1], true, l.conv[0].groups)),
+    conv: own(new FoldedConvBn(l.conv[0], l.conv[1], true)),
+    expand: own(new FoldedConvBn(l.expand[0], l.expand[1], false)),
+    down: l.down ? own(new FoldedConvBn(l.down[0], l.down[1], false)) : null,
+  };
+}
+
+export function runFoldedBottleneck(f: FoldedBottleneck, x: tf.Tensor4D): tf.Tensor4D {
+  const groups = f.conv.applyParts(f.reduce.applyParts(x));
+  const h = f.expand.apply(groups.length === 1 ? groups[0] : (tf.concat(groups, 3) as tf.Tensor4D));
+  const residual = f.down ? f.down.apply(x) : x;
+  return tf.relu(tf.add(residual, h)) as tf.Tensor4D;
 }
 
 /** Switch for A/B measurements and tests (the folded and unfolded paths must agree). */

@@ -25,6 +25,7 @@ import type { BatchNormLayer } from './norm-layer.js';
 import { addRelu, globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { bnKeys, childCount, dimOf, divDim } from './infer.js';
+import { FoldedConvBn, foldBottleneck, foldable, runFoldedBottleneck, type FoldedBottleneck } from './fused.js';
 
 const STAGES = 4;
 /** ImageNet mean/std (torchvision transforms; RobustBench's ImageNormalizer defaults). */
@@ -119,6 +120,8 @@ interface Bottleneck {
   conv3: Conv2d;
   bn3: BatchNormLayer;
   down: { conv: Conv2d; bn: BatchNormLayer } | null;
+  /** Folded conv → BN (→ ReLU) for 'source' inference (fused.ts). */
+  folded: FoldedBottleneck;
 }
 
 export interface ResNetOptions {
@@ -136,6 +139,7 @@ export class ResNet50 extends BaseClassifier {
   readonly architecture: ResNetArch;
   private readonly stem: Conv2d;
   private readonly stemBn: BatchNormLayer;
+  private readonly stemFolded: FoldedConvBn;
   private readonly blocks: Bottleneck[] = [];
   private readonly fc: Linear;
   /** The input normalisation in use (from `normalize.*`, the option, or ImageNet's). */
@@ -158,20 +162,32 @@ export class ResNet50 extends BaseClassifier {
       const p = arch.prefix;
       this.stem = this.conv(`${p}conv1`, { stride: 2, pad: 3, groups: 1 });
       this.stemBn = this.norm(`${p}bn1`);
+      this.stemFolded = this.own(new FoldedConvBn(this.stem, this.stemBn, true));
       let inC = arch.stem;
       arch.stages.forEach((st, si) => {
         for (let i = 0; i < st.blocks; i++) {
           const b = `${p}layer${si + 1}.${i}`;
           const stride = i === 0 ? st.stride : 1;
           const down = hasDownsample(i, inC, st);
+          const conv1 = this.conv(`${b}.conv1`, { stride: 1, pad: 0, groups: 1 });
+          const bn1 = this.norm(`${b}.bn1`);
+          const conv2 = this.conv(`${b}.conv2`, { stride, pad: 1, groups: arch.groups });
+          const bn2 = this.norm(`${b}.bn2`);
+          const conv3 = this.conv(`${b}.conv3`, { stride: 1, pad: 0, groups: 1 });
+          const bn3 = this.norm(`${b}.bn3`);
+          const ds = down ? { conv: this.conv(`${b}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${b}.downsample.1`) } : null;
           this.blocks.push({
-            conv1: this.conv(`${b}.conv1`, { stride: 1, pad: 0, groups: 1 }),
-            bn1: this.norm(`${b}.bn1`),
-            conv2: this.conv(`${b}.conv2`, { stride, pad: 1, groups: arch.groups }),
-            bn2: this.norm(`${b}.bn2`),
-            conv3: this.conv(`${b}.conv3`, { stride: 1, pad: 0, groups: 1 }),
-            bn3: this.norm(`${b}.bn3`),
-            down: down ? { conv: this.conv(`${b}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${b}.downsample.1`) } : null,
+            conv1,
+            bn1,
+            conv2,
+            bn2,
+            conv3,
+            bn3,
+            down: ds,
+            folded: foldBottleneck(
+              { reduce: [conv1, bn1], conv: [conv2, bn2], expand: [conv3, bn3], down: ds ? [ds.conv, ds.bn] : null },
+              (o) => this.own(o),
+            ),
           });
           inC = st.out;
         }
@@ -213,10 +229,11 @@ export class ResNet50 extends BaseClassifier {
   forward(x: tf.Tensor4D): tf.Tensor2D {
     this.checkInput(x);
     const [mean, invStd] = this.normTensors!;
+    const fold = foldable(this.normMode);
     return tf.tidy(() => {
       let h = tf.tidy(() => {
         const xn = tf.mul(tf.sub(x, mean), invStd) as tf.Tensor4D;
-        const s = relu(this.stemBn.apply(this.stem.apply(xn)));
+        const s = fold ? this.stemFolded.apply(xn) : relu(this.stemBn.apply(this.stem.apply(xn)));
         // MaxPool2d(3, 2, padding=1): PyTorch pads with −inf. The input is a ReLU output (≥ 0) and
         // every window holds at least one real value, so zero padding gives the same maxima; and
         // an explicit pad + 'valid' pool avoids tfjs 'same' (asymmetric at stride 2) and the WASM
@@ -225,7 +242,7 @@ export class ResNet50 extends BaseClassifier {
         return tf.maxPool(tf.pad(s, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, 'valid') as tf.Tensor4D;
       });
       for (const b of this.blocks) {
-        const next = tf.tidy(() => this.block(b, h));
+        const next = tf.tidy(() => (fold ? runFoldedBottleneck(b.folded, h) : this.block(b, h)));
         h.dispose(); // see resnext.ts: inference peak memory; the tape keeps its own copies
         h = next;
       }

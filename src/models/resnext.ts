@@ -21,7 +21,7 @@ import type { BatchNormLayer } from './norm-layer.js';
 import { addRelu, globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { FoldedConvBn, foldable } from './fused.js';
+import { FoldedConvBn, foldBottleneck, foldable, runFoldedBottleneck, type FoldedBottleneck } from './fused.js';
 
 const STAGES = 3;
 const EXPANSION = 4; // ResNeXtBottleneck.expansion
@@ -120,12 +120,7 @@ interface Bottleneck {
   bnExpand: BatchNormLayer;
   down: { conv: Conv2d; bn: BatchNormLayer } | null;
   /** The same block with every conv → BN (→ ReLU) folded, for inference in 'source' mode. */
-  folded: {
-    reduce: FoldedConvBn; // split into the conv_conv groups: no channel split of the activation
-    conv: FoldedConvBn;
-    expand: FoldedConvBn;
-    down: FoldedConvBn | null;
-  };
+  folded: FoldedBottleneck;
 }
 
 export interface ResNeXtOptions {
@@ -180,12 +175,10 @@ export class CifarResNeXt extends BaseClassifier {
             convExpand,
             bnExpand,
             down: ds,
-            folded: {
-              reduce: this.own(new FoldedConvBn(convReduce, bnReduce, true, arch.cardinality)),
-              conv: this.own(new FoldedConvBn(convConv, bn, true)),
-              expand: this.own(new FoldedConvBn(convExpand, bnExpand, false)),
-              down: ds ? this.own(new FoldedConvBn(ds.conv, ds.bn, false)) : null,
-            },
+            folded: foldBottleneck(
+              { reduce: [convReduce, bnReduce], conv: [convConv, bn], expand: [convExpand, bnExpand], down: ds ? [ds.conv, ds.bn] : null },
+              (o) => this.own(o),
+            ),
           });
           inC = st.out;
         }
@@ -206,15 +199,6 @@ export class CifarResNeXt extends BaseClassifier {
     return addRelu(residual, h);
   }
 
-  /** `block` with folded conv → BN (→ ReLU): eval BN and no tape only (see fused.ts). */
-  private foldedBlock(b: Bottleneck, x: tf.Tensor4D): tf.Tensor4D {
-    const f = b.folded;
-    const groups = f.conv.applyParts(f.reduce.applyParts(x));
-    const h = f.expand.apply(tf.concat(groups, 3) as tf.Tensor4D);
-    const residual = f.down ? f.down.apply(x) : x;
-    return tf.relu(tf.add(residual, h)) as tf.Tensor4D;
-  }
-
   forward(x: tf.Tensor4D): tf.Tensor2D {
     this.checkInput(x);
     const fold = foldable(this.normMode);
@@ -224,7 +208,7 @@ export class CifarResNeXt extends BaseClassifier {
         return fold ? this.stemFolded.apply(xn) : relu(this.stemBn.apply(this.stem.apply(xn)));
       });
       for (const b of this.blocks) {
-        const next = tf.tidy(() => (fold ? this.foldedBlock(b, h) : this.block(b, h)));
+        const next = tf.tidy(() => (fold ? runFoldedBottleneck(b.folded, h) : this.block(b, h)));
         // Free the block input now rather than at the end of the outer tidy (inference peak
         // memory); a recording tape keeps what it needs through its own saved tensors.
         h.dispose();
