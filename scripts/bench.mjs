@@ -6,8 +6,9 @@
  * --warmup steps) and the step's peak tensor bytes (tf.profile peakBytes minus the bytes alive
  * before the step). Each measurement runs in its own process with a fresh model built from random
  * RobustBench-shaped weights. Prints one JSON line per measurement on stdout, then a summary table.
- * --compare-torch adds the PyTorch CPU reference (../shared/tools/pytorch-reference/) and the
- * ratio TF.js / PyTorch where the reference has the model (ResNeXt-29 only).
+ * The PyTorch CPU reference (../shared/tools/pytorch-reference/, when Debian python3-torch is there)
+ * adds the ratio TF.js / PyTorch where the reference has the model (ResNeXt-29 only);
+ * --no-compare-torch skips it.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, writeFileSync, existsSync } from 'node:fs';
@@ -35,7 +36,8 @@ const HELP = `npm run bench -- [flags]
   --warmup N           untimed steps first (default 2; --quick 1), then 1 profiled step
   --backends LIST      tensorflow,wasm,cpu (default: tensorflow when tfjs-node(-gpu) is installed, and wasm)
   --threads LIST       WASM thread counts to measure, 0 = one per CPU (default 0; e.g. 1,2 compares)
-  --compare-torch      also time the PyTorch CPU reference and print TF.js / PyTorch
+  --no-compare-torch   skip the PyTorch CPU reference (default: time it when available and print
+                       TF.js / PyTorch)
   --torch-threads LIST PyTorch thread counts, one ratio column each; targets are checked against
                        the fastest (default: ${defaultTorchThreads().join(',')}: all cores, and 1 like TF.js WASM)
   --torch-dir DIR      default ../shared/tools/pytorch-reference
@@ -146,7 +148,7 @@ function targets(rows, torch) {
       const r = find('resnext29', 16, mode);
       if (!r) continue;
       const thr = typeof r.torchThreads === 'number' ? ` (fastest PyTorch run: ${r.torchThreads} thr)` : '';
-      if (!torch || torch.unavailable) lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU: no PyTorch ratio (${torch ? torch.unavailable : 'run with --compare-torch'})`);
+      if (!torch || torch.unavailable) lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU: no PyTorch ratio (${torch ? torch.unavailable : '--no-compare-torch'})`);
       else if (!ok(r) || typeof r.ratio !== 'number') lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU: not measured (${r.error ?? r.torchError ?? r.status})`);
       else lines.push(`${backend}: ${mode} ResNeXt-29 b16 ≥ 0.5× PyTorch CPU${thr}: ${r.ratio.toFixed(2)}× (${r.imgPerSecMed.toFixed(2)} vs ${r.torchImgPerSecMed.toFixed(2)} img/s) → ${r.ratio >= 0.5 ? 'met' : 'BELOW target'}`);
     }
@@ -183,7 +185,7 @@ async function main() {
       warmup: { type: 'string' },
       backends: { type: 'string' },
       threads: { type: 'string' },
-      'compare-torch': { type: 'boolean', default: false },
+      'compare-torch': { type: 'boolean', default: true },
       'torch-threads': { type: 'string' },
       'torch-dir': { type: 'string' },
       python: { type: 'string' },
@@ -231,7 +233,7 @@ async function main() {
       threads: intList(values['torch-threads'], '--torch-threads') ?? defaultTorchThreads(),
       timeoutS: 600,
     });
-    if (torch.unavailable) process.stderr.write(`note: --compare-torch: PyTorch reference unavailable (${torch.unavailable}); ratios are n/a\n`);
+    if (torch.unavailable) process.stderr.write(`note: PyTorch reference unavailable (${torch.unavailable}); ratios are n/a\n`);
   }
   if (values.json) writeFileSync(values.json, '');
 
