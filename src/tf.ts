@@ -37,6 +37,11 @@ export interface BackendInfo {
   threads: number; // WASM: XNNPACK threads in use (1 = the single-thread SIMD build); others: 0
 }
 
+/** XNNPACK threads of the active WASM backend (1 before initBackend or on other backends). */
+export function activeWasmThreads(): number {
+  return active && active.threads > 0 ? active.threads : 1;
+}
+
 /** `--threads 0` (auto): one per CPU, at most the 8 workers Emscripten pre-creates. */
 export function autoThreads(): number {
   return Math.max(1, Math.min(os.availableParallelism(), MAX_WASM_THREADS));

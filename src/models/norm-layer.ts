@@ -14,7 +14,7 @@
  *
  * Tensors are NHWC: the channel axis is last, so [C] vectors broadcast directly.
  */
-import { tf } from '../tf.js';
+import { activeWasmThreads, tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { DistMetric, MectaOptions, NormLayer, NormMode, NormRecord } from './types.js';
 import { channelMean, customOp } from './layers.js';
@@ -55,8 +55,13 @@ function vec(values: ArrayLike<number>): tf.Tensor1D {
   return tf.tensor1d(Float32Array.from(values));
 }
 
-/** Above these channel counts a gather beats the one-hot matMul (measured on WASM, see below). */
-const MATMUL_SELECT_MAX_C = 384;
+/**
+ * Above these channel counts a gather beats the one-hot matMul (measured on WASM, see below). With
+ * 2+ threads the matMul runs on the XNNPACK pool while the gather stays serial (and is slower in
+ * the threaded build): select at 2 threads, gather / matMul ms, 4096×512 36 / 14, 1024×1024
+ * 17.5 / 13.6, 784×2048 27 / 37.
+ */
+const matmulSelectMaxC = () => (activeWasmThreads() > 1 ? 1024 : 384);
 const MATMUL_EXPAND_MAX_C = 1024;
 
 /**
@@ -107,7 +112,7 @@ class ChannelSplit {
 
   /** The kept channels of an NHWC tensor (or of a [C] vector). */
   select<T extends tf.Tensor>(t: T): T {
-    if (t.rank === 1 || this.channels > MATMUL_SELECT_MAX_C) {
+    if (t.rank === 1 || this.channels > matmulSelectMaxC()) {
       return tf.gather(t, tf.tensor1d(this.kept, 'int32'), t.rank - 1) as T;
     }
     const shape = t.shape.slice();
