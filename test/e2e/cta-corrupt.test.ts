@@ -4,13 +4,13 @@
  * weights are a small random-ish 10-class ResNeXt, so only the plumbing is checked, not accuracy.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readNpy, readNpyRows } from '../../src/io/npy.js';
 import { loadClean } from '../../src/data/idx.js';
 import { syntheticCSource } from '../../src/data/synthetic-c.js';
+import { runBin } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const SOURCE = join(ROOT, 'assets/fashion-mnist/t10k-images-idx3-ubyte.gz');
@@ -18,10 +18,7 @@ const WEIGHTS = join(ROOT, 'test/fixtures/models/resnext_small.safetensors');
 const CORR = ['gaussian_noise', 'fog', 'jpeg_compression'];
 const N = 8;
 
-function run(bin: string, args: string[]) {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin', bin), ...args], { encoding: 'utf8', cwd: ROOT });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const run = (bin: string, args: string[]) => runBin(bin, args);
 
 const EVAL_ARGS = ['--weights', WEIGHTS, '--alg', 'norm', '--n-examples', String(N), '--batch-size', '4', '--corruptions', CORR.join(','), '--backend', 'wasm', '--progress', 'none'];
 
@@ -34,9 +31,9 @@ interface SummaryDomain {
 
 let out = '';
 let corruptRun: ReturnType<typeof run>;
-beforeAll(() => {
+beforeAll(async () => {
   out = join(mkdtempSync(join(tmpdir(), 'cta-corrupt-')), 'FMNIST-C');
-  corruptRun = run('cta-corrupt.js', ['--input', SOURCE, '--out', out, '--n', String(N), '--corruptions', CORR.join(',')]);
+  corruptRun = await run('cta-corrupt.js', ['--input', SOURCE, '--out', out, '--n', String(N), '--corruptions', CORR.join(',')]);
 });
 
 describe('cta-corrupt end to end', () => {
@@ -77,12 +74,12 @@ describe('cta-corrupt end to end', () => {
     }
   });
 
-  it('cta-eval streams the folder (cifar10c) and the same data on the fly (synthetic-c) identically', () => {
+  it('cta-eval streams the folder (cifar10c) and the same data on the fly (synthetic-c) identically', async () => {
     const tmp = mkdtempSync(join(tmpdir(), 'cta-corrupt-run-'));
-    const a = run('cta-eval.js', ['--data', 'cifar10c', '--data-dir', out, '--clean-path', join(out, 'clean', 'test_batch.bin'), ...EVAL_ARGS, '--out', join(tmp, 'a')]);
+    const a = await run('cta-eval.js', ['--data', 'cifar10c', '--data-dir', out, '--clean-path', join(out, 'clean', 'test_batch.bin'), ...EVAL_ARGS, '--out', join(tmp, 'a')]);
     expect(a.stderr).toBe('');
     expect(a.code).toBe(0);
-    const b = run('cta-eval.js', ['--data', 'synthetic-c', '--source', 'assets/fashion-mnist/t10k-images-idx3-ubyte.gz', ...EVAL_ARGS, '--out', join(tmp, 'b')]);
+    const b = await run('cta-eval.js', ['--data', 'synthetic-c', '--source', 'assets/fashion-mnist/t10k-images-idx3-ubyte.gz', ...EVAL_ARGS, '--out', join(tmp, 'b')]);
     expect(b.stderr).toBe('');
     expect(b.code).toBe(0);
     const sa = JSON.parse(readFileSync(join(tmp, 'a', 'summary.json'), 'utf8'));
@@ -110,7 +107,7 @@ describe('cta-corrupt end to end', () => {
 
   it('--severities writes only the listed blocks and records them', async () => {
     const sub = join(mkdtempSync(join(tmpdir(), 'cta-corrupt-sub-')), 'out');
-    const r = run('cta-corrupt.js', ['--input', SOURCE, '--out', sub, '--n', '4', '--corruptions', 'fog', '--severities', '3,1', '--seed', '9']);
+    const r = await run('cta-corrupt.js', ['--input', SOURCE, '--out', sub, '--n', '4', '--corruptions', 'fog', '--severities', '3,1', '--seed', '9']);
     expect(r.code).toBe(0);
     expect(r.stderr).toContain('writing severities 1,3 only');
     expect(JSON.parse(readFileSync(join(sub, 'severities.json'), 'utf8'))).toMatchObject({ severities: [1, 3], n: 4, seed: 9 });
@@ -120,7 +117,7 @@ describe('cta-corrupt end to end', () => {
     expect(Buffer.from((a.data as Uint8Array).subarray(4 * 3072)).equals(Buffer.from(d.images))).toBe(true);
   });
 
-  it('bad input gives one error line and exit code 2', () => {
+  it('bad input gives one error line and exit code 2', async () => {
     const cases: [string[], RegExp][] = [
       [['--out', out], /--input: required/],
       [['--input', '/nonexistent/a-images-idx3-ubyte.gz', '--out', out], /\/nonexistent\/a-images-idx3-ubyte\.gz: file not found/],
@@ -130,13 +127,13 @@ describe('cta-corrupt end to end', () => {
       [['--input', SOURCE, '--out', out, '--sevrities', '1'], /Unknown argument: sevrities/],
     ];
     for (const [args, re] of cases) {
-      const r = run('cta-corrupt.js', args);
+      const r = await run('cta-corrupt.js', args);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(/^cta-corrupt: error: /);
       expect(r.stderr).toMatch(re);
     }
-    const e = run('cta-eval.js', ['--data', 'synthetic-c', '--weights', WEIGHTS, '--backend', 'wasm']);
+    const e = await run('cta-eval.js', ['--data', 'synthetic-c', '--weights', WEIGHTS, '--backend', 'wasm']);
     expect(e.code).toBe(2);
     expect(e.stderr.trim()).toMatch(/^cta-eval: error: --source: required for --data synthetic-c/);
   });

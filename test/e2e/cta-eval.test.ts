@@ -12,15 +12,16 @@ import { FIXTURE_WEIGHTS as WEIGHTS, makeCifarC, runBin } from './helpers.js';
 const N = 6; // images per severity block
 const cli = (args: string[]) => runBin('cta-eval', args);
 
+
 let dataDir = '';
 beforeAll(async () => {
   dataDir = await makeCifarC(N);
 });
 
 describe('cta-eval end to end', () => {
-  it('runs norm over the 15 corruptions + clean and writes the run folder', () => {
+  it('runs norm over the 15 corruptions + clean and writes the run folder', async () => {
     const out = join(mkdtempSync(join(tmpdir(), 'cta-out-')), 'run');
-    const r = cli(['--data', 'cifar10c', '--data-dir', dataDir, '--model', 'resnext29', '--weights', WEIGHTS, '--alg', 'norm', '--severity', '1', '--n-examples', '100', '--shuffle', 'false', '--batch-size', '4', '--out', out, '--backend', 'wasm']);
+    const r = await cli(['--data', 'cifar10c', '--data-dir', dataDir, '--model', 'resnext29', '--weights', WEIGHTS, '--alg', 'norm', '--severity', '1', '--n-examples', '100', '--shuffle', 'false', '--batch-size', '4', '--out', out, '--backend', 'wasm']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const summary = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
@@ -46,27 +47,27 @@ describe('cta-eval end to end', () => {
     expect(r.stdout).toContain('mean (corruptions)');
   });
 
-  it('bad flags give one error line and exit code 2', () => {
+  it('bad flags give one error line and exit code 2', async () => {
     for (const args of [['--alg', 'tnet'], ['--batch-sise', '4'], ['--severity', '9'], ['--prune-q', '0.7']]) {
-      const r = cli([...args, '--weights', WEIGHTS, '--data-dir', dataDir]);
+      const r = await cli([...args, '--weights', WEIGHTS, '--data-dir', dataDir]);
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(/^cta-eval: error: /);
     }
   });
 
-  it('missing files name the file', () => {
-    const r1 = cli(['--weights', '/nonexistent/w.safetensors', '--data-dir', dataDir, '--backend', 'wasm']);
+  it('missing files name the file', async () => {
+    const r1 = await cli(['--weights', '/nonexistent/w.safetensors', '--data-dir', dataDir, '--backend', 'wasm']);
     expect(r1.code).toBe(2);
     expect(r1.stderr).toContain('/nonexistent/w.safetensors');
-    const r2 = cli(['--weights', WEIGHTS, '--data-dir', '/nonexistent/dir', '--backend', 'wasm']);
+    const r2 = await cli(['--weights', WEIGHTS, '--data-dir', '/nonexistent/dir', '--backend', 'wasm']);
     expect(r2.code).toBe(2);
     expect(r2.stderr).toContain('/nonexistent/dir');
     expect(r2.stderr.trim().split('\n')).toHaveLength(1);
   });
 
-  it('a wrong architecture for the weights lists the key mismatch', () => {
-    const r = cli(['--model', 'wrn28_10', '--weights', WEIGHTS, '--data-dir', dataDir, '--backend', 'wasm']);
+  it('a wrong architecture for the weights lists the key mismatch', async () => {
+    const r = await cli(['--model', 'wrn28_10', '--weights', WEIGHTS, '--data-dir', dataDir, '--backend', 'wasm']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/missing|unexpected/);
     expect(existsSync(WEIGHTS)).toBe(true);

@@ -1,5 +1,5 @@
 /** Shared e2e helpers: a tiny CIFAR-10-C-layout folder and a way to run the built bins. */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,12 +33,35 @@ export async function makeCifarC(n: number, corruptions: readonly string[] = COR
   return dir;
 }
 
-/** Runs a built bin (`bin/<name>.js`) synchronously. */
-export function runBin(name: string, args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin', `${name}.js`), ...args], {
-    encoding: 'utf8',
-    cwd: ROOT,
-    env: { ...process.env, ...env },
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a command and resolves when it exits, without blocking the event loop: vitest's worker
+ * must keep answering its runner's RPC, and a spawnSync blocking it for more than 60 s fails the
+ * whole run ("Timeout calling onTaskUpdate") even when every test passes.
+ */
+export function runCommand(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; env?: Record<string, string>; input?: string } = {},
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...(opts.env ?? {}) } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(opts.input ?? '');
   });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Runs a built bin (`bin/<name>.js`) in the repository root (or `cwd`). */
+export function runBin(name: string, args: string[], env: Record<string, string> = {}, cwd?: string): Promise<RunResult> {
+  return runCommand(process.execPath, [join(ROOT, 'bin', `${name.replace(/\.js$/, '')}.js`), ...args], { env, cwd });
 }

@@ -53,7 +53,7 @@ function summaryOf(out: string) {
 }
 
 describe('cta-eval on ImageNet-C (generated tree)', () => {
-  it('every configs/imagenet file resolves', () => {
+  it('every configs/imagenet file resolves', async () => {
     for (const name of ['source', 'norm', 'tent', 'eata', 'eata-mecta', 'vit-tent']) {
       const cfg = resolveConfig(join(ROOT, `configs/imagenet/${name}.yaml`), {});
       expect(cfg.data).toBe('imagenetc');
@@ -65,9 +65,9 @@ describe('cta-eval on ImageNet-C (generated tree)', () => {
     expect(resolveConfig(join(ROOT, 'configs/imagenet/vit-tent.yaml'), {}).model).toBe('vit_b16');
   });
 
-  it('resnet50 Tent: two corruptions + the clean domain, streamed from JPEGs', () => {
+  it('resnet50 Tent: two corruptions + the clean domain, streamed from JPEGs', async () => {
     const out = outDir();
-    const r = cli(['--config', join(ROOT, 'configs/imagenet/tent.yaml'), ...common(), '--weights', resnetWeights, '--batch-size', '4', '--out', out]);
+    const r = await cli(['--config', join(ROOT, 'configs/imagenet/tent.yaml'), ...common(), '--weights', resnetWeights, '--batch-size', '4', '--out', out]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const s = summaryOf(out);
@@ -85,9 +85,9 @@ describe('cta-eval on ImageNet-C (generated tree)', () => {
     expect(manifest.data_files.map((f: { path: string }) => f.path)).toEqual([join(tree.imagenetC, 'gaussian_noise', '5'), join(tree.imagenetC, 'fog', '5'), tree.clean]);
   });
 
-  it('resnet50 EATA + MECTA (Fisher from the clean folder, accumulated BN statistics)', () => {
+  it('resnet50 EATA + MECTA (Fisher from the clean folder, accumulated BN statistics)', async () => {
     const out = outDir();
-    const r = cli(['--config', join(ROOT, 'configs/imagenet/eata-mecta.yaml'), ...common(), '--weights', resnetWeights, '--batch-size', '3', '--fisher-size', '4', '--n-examples', '5', '--out', out]);
+    const r = await cli(['--config', join(ROOT, 'configs/imagenet/eata-mecta.yaml'), ...common(), '--weights', resnetWeights, '--batch-size', '3', '--fisher-size', '4', '--n-examples', '5', '--out', out]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const s = summaryOf(out);
@@ -97,9 +97,9 @@ describe('cta-eval on ImageNet-C (generated tree)', () => {
     expect(s.domains[0].max_cache_mb).toBeGreaterThan(0);
   });
 
-  it('vit_b16 Tent adapts the LayerNorms end to end; norm and MECTA are refused', () => {
+  it('vit_b16 Tent adapts the LayerNorms end to end; norm and MECTA are refused', async () => {
     const out = outDir();
-    const r = cli(['--config', join(ROOT, 'configs/imagenet/vit-tent.yaml'), ...common(), '--weights', vitWeights, '--batch-size', '4', '--out', out]);
+    const r = await cli(['--config', join(ROOT, 'configs/imagenet/vit-tent.yaml'), ...common(), '--weights', vitWeights, '--batch-size', '4', '--out', out]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const s = summaryOf(out);
@@ -108,20 +108,20 @@ describe('cta-eval on ImageNet-C (generated tree)', () => {
     for (const d of s.domains) expect(d.updates).toBe(2);
     const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8'));
     expect(manifest.model).toMatchObject({ arch: 'vit_b16', norm_layers: 5, input_shape: [224, 224, 3] });
-    const norm = cli(['--config', join(ROOT, 'configs/imagenet/vit-tent.yaml'), ...common(), '--weights', vitWeights, '--alg', 'norm', '--out', outDir()]);
+    const norm = await cli(['--config', join(ROOT, 'configs/imagenet/vit-tent.yaml'), ...common(), '--weights', vitWeights, '--alg', 'norm', '--out', outDir()]);
     expect(norm.code).toBe(2);
     expect(norm.stderr).toMatch(/--alg norm .*no BatchNorm layers/);
     expect(norm.stderr.trim().split('\n')).toHaveLength(1);
-    const mecta = cli(['--config', join(ROOT, 'configs/imagenet/vit-tent.yaml'), ...common(), '--weights', vitWeights, '--accum-bn', '--out', outDir()]);
+    const mecta = await cli(['--config', join(ROOT, 'configs/imagenet/vit-tent.yaml'), ...common(), '--weights', vitWeights, '--accum-bn', '--out', outDir()]);
     expect(mecta.code).toBe(2);
     expect(mecta.stderr).toMatch(/--accum-bn \(MECTA\) needs BatchNorm layers/);
   });
 
-  it('a class-count mismatch and a missing --clean-dir are refused before adapting', () => {
-    const r = cli(['--config', join(ROOT, 'configs/imagenet/tent.yaml'), ...common(), '--weights', resnet10, '--out', outDir()]);
+  it('a class-count mismatch and a missing --clean-dir are refused before adapting', async () => {
+    const r = await cli(['--config', join(ROOT, 'configs/imagenet/tent.yaml'), ...common(), '--weights', resnet10, '--out', outDir()]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/3 classes but the model has 10 outputs/);
-    const r2 = cli(['--config', join(ROOT, 'configs/imagenet/tent.yaml'), '--data-dir', tree.imagenetC, '--corruptions', CORR.join(','), '--backend', 'wasm', '--weights', resnetWeights, '--out', outDir()]);
+    const r2 = await cli(['--config', join(ROOT, 'configs/imagenet/tent.yaml'), '--data-dir', tree.imagenetC, '--corruptions', CORR.join(','), '--backend', 'wasm', '--weights', resnetWeights, '--out', outDir()]);
     expect(r2.code).toBe(2);
     expect(r2.stderr).toMatch(/--clean-dir: required/);
   });
@@ -131,12 +131,12 @@ describe('cta-eval on ImageNet-C (generated tree)', () => {
     const bad = join(t.imagenetC, 'fog', '5', t.wnids[0], t.files[1]);
     writeFileSync(bad, 'not a jpeg');
     const args = ['--config', join(ROOT, 'configs/imagenet/source.yaml'), '--data-dir', t.imagenetC, '--clean-dir', t.clean, '--corruptions', 'fog', '--backend', 'wasm', '--progress', 'none', '--weights', resnetWeights, '--batch-size', '4'];
-    const r = cli([...args, '--out', outDir()]);
+    const r = await cli([...args, '--out', outDir()]);
     expect(r.stderr).toContain(bad);
     expect(r.code, r.stderr).toBe(2);
     expect(r.stderr).toContain('--skip-bad-images');
     const out = outDir();
-    const ok = cli([...args, '--skip-bad-images', '--out', out]);
+    const ok = await cli([...args, '--skip-bad-images', '--out', out]);
     expect(ok.code).toBe(0);
     expect(ok.stderr).toContain(`warning: skipped cannot decode image ${bad}`);
     expect(summaryOf(out).domains.map((d: { n: number }) => d.n)).toEqual([5, 6]);

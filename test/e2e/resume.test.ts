@@ -20,16 +20,16 @@ describe.each([
   ['tent + MECTA (forget gate, beta-thre, prune-q)', ['--alg', 'tent', '--accum-bn', '--forget-gate', '--beta-thre', '0.01', '--prune-q', '0.5', '--lr', '0.01']],
   ['eata', ['--alg', 'eata', '--fisher-size', '8', '--e-margin', '2.2', '--lr', '0.01']],
 ])('resume: %s', (_label, algArgs) => {
-  it('gives the same summary and batch log as an uninterrupted run', () => {
+  it('gives the same summary and batch log as an uninterrupted run', async () => {
     const base = ['--data-dir', dataDir, '--weights', FIXTURE_WEIGHTS, '--corruptions', CORR.join(','), '--batch-size', '4', '--backend', 'wasm', '--progress', 'none', ...algArgs];
     const tmp = mkdtempSync(join(tmpdir(), 'cta-resume-'));
     const whole = join(tmp, 'whole');
     const cut = join(tmp, 'cut');
-    expect(runBin('cta-eval', [...base, '--out', whole]).code).toBe(0);
-    const killed = runBin('cta-eval', [...base, '--out', cut], { CTA_TEST_EXIT_AFTER_DOMAIN: '2' });
+    expect((await runBin('cta-eval', [...base, '--out', whole])).code).toBe(0);
+    const killed = await runBin('cta-eval', [...base, '--out', cut], { CTA_TEST_EXIT_AFTER_DOMAIN: '2' });
     expect(killed.code).toBe(99);
     expect(JSON.parse(read(cut, 'summary.json')).complete).toBe(false);
-    const resumed = runBin('cta-eval', ['--resume', cut, '--progress', 'none']);
+    const resumed = await runBin('cta-eval', ['--resume', cut, '--progress', 'none']);
     expect(resumed.stderr).toBe('');
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain('resuming');
@@ -48,11 +48,11 @@ describe.each([
 });
 
 describe('resume errors', () => {
-  it('refuses extra options and folders without a checkpoint', () => {
-    const r1 = runBin('cta-eval', ['--resume', '/nonexistent', '--alg', 'tent']);
+  it('refuses extra options and folders without a checkpoint', async () => {
+    const r1 = await runBin('cta-eval', ['--resume', '/nonexistent', '--alg', 'tent']);
     expect(r1.code).toBe(2);
     expect(r1.stderr).toContain('--resume takes no other options');
-    const r2 = runBin('cta-eval', ['--resume', '/nonexistent']);
+    const r2 = await runBin('cta-eval', ['--resume', '/nonexistent']);
     expect(r2.code).toBe(2);
     expect(r2.stderr).toContain('no manifest.json');
   });

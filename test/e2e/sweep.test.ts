@@ -5,12 +5,13 @@
  * runs, cta-report prints the table and writes the SVGs.
  */
 import { describe, it, expect, beforeAll } from 'vitest';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeNpy } from '../../src/io/npy.js';
 import { Rng } from '../../src/util/rng.js';
+import { runBin, runCommand } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const WEIGHTS = join(ROOT, 'test/fixtures/models/resnext_small.safetensors');
@@ -21,10 +22,7 @@ let work = '';
 let dataDir = '';
 let sweep = '';
 
-function bin(name: string, args: string[], opts: { cwd?: string } = {}) {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin', name), ...args], { encoding: 'utf8', cwd: opts.cwd ?? work });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const bin = (name: string, args: string[], opts: { cwd?: string } = {}) => runBin(name, args, {}, opts.cwd ?? work);
 
 const inputs = ['--data-dir', '', '--weights', WEIGHTS];
 
@@ -63,35 +61,35 @@ beforeAll(async () => {
 });
 
 describe('cta-sweep / cta-report end to end', () => {
-  it('--list shows the runs and what inputs are missing', () => {
-    const r = bin('cta-sweep.js', [sweep]);
+  it('--list shows the runs and what inputs are missing', async () => {
+    const r = await bin('cta-sweep.js', [sweep]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/2 runs in .*runs\/sweeps\/tiny/);
     expect(r.stdout).toMatch(/norm-[0-9a-f]{12}\s+new\s+norm/);
     expect(r.stdout).toContain('add --weights');
-    const e = bin('cta-sweep.js', [sweep, '--emit', 'sh']);
+    const e = await bin('cta-sweep.js', [sweep, '--emit', 'sh']);
     expect(e.code).toBe(2);
     expect(e.stderr).toMatch(/^cta-sweep: error: .*tiny\.yaml: run 0 needs --weights/);
   });
 
-  it('emit sh + bash runs every run; a second bash run skips them', () => {
-    const e = bin('cta-sweep.js', [sweep, '--emit', 'sh', '--runs-dir', 'sh-runs', ...inputs]);
+  it('emit sh + bash runs every run; a second bash run skips them', async () => {
+    const e = await bin('cta-sweep.js', [sweep, '--emit', 'sh', '--runs-dir', 'sh-runs', ...inputs]);
     expect(e.stderr).toBe('');
     writeFileSync(join(work, 'run.sh'), e.stdout);
-    const first = spawnSync('bash', ['run.sh'], { cwd: work, encoding: 'utf8' });
-    expect(first.status).toBe(0);
+    const first = await runCommand('bash', ['run.sh'], { cwd: work });
+    expect(first.code).toBe(0);
     const dirs = readdirSync(join(work, 'sh-runs')).sort();
     expect(dirs).toHaveLength(2);
     expect(dirs[0]).toMatch(/^norm-[0-9a-f]{12}$/);
     expect(dirs[1]).toMatch(/^tent-[0-9a-f]{12}$/);
     for (const d of dirs) expect(complete(join(work, 'sh-runs', d))).toBe(true);
-    const second = spawnSync('bash', ['run.sh'], { cwd: work, encoding: 'utf8' });
-    expect(second.status).toBe(0);
+    const second = await runCommand('bash', ['run.sh'], { cwd: work });
+    expect(second.code).toBe(0);
     expect(second.stdout.match(/skip \(complete\)/g)).toHaveLength(2);
   });
 
-  it('--run -j 2 runs every run; a second invocation skips everything', () => {
-    const r = bin('cta-sweep.js', [sweep, '--run', '-j', '2', '--runs-dir', 'local-runs', ...inputs]);
+  it('--run -j 2 runs every run; a second invocation skips everything', async () => {
+    const r = await bin('cta-sweep.js', [sweep, '--run', '-j', '2', '--runs-dir', 'local-runs', ...inputs]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('2 ran, 0 skipped');
@@ -100,7 +98,7 @@ describe('cta-sweep / cta-report end to end', () => {
     // same configs → same folder names as the shell script's
     expect(readdirSync(join(work, 'local-runs')).sort()).toEqual(readdirSync(join(work, 'sh-runs')).sort());
     const mtimes = dirs.map((d) => statSync(join(d, 'summary.json')).mtimeMs);
-    const again = bin('cta-sweep.js', [sweep, '--run', '-j', '2', '--runs-dir', 'local-runs', ...inputs]);
+    const again = await bin('cta-sweep.js', [sweep, '--run', '-j', '2', '--runs-dir', 'local-runs', ...inputs]);
     expect(again.code).toBe(0);
     expect(again.stdout).toContain('0 ran, 2 skipped');
     expect(dirs.map((d) => statSync(join(d, 'summary.json')).mtimeMs)).toEqual(mtimes);
@@ -122,13 +120,13 @@ describe('cta-sweep / cta-report end to end', () => {
     expect(out).toContain('1 ran, 0 skipped (complete), 0 failed, 1 interrupted');
     const dirs = readdirSync(join(work, 'int-runs')).map((d) => join(work, 'int-runs', d));
     expect(dirs.filter(complete)).toHaveLength(1);
-    const again = bin('cta-sweep.js', [sweep, '--run', '--runs-dir', 'int-runs', ...inputs]);
+    const again = await bin('cta-sweep.js', [sweep, '--run', '--runs-dir', 'int-runs', ...inputs]);
     expect(again.code).toBe(0);
     expect(again.stdout).toContain('1 ran, 1 skipped');
   });
 
-  it('cta-report prints the table and writes markdown, CSV and SVGs', () => {
-    const r = bin('cta-report.js', ['sh-runs', 'local-runs', '--out', 'report']);
+  it('cta-report prints the table and writes markdown, CSV and SVGs', async () => {
+    const r = await bin('cta-report.js', ['sh-runs', 'local-runs', '--out', 'report']);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('4 runs in 2 groups (varying: alg)');
@@ -139,11 +137,11 @@ describe('cta-sweep / cta-report end to end', () => {
       expect(existsSync(join(work, 'report', f)), f).toBe(true);
     }
     expect(readFileSync(join(work, 'report', 'stream.svg'), 'utf8')).toContain('cache (MB)');
-    const by = bin('cta-report.js', ['local-runs', '--by', 'alg', '--out', 'report-by']);
+    const by = await bin('cta-report.js', ['local-runs', '--by', 'alg', '--out', 'report-by']);
     expect(by.code).toBe(0);
     expect(by.stdout).toContain('| method | alg=norm | alg=tent |');
     expect(existsSync(join(work, 'report-by', 'by-alg.svg'))).toBe(true);
-    const bad = bin('cta-report.js', ['local-runs', '--by', 'lr']);
+    const bad = await bin('cta-report.js', ['local-runs', '--by', 'lr']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/^cta-report: error: --by lr: the runs do not differ in lr/);
   });

@@ -27,12 +27,12 @@ function numbers(out: string): Record<string, unknown>[] {
 }
 
 describe('--threads', () => {
-  it('2 threads give the same numbers as 1', () => {
+  it('2 threads give the same numbers as 1', async () => {
     const outs: string[] = [];
     const manifests: Record<string, unknown>[] = [];
     for (const threads of ['1', '2']) {
       const out = join(mkdtempSync(join(tmpdir(), 'cta-threads-')), 'run');
-      const r = runBin('cta-eval', [
+      const r = await runBin('cta-eval', [
         '--data-dir', dataDir, '--corruptions', 'gaussian_noise,fog', '--weights', FIXTURE_WEIGHTS, '--backend', 'wasm',
         '--alg', 'eata', '--accum-bn', '--forget-gate', '--prune-q', '0.5', '--fisher-size', '8', '--batch-size', '4',
         '--severity', '3', '--threads', threads, '--out', out, '--progress', 'none',
@@ -52,8 +52,8 @@ describe('--threads', () => {
     expect(errors(sb)).toEqual(errors(sa));
   }, 120_000);
 
-  it('rejects a thread count above the pre-created worker pool', () => {
-    const r = runBin('cta-eval', ['--threads', '9', '--weights', FIXTURE_WEIGHTS, '--data-dir', dataDir]);
+  it('rejects a thread count above the pre-created worker pool', async () => {
+    const r = await runBin('cta-eval', ['--threads', '9', '--weights', FIXTURE_WEIGHTS, '--data-dir', dataDir]);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/threads/);
