@@ -3,6 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+    setupFiles: ['test/setup.ts'],
     // tfjs-wasm work is CPU-bound on a 2-core machine: one worker per core, generous timeouts.
     pool: 'forks',
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
