@@ -5,9 +5,8 @@
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
-import os from 'node:os';
 import { CtaError } from './util/errors.js';
-import { MAX_WASM_THREADS, setWasmBackendThreaded } from './wasm-threads.js';
+import { MAX_WASM_THREADS, autoThreads, setWasmBackendThreaded } from './wasm-threads.js';
 
 export { tf };
 
@@ -42,10 +41,7 @@ export function activeWasmThreads(): number {
   return active && active.threads > 0 ? active.threads : 1;
 }
 
-/** `--threads 0` (auto): one per CPU, at most the 8 workers Emscripten pre-creates. */
-export function autoThreads(): number {
-  return Math.max(1, Math.min(os.availableParallelism(), MAX_WASM_THREADS));
-}
+export { autoThreads };
 
 let active: BackendInfo | null = null;
 

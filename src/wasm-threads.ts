@@ -31,6 +31,11 @@ const require = createRequire(import.meta.url);
 /** Emscripten pre-creates this many workers (`pthreadPoolSize` in the threaded factory). */
 export const MAX_WASM_THREADS = 8;
 
+/** `--threads 0` (auto): one per CPU, at most the workers Emscripten pre-creates. */
+export function autoThreads(): number {
+  return Math.max(1, Math.min(os.availableParallelism(), MAX_WASM_THREADS));
+}
+
 interface WasmPkg {
   setThreadsCount(n: number): void;
   getThreadsCount(): number;

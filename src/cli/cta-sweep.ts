@@ -14,6 +14,7 @@ import { toKebab, type FieldKey } from '../config/schema.js';
 import { formatValue, missingInputs, planSweep, readSweep, type SweepPlan } from '../sweep/spec.js';
 import { commandArgs, emitSh, emitSlurm } from '../sweep/emit.js';
 import { runLocal, runStatus } from '../sweep/local.js';
+import { autoThreads } from '../wasm-threads.js';
 
 const USAGE = `$0 FILE [--list | --emit sh | --emit slurm | --run [-j N]] [options]`;
 const ABOUT =
@@ -146,7 +147,12 @@ export async function main(argv: string[]): Promise<void> {
       try {
         const res = await runLocal(plan.runs, {
           jobs,
-          command: (r) => ({ file: process.execPath, args: [CTA_EVAL_BIN, ...commandArgs(r.config), '--out', r.dir] }),
+          // Runs that leave --threads at auto share the CPUs: jobs × one-per-CPU threads would
+          // oversubscribe them (numbers do not depend on the thread count).
+          command: (r) => ({
+            file: process.execPath,
+            args: [CTA_EVAL_BIN, ...commandArgs(r.config), ...(r.config.threads === 0 ? ['--threads', String(Math.max(1, Math.floor(autoThreads() / jobs)))] : []), '--out', r.dir],
+          }),
           log,
           signal: ctl.signal,
         });

@@ -1,7 +1,7 @@
 /**
  * Finds run folders (summary.json) under the given directories and groups them by configuration:
  * runs that differ only in the seed (and in keys that cannot change the numbers: output folder,
- * progress display, backend) form one group, reported as mean ± std over its seeds.
+ * progress display, backend, WASM threads) form one group, reported as mean ± std over its seeds.
  */
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';

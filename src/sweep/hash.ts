@@ -3,8 +3,10 @@
  * sweep (or another sweep that contains the same run) finds the same folder and can skip it.
  *
  * The hash covers every config key except those that cannot change the numbers: where the results
- * go (`out`), how progress is shown (`progress`) and which TF.js backend computes them (`backend`:
- * backends agree to float rounding, and a sweep started on one machine may finish on another).
+ * go (`out`), how progress is shown (`progress`), which TF.js backend computes them (`backend`:
+ * backends agree to float rounding, and a sweep started on one machine may finish on another) and
+ * on how many WASM threads (`threads`: bit-identical results, test/e2e/threads.test.ts; cta-sweep
+ * --run sets it per worker).
  * Keys are hashed in sorted order, so field order in the schema does not matter; a key added to the
  * schema later changes every hash, which errs towards re-running rather than reusing a result that
  * was computed without it.
@@ -12,7 +14,7 @@
 import { createHash } from 'node:crypto';
 import type { CtaConfig } from '../config/schema.js';
 
-export const NOT_HASHED: readonly string[] = ['out', 'progress', 'backend'];
+export const NOT_HASHED: readonly string[] = ['out', 'progress', 'backend', 'threads'];
 
 /** JSON with object keys sorted at every level (arrays keep their order). */
 export function stableJson(v: unknown): string {
