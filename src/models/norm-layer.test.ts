@@ -50,7 +50,8 @@ function makeLayer(sd: StateDict, eps: number, removed: RemovedChannelSource = (
 /** y, dx, dweight, dbias of one forward with upstream gradient g (tape on). */
 function forwardBackward(layer: BatchNormLayer, x: tf.Tensor4D, g: tf.Tensor4D): tf.Tensor[] {
   const { value, grads } = tf.engine().gradients(() => layer.apply(x), [x, layer.weight, layer.bias], g);
-  return [value, ...grads];
+  // A matched MECTA layer's op does not take γ/β (no path, no gradient): the reference's zeros.
+  return [value, ...grads.map((d, i) => d ?? tf.zerosLike([x, layer.weight, layer.bias][i]))];
 }
 
 describe('meanDistance (A.4 test vectors)', () => {

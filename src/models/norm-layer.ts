@@ -140,6 +140,9 @@ interface Stats {
 }
 
 /** Batch mean and biased variance per channel (two-pass: the centred sum avoids cancellation). */
+/** MECTA's no-grad batch statistics [mean; var] as one op (built on first use, see forwardMecta). */
+let statsOp: ((x: tf.Tensor4D) => tf.Tensor1D) | null = null;
+
 function batchStats(x: tf.Tensor4D): Stats {
   const mean = channelMean(x);
   return { mean, variance: channelMean(tf.squaredDifference(x, mean)) };
@@ -379,11 +382,11 @@ export class BatchNormLayer implements NormLayer {
    * MectaNorm2d 'exp' forward (A.3), in order: batch stats without grad; β from the forget gate or
    * the constant/init β; in-place update of the accumulated stats (copy when β ≥ 1); cache decision
    * (A.6); output with the UPDATED stats; past_size += N; then what to keep for backward:
-   * - matched layer: nothing; backward passes g through unchanged, zero affine gradients (A.6);
+   * - matched layer: nothing; backward passes g through unchanged, and γ/β are not inputs of its
+   *   op, so they get no gradient (A.6);
    * - caching layer: only the kept channels of x and their batch stats (A.8); backward = PreG (A.7)
    *   for kept channels, the refill for removed ones.
-   * The statistics update is a side effect of the forward, which runs with the tape paused, so it
-   * happens exactly once per forward and outside any gradient.
+   * The statistics update happens exactly once per forward, outside any gradient.
    */
   private forwardMecta(x: tf.Tensor4D, tapeOn: boolean): tf.Tensor4D {
     const opts = this.mectaOpts;
@@ -396,88 +399,100 @@ export class BatchNormLayer implements NormLayer {
     const accountedChannels = Math.floor((1 - q) * c);
     const eps = this.eps;
 
-    let beta = 0;
-    let matched = false;
-
-    const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
-      const x4 = xi as tf.Tensor4D;
-      const { mean, variance } = batchStats(x4);
-      const muB = mean.dataSync() as Float32Array;
-      const varB = variance.dataSync() as Float32Array;
-      const muR = this.runningMean.dataSync() as Float32Array;
-      const varR = this.runningVar.dataSync() as Float32Array;
-
-      beta = this.chooseBeta(opts, muB, varB, muR, varR);
-      // A.3 step 4, in float64 and stored as float32; copy when β ≥ 1.
-      const newMu = new Float64Array(c);
-      const newVar = new Float64Array(c);
-      const rstdR = new Float64Array(c);
-      for (let i = 0; i < c; i++) {
-        newMu[i] = beta < 1 ? (1 - beta) * muR[i] + beta * muB[i] : muB[i];
-        newVar[i] = beta < 1 ? (1 - beta) * varR[i] + beta * varB[i] : varB[i];
-        rstdR[i] = 1 / Math.sqrt(newVar[i] + eps);
-      }
-      const rmNew = vec(newMu);
-      this.runningMean.assign(rmNew);
-      this.runningVar.assign(vec(newVar));
-      matched = opts.forgetGate && beta <= opts.betaThre; // A.6: only with the gate
-      this.fullMatched = matched;
-      this.pastSize += n;
-
-      // A.3 step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
-      const [s, shiftOut] = foldAffine(w, b, rmNew, vec(rstdR));
-      const y = scaleShift(x4, s, shiftOut);
-
-      if (matched) {
-        return {
-          value: y,
-          gradFunc: (g) => [g.clone(), tf.zerosLike(w), tf.zerosLike(b)],
-        };
-      }
-
-      // Channels removed from the cache are drawn for every caching forward, tape or not, so the
-      // random stream does not depend on whether a backward follows.
-      const nRemove = Math.floor(c * q);
-      const sp = nRemove > 0 ? new ChannelSplit(c, this.removedSource(this.name, c, nRemove)) : null;
-
-      if (tapeOn) {
-        // PreG coefficients (A.7): dγ = Σ g·(x − μ_r)/σ_r = ratio·Σ g·x̂_b + shift·Σ g with
-        // ratio = σ_b/σ_r and shift = (μ_b − μ_r)/σ_r (updated μ_r, σ_r), computed without grad.
-        const rstdB = new Float64Array(c);
-        const ratio = new Float64Array(c);
-        const shift = new Float64Array(c);
-        for (let i = 0; i < c; i++) {
-          rstdB[i] = 1 / Math.sqrt(varB[i] + eps);
-          ratio[i] = rstdR[i] / rstdB[i];
-          shift[i] = (muB[i] - newMu[i]) * rstdR[i];
-        }
-        if (sp) {
-          // A.8: removed channels get no weight gradient; only kept channels' x and stats are saved.
-          const kept = new Uint8Array(c);
-          for (const k of sp.kept) kept[k] = 1;
-          for (let i = 0; i < c; i++) if (!kept[i]) ratio[i] = shift[i] = 0;
-          const pick = (v: ArrayLike<number>) => vec(Array.from(sp.kept, (k) => v[k]));
-          save([sp.select(x4), pick(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
-        } else {
-          save([x4, mean, vec(rstdB), s, vec(ratio), vec(shift)]);
-        }
-      }
-      return {
-        value: y,
-        gradFunc: (g, [xs, meanB, rstdB, scale, ratio, shift]) => {
-          // Centred input; with pruning only the kept channels exist, and scattering them back with
-          // zeros at the removed channels makes bnInputGrad produce the A.8 refill there. (One
-          // channel scatter here is cheaper than gathering g's kept channels and scattering the
-          // correction back.)
-          const tKept = tf.sub(xs, meanB) as tf.Tensor4D;
-          const t = sp ? sp.expand(tKept) : tKept;
-          const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, scale as tf.Tensor1D);
-          // dγ = ratio·S + shift·Σg (A.7); ratio and shift are 0 at removed channels (A.8).
-          return [dx, tf.add(tf.mul(ratio, S), tf.mul(shift, sumG)), sumG];
-        },
-      };
+    // A.3 steps 1–5, decided before the output op is built: batch statistics (no grad), β, the
+    // accumulated-statistics update (in float64, stored as float32; copy when β ≥ 1) and the cache
+    // decision. Knowing `matched` first lets a matched layer's op leave γ/β out of its inputs, so
+    // the tape has no path through the network to layers below the lowest caching one and the
+    // backward stops there instead of carrying g down to layers that take no update.
+    statsOp ??= customOp<tf.Tensor1D>(([xi]) => {
+      const { mean, variance } = batchStats(xi as tf.Tensor4D);
+      // never on a path to the loss (only read back below): the gradient is never asked for
+      return { value: tf.concat([mean, variance]) as tf.Tensor1D, gradFunc: () => [tf.zerosLike(xi)] };
     });
-    const y = op(x, this.weight, this.bias);
+    const statsT = statsOp(x);
+    const sv = statsT.dataSync() as Float32Array;
+    statsT.dispose();
+    const muB = sv.subarray(0, c);
+    const varB = sv.subarray(c);
+    const muR = this.runningMean.dataSync() as Float32Array;
+    const varR = this.runningVar.dataSync() as Float32Array;
+    const beta = this.chooseBeta(opts, muB, varB, muR, varR);
+    const newMu = new Float64Array(c);
+    const newVar = new Float64Array(c);
+    const rstdR = new Float64Array(c);
+    for (let i = 0; i < c; i++) {
+      newMu[i] = beta < 1 ? (1 - beta) * muR[i] + beta * muB[i] : muB[i];
+      newVar[i] = beta < 1 ? (1 - beta) * varR[i] + beta * varB[i] : varB[i];
+      rstdR[i] = 1 / Math.sqrt(newVar[i] + eps);
+    }
+    tf.tidy(() => {
+      this.runningMean.assign(vec(newMu));
+      this.runningVar.assign(vec(newVar));
+    });
+    const matched = opts.forgetGate && beta <= opts.betaThre; // A.6: only with the gate
+    this.fullMatched = matched;
+    this.pastSize += n;
+
+    let y: tf.Tensor4D;
+    if (matched) {
+      // A.3 step 6 with the updated statistics; backward passes g through unchanged and the affine
+      // parameters get nothing (A.6).
+      const op = customOp<tf.Tensor4D>(([xi]) => {
+        const [s, shiftOut] = foldAffine(this.weight, this.bias, vec(newMu), vec(rstdR));
+        return { value: scaleShift(xi as tf.Tensor4D, s, shiftOut), gradFunc: (g) => [g.clone()] };
+      });
+      y = op(x);
+    } else {
+      const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
+        const x4 = xi as tf.Tensor4D;
+        // A.3 step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
+        const [s, shiftOut] = foldAffine(w, b, vec(newMu), vec(rstdR));
+        const value = scaleShift(x4, s, shiftOut);
+
+        // Channels removed from the cache are drawn for every caching forward, tape or not, so the
+        // random stream does not depend on whether a backward follows.
+        const nRemove = Math.floor(c * q);
+        const sp = nRemove > 0 ? new ChannelSplit(c, this.removedSource(this.name, c, nRemove)) : null;
+
+        if (tapeOn) {
+          // PreG coefficients (A.7): dγ = Σ g·(x − μ_r)/σ_r = ratio·Σ g·x̂_b + shift·Σ g with
+          // ratio = σ_b/σ_r and shift = (μ_b − μ_r)/σ_r (updated μ_r, σ_r), computed without grad.
+          const rstdB = new Float64Array(c);
+          const ratio = new Float64Array(c);
+          const shift = new Float64Array(c);
+          for (let i = 0; i < c; i++) {
+            rstdB[i] = 1 / Math.sqrt(varB[i] + eps);
+            ratio[i] = rstdR[i] / rstdB[i];
+            shift[i] = (muB[i] - newMu[i]) * rstdR[i];
+          }
+          if (sp) {
+            // A.8: removed channels get no weight gradient; only kept channels' x and stats are saved.
+            const kept = new Uint8Array(c);
+            for (const k of sp.kept) kept[k] = 1;
+            for (let i = 0; i < c; i++) if (!kept[i]) ratio[i] = shift[i] = 0;
+            const pick = (v: ArrayLike<number>) => vec(Array.from(sp.kept, (k) => v[k]));
+            save([sp.select(x4), pick(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
+          } else {
+            save([x4, vec(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
+          }
+        }
+        return {
+          value,
+          gradFunc: (g, [xs, meanB, rstdB, scale, ratio, shift]) => {
+            // Centred input; with pruning only the kept channels exist, and scattering them back
+            // with zeros at the removed channels makes bnInputGrad produce the A.8 refill there.
+            // (One channel scatter here is cheaper than gathering g's kept channels and scattering
+            // the correction back.)
+            const tKept = tf.sub(xs, meanB) as tf.Tensor4D;
+            const t = sp ? sp.expand(tKept) : tKept;
+            const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, scale as tf.Tensor1D);
+            // dγ = ratio·S + shift·Σg (A.7); ratio and shift are 0 at removed channels (A.8).
+            return [dx, tf.add(tf.mul(ratio, S), tf.mul(shift, sumG)), sumG];
+          },
+        };
+      });
+      y = op(x, this.weight, this.bias);
+    }
     const cached = this.trainableFlag && !matched;
     this.setRecord(x, accountedChannels, beta, cached);
     return y;

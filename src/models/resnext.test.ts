@@ -237,7 +237,8 @@ describe('whole-model gradients against PyTorch Tent runs (adapt fixtures)', () 
         tf.dispose(logits!);
         if (!step.updated) return;
         params.forEach((v, i) => {
-          const g = grads[v.name];
+          // no gradient = a matched MECTA layer (its op does not take γ/β): the reference's zeros
+          const g = grads[v.name] ?? tf.zerosLike(v);
           const buf = bufs[i] ? tf.add(tf.mul(bufs[i]!, momentum), g) : g;
           bufs[i]?.dispose();
           bufs[i] = tf.keep(buf);
