@@ -41,7 +41,6 @@ export function activeWasmThreads(): number {
   return active && active.threads > 0 ? active.threads : 1;
 }
 
-export { autoThreads };
 
 let active: BackendInfo | null = null;
 

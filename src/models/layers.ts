@@ -400,7 +400,7 @@ export class Conv2d {
     const s = this.stride;
     const py = phases1d(h, ho, this.kernel, s, this.pad);
     const px = phases1d(w, wo, this.kernel, s, this.pad);
-    if (!py || !px || this.filters.length !== 1) return null;
+    if (!py || !px) return null;
     const key = `${h}x${w}`;
     if (this.phaseFilters?.key !== key) {
       this.phaseFilters?.filters.forEach((f) => f.dispose());

@@ -139,10 +139,10 @@ interface Stats {
   variance: tf.Tensor1D; // biased (÷ N·H·W)
 }
 
-/** Batch mean and biased variance per channel (two-pass: the centred sum avoids cancellation). */
 /** MECTA's no-grad batch statistics [mean; var] as one op (built on first use, see forwardMecta). */
 let statsOp: ((x: tf.Tensor4D) => tf.Tensor1D) | null = null;
 
+/** Batch mean and biased variance per channel (two-pass: the centred sum avoids cancellation). */
 function batchStats(x: tf.Tensor4D): Stats {
   const mean = channelMean(x);
   return { mean, variance: channelMean(tf.squaredDifference(x, mean)) };

@@ -4,6 +4,7 @@
  */
 import { tf } from '../tf.js';
 import type { RawTensor, StateDict } from '../io/types.js';
+import type { Classifier } from './types.js';
 
 /** Fixture tensor (PyTorch layout) → tf tensor; 4-D NCHW tensors become NHWC. */
 export function fixtureTensor(sd: StateDict, key: string, nhwc = true): tf.Tensor {
@@ -67,4 +68,13 @@ export function expectClose(
     throw new Error(`${label}: rel error ${c.rel.toExponential(3)}, max abs ${c.maxAbs.toExponential(3)} (scale ${c.scale.toExponential(3)}, tol ${tol})`);
   }
   return c;
+}
+
+/**
+ * How many norm parameters the last forward connected to the loss: γ and β of every layer,
+ * except MECTA layers that stopped caching, whose op leaves γ/β out (A.6).
+ */
+export function connectedNormParams(model: Classifier): number {
+  const layers = model.normMode === 'mecta' ? model.normLayers.filter((l) => l.last?.cached) : model.normLayers;
+  return 2 * layers.length;
 }

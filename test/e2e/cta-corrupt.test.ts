@@ -10,15 +10,11 @@ import { join } from 'node:path';
 import { readNpy, readNpyRows } from '../../src/io/npy.js';
 import { loadClean } from '../../src/data/idx.js';
 import { syntheticCSource } from '../../src/data/synthetic-c.js';
-import { runBin } from './helpers.js';
+import { FIXTURE_WEIGHTS as WEIGHTS, ROOT, runBin } from './helpers.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 const SOURCE = join(ROOT, 'assets/fashion-mnist/t10k-images-idx3-ubyte.gz');
-const WEIGHTS = join(ROOT, 'test/fixtures/models/resnext_small.safetensors');
 const CORR = ['gaussian_noise', 'fog', 'jpeg_compression'];
 const N = 8;
-
-const run = (bin: string, args: string[]) => runBin(bin, args);
 
 const EVAL_ARGS = ['--weights', WEIGHTS, '--alg', 'norm', '--n-examples', String(N), '--batch-size', '4', '--corruptions', CORR.join(','), '--backend', 'wasm', '--progress', 'none'];
 
@@ -33,7 +29,7 @@ let out = '';
 let corruptRun: ReturnType<typeof run>;
 beforeAll(async () => {
   out = join(mkdtempSync(join(tmpdir(), 'cta-corrupt-')), 'FMNIST-C');
-  corruptRun = await run('cta-corrupt.js', ['--input', SOURCE, '--out', out, '--n', String(N), '--corruptions', CORR.join(',')]);
+  corruptRun = await runBin('cta-corrupt', ['--input', SOURCE, '--out', out, '--n', String(N), '--corruptions', CORR.join(',')]);
 });
 
 describe('cta-corrupt end to end', () => {
@@ -76,10 +72,10 @@ describe('cta-corrupt end to end', () => {
 
   it('cta-eval streams the folder (cifar10c) and the same data on the fly (synthetic-c) identically', async () => {
     const tmp = mkdtempSync(join(tmpdir(), 'cta-corrupt-run-'));
-    const a = await run('cta-eval.js', ['--data', 'cifar10c', '--data-dir', out, '--clean-path', join(out, 'clean', 'test_batch.bin'), ...EVAL_ARGS, '--out', join(tmp, 'a')]);
+    const a = await runBin('cta-eval', ['--data', 'cifar10c', '--data-dir', out, '--clean-path', join(out, 'clean', 'test_batch.bin'), ...EVAL_ARGS, '--out', join(tmp, 'a')]);
     expect(a.stderr).toBe('');
     expect(a.code).toBe(0);
-    const b = await run('cta-eval.js', ['--data', 'synthetic-c', '--source', 'assets/fashion-mnist/t10k-images-idx3-ubyte.gz', ...EVAL_ARGS, '--out', join(tmp, 'b')]);
+    const b = await runBin('cta-eval', ['--data', 'synthetic-c', '--source', 'assets/fashion-mnist/t10k-images-idx3-ubyte.gz', ...EVAL_ARGS, '--out', join(tmp, 'b')]);
     expect(b.stderr).toBe('');
     expect(b.code).toBe(0);
     const sa = JSON.parse(readFileSync(join(tmp, 'a', 'summary.json'), 'utf8'));
@@ -107,7 +103,7 @@ describe('cta-corrupt end to end', () => {
 
   it('--severities writes only the listed blocks and records them', async () => {
     const sub = join(mkdtempSync(join(tmpdir(), 'cta-corrupt-sub-')), 'out');
-    const r = await run('cta-corrupt.js', ['--input', SOURCE, '--out', sub, '--n', '4', '--corruptions', 'fog', '--severities', '3,1', '--seed', '9']);
+    const r = await runBin('cta-corrupt', ['--input', SOURCE, '--out', sub, '--n', '4', '--corruptions', 'fog', '--severities', '3,1', '--seed', '9']);
     expect(r.code).toBe(0);
     expect(r.stderr).toContain('writing severities 1,3 only');
     expect(JSON.parse(readFileSync(join(sub, 'severities.json'), 'utf8'))).toMatchObject({ severities: [1, 3], n: 4, seed: 9 });
@@ -127,13 +123,13 @@ describe('cta-corrupt end to end', () => {
       [['--input', SOURCE, '--out', out, '--sevrities', '1'], /Unknown argument: sevrities/],
     ];
     for (const [args, re] of cases) {
-      const r = await run('cta-corrupt.js', args);
+      const r = await runBin('cta-corrupt', args);
       expect(r.code, args.join(' ')).toBe(2);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(/^cta-corrupt: error: /);
       expect(r.stderr).toMatch(re);
     }
-    const e = await run('cta-eval.js', ['--data', 'synthetic-c', '--weights', WEIGHTS, '--backend', 'wasm']);
+    const e = await runBin('cta-eval', ['--data', 'synthetic-c', '--weights', WEIGHTS, '--backend', 'wasm']);
     expect(e.code).toBe(2);
     expect(e.stderr.trim()).toMatch(/^cta-eval: error: --source: required for --data synthetic-c/);
   });

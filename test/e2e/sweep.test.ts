@@ -11,10 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeNpy } from '../../src/io/npy.js';
 import { Rng } from '../../src/util/rng.js';
-import { runBin, runCommand } from './helpers.js';
+import { FIXTURE_WEIGHTS as WEIGHTS, ROOT, runBin, runCommand } from './helpers.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
-const WEIGHTS = join(ROOT, 'test/fixtures/models/resnext_small.safetensors');
 const N = 4; // images per severity block
 const CORR = ['gaussian_noise', 'fog'];
 
