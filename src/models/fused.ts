@@ -15,6 +15,7 @@
 import { tf } from '../tf.js';
 import type { Conv2d } from './layers.js';
 import type { BatchNormLayer } from './norm-layer.js';
+import { concatChannels } from './channel-kernels.js';
 
 interface Part {
   filter: tf.Tensor4D;
@@ -145,7 +146,7 @@ export function foldBottleneck(l: BottleneckLayers, own: <T extends { dispose():
 
 export function runFoldedBottleneck(f: FoldedBottleneck, x: tf.Tensor4D): tf.Tensor4D {
   const groups = f.conv.applyParts(f.reduce.applyParts(x));
-  const h = f.expand.apply(groups.length === 1 ? groups[0] : (tf.concat(groups, 3) as tf.Tensor4D));
+  const h = f.expand.apply(groups.length === 1 ? groups[0] : concatChannels(groups));
   const residual = f.down ? f.down.apply(x) : x;
   return tf.relu(tf.add(residual, h)) as tf.Tensor4D;
 }

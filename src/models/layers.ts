@@ -12,6 +12,7 @@
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { RawTensor } from '../io/types.js';
+import { concatChannels, phasesToSpace, splitChannels } from './channel-kernels.js';
 
 /** Converts a float RawTensor (PyTorch layout) to a tf tensor of the same shape. */
 export function rawToTensor(raw: RawTensor, key: string): tf.Tensor {
@@ -350,11 +351,8 @@ export class Conv2d {
     // (backends.md §2 pitfall).
     if (filters.length === 1) return tf.conv2d(x, filters[0], stride, pad);
     // tfjs has no grouped conv: split the channels, convolve each group, concatenate (§3 "split").
-    const xs = tf.split(x, filters.length, 3);
-    return tf.concat(
-      xs.map((xi, i) => tf.conv2d(xi as tf.Tensor4D, filters[i], stride, pad)),
-      3,
-    );
+    const xs = splitChannels(x, filters.length);
+    return concatChannels(xs.map((xi, i) => tf.conv2d(xi, filters[i], stride, pad)));
   }
 
   /** flip spatially and swap in/out: [k,k,I,O] → [k,k,O,I] */
@@ -379,9 +377,10 @@ export class Conv2d {
       // A 1×1 conv commutes with zero insertion: convolve the s² times smaller dy, then dilate.
       return dilate(this.run(dy, flipped, 1, 0), this.stride, rows, cols);
     }
-    if (!this.variable && this.groups === 1) {
-      // Sub-pixel phases; measured on WASM (2 threads): 7×7/2 stem 192 vs 431 ms, 3×3/2 even; grouped 3×3/2 slower
-      // (463 vs 384 ms: the per-group splits and the 4·G-piece concat cost more than the zeros).
+    if (!this.variable) {
+      // Sub-pixel phases; measured on WASM (2 threads): 7×7/2 stem 192 vs 431 ms, 3×3/2 even. Grouped
+      // 3×3/2 lost (463 vs 384 ms) while the per-group split and 4·G-piece concat were tf.split /
+      // tf.concat; with the heap channel kernels it wins (LOG.md, third session).
       const sub = this.subPixelInputGrad(dy, h, w);
       if (sub) return sub;
     }
@@ -389,7 +388,7 @@ export class Conv2d {
   }
 
   /**
-   * Stride-s input gradient of an ungrouped conv without the zeros of the dilated form (which
+   * Stride-s input gradient of a (grouped) conv without the zeros of the dilated form (which
    * spends (s² − 1)/s² of its multiply-adds on them): each of the s² output phases (ry, rx) is a
    * stride-1 conv of dy with the taps that reach it (`phases1d`), and depthToSpace interleaves
    * the phases. Exact up to float32 summation order. Null when the shapes do not split evenly
@@ -404,26 +403,31 @@ export class Conv2d {
     const key = `${h}x${w}`;
     if (this.phaseFilters?.key !== key) {
       this.phaseFilters?.filters.forEach((f) => f.dispose());
-      const f = this.filters[0];
+      // Per phase, per group: [k, k, in/G, out/G] → taps [kfy, kfx, in/G, out/G] → [kfy, kfx, out/G, in/G]
       this.phaseFilters = {
         key,
         filters: tf.tidy(() =>
           py.flatMap((fy) =>
-            px.map((fx) => {
-              // [k, k, in, out] → taps [kfy, kfx, in, out] → in/out swapped [kfy, kfx, out, in]
-              const sub = tf.gather(tf.gather(f, tf.tensor1d(fy.taps, 'int32'), 0), tf.tensor1d(fx.taps, 'int32'), 1);
-              return tf.keep(tf.transpose(sub, [0, 1, 3, 2]) as tf.Tensor4D);
-            }),
+            px.flatMap((fx) =>
+              this.filters.map((f) => {
+                const sub = tf.gather(tf.gather(f, tf.tensor1d(fy.taps, 'int32'), 0), tf.tensor1d(fx.taps, 'int32'), 1);
+                return tf.keep(tf.transpose(sub, [0, 1, 3, 2]) as tf.Tensor4D);
+              }),
+            ),
           ),
         ),
       };
     }
     const filters = this.phaseFilters.filters;
+    const g = this.groups;
+    const dys = g === 1 ? [dy] : splitChannels(dy, g);
     const parts = py.flatMap((fy, iy) =>
-      px.map((fx, ix) => tf.conv2d(dy, filters[iy * px.length + ix], 1, [[0, 0], [fy.before, fy.after], [fx.before, fx.after], [0, 0]])),
+      px.flatMap((fx, ix) =>
+        dys.map((d, gi) => tf.conv2d(d, filters[(iy * px.length + ix) * g + gi], 1, [[0, 0], [fy.before, fy.after], [fx.before, fx.after], [0, 0]])),
+      ),
     );
-    // channel order (ry, rx, c) = depthToSpace's (by, bx, C)
-    return tf.depthToSpace(tf.concat(parts, 3) as tf.Tensor4D, s, 'NHWC');
+    // channel order (ry, rx, group, c) = depthToSpace's (by, bx, C)
+    return phasesToSpace(parts, s);
   }
 
   /** dL/dW in HWIO [k, k, in/G, out]: the diagonal blocks of the dense filter gradient. */

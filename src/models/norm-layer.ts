@@ -14,10 +14,11 @@
  *
  * Tensors are NHWC: the channel axis is last, so [C] vectors broadcast directly.
  */
-import { activeWasmThreads, tf } from '../tf.js';
+import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { DistMetric, MectaOptions, NormLayer, NormMode, NormRecord } from './types.js';
 import { channelMean, customOp } from './layers.js';
+import { gatherChannels, scatterChannels } from './channel-kernels.js';
 
 /** Supplies the channels MECTA removes from the cache for one forward (A.8). */
 export type RemovedChannelSource = (layer: string, channels: number, count: number) => Int32Array;
@@ -56,26 +57,14 @@ function vec(values: ArrayLike<number>): tf.Tensor1D {
 }
 
 /**
- * Above these channel counts a gather beats the one-hot matMul (measured on WASM, see below). With
- * 2+ threads the matMul runs on the XNNPACK pool while the gather stays serial (and is slower in
- * the threaded build): select at 2 threads, gather / matMul ms, 4096×512 36 / 14, 1024×1024
- * 17.5 / 13.6, 784×2048 27 / 37.
- */
-const matmulSelectMaxC = () => (activeWasmThreads() > 1 ? 1024 : 384);
-const MATMUL_EXPAND_MAX_C = 1024;
-
-/**
- * The kept/removed channel split of one pruned forward (A.8). Channel gathers along the last NHWC
- * axis are slow on WASM (an index lookup per element: ~4× a multiply, and the scatter back via
- * concat + gather ~15×), so moving channels is done as a matMul with a one-hot [C, K] matrix when C
- * is small enough: exact (one 1·x term, the rest 0·x) and faster at the CIFAR widths. Measured
- * (M rows × C channels, q = 0.7): select 16384×128 gather 21 ms / matMul 7 ms, 4096×512 21 / 27;
- * scatter back 16384×128 92 / 11 ms, 1024×1024 39 / 26, 1024×2048 86 / 113.
+ * The kept/removed channel split of one pruned forward (A.8). Moving channels along the last NHWC
+ * axis is a heap-level gather / zero-filled scatter (channel-kernels.ts); the earlier one-hot
+ * matMul formulation cost M·C·K multiply-adds and took ~0.5 s of a ResNeXt-29 b16 EATA+MECTA step
+ * (LOG.md, third session).
  */
 class ChannelSplit {
   readonly kept: Int32Array;
   readonly channels: number;
-  private readonly inverse: Int32Array; // position of each channel in [kept, removed]
 
   constructor(channels: number, removed: Int32Array) {
     const isRemoved = new Uint8Array(channels);
@@ -90,47 +79,20 @@ class ChannelSplit {
     this.kept = new Int32Array(channels - removed.length);
     let k = 0;
     for (let c = 0; c < channels; c++) if (!isRemoved[c]) this.kept[k++] = c;
-    const order = new Int32Array(channels);
-    order.set(this.kept, 0);
-    order.set(removed, k);
-    this.inverse = new Int32Array(channels);
-    for (let i = 0; i < channels; i++) this.inverse[order[i]] = i;
   }
 
   get numKept(): number {
     return this.kept.length;
   }
 
-  /** One-hot [C, K] (select) or [K, C] (expand) matrix. */
-  private oneHot(transpose: boolean): tf.Tensor2D {
-    const c = this.channels;
-    const k = this.kept.length;
-    const data = new Float32Array(c * k);
-    this.kept.forEach((ch, j) => (data[transpose ? j * c + ch : ch * k + j] = 1));
-    return tf.tensor2d(data, transpose ? [k, c] : [c, k]);
-  }
-
   /** The kept channels of an NHWC tensor (or of a [C] vector). */
   select<T extends tf.Tensor>(t: T): T {
-    if (t.rank === 1 || this.channels > matmulSelectMaxC()) {
-      return tf.gather(t, tf.tensor1d(this.kept, 'int32'), t.rank - 1) as T;
-    }
-    const shape = t.shape.slice();
-    shape[shape.length - 1] = this.kept.length;
-    return tf.reshape(tf.matMul(tf.reshape(t, [-1, this.channels]), this.oneHot(false)), shape) as T;
+    return gatherChannels(t, this.kept);
   }
 
   /** Places a kept-channel tensor (or [K] vector) back into C channels, zeros at removed ones. */
   expand<T extends tf.Tensor>(t: T): T {
-    const shape = t.shape.slice();
-    shape[shape.length - 1] = this.channels;
-    if (t.rank > 1 && this.channels <= MATMUL_EXPAND_MAX_C) {
-      return tf.reshape(tf.matMul(tf.reshape(t, [-1, this.kept.length]), this.oneHot(true)), shape) as T;
-    }
-    const zerosShape = t.shape.slice();
-    zerosShape[zerosShape.length - 1] = this.channels - this.kept.length;
-    const full = tf.concat([t, tf.zeros(zerosShape)], t.rank - 1);
-    return tf.gather(full, tf.tensor1d(this.inverse, 'int32'), t.rank - 1) as T;
+    return scatterChannels(t, this.kept, this.channels);
   }
 }
 
@@ -481,8 +443,9 @@ export class BatchNormLayer implements NormLayer {
           gradFunc: (g, [xs, meanB, rstdB, scale, ratio, shift]) => {
             // Centred input; with pruning only the kept channels exist, and scattering them back
             // with zeros at the removed channels makes bnInputGrad produce the A.8 refill there.
-            // (One channel scatter here is cheaper than gathering g's kept channels and scattering
-            // the correction back.)
+            // (Measured: one channel scatter here is cheaper than gathering g's kept channels and
+            // scattering the t·k correction back, or a fused JS pass: JS elementwise loops run at
+            // ~3 ns per element against XNNPACK's threaded SIMD.)
             const tKept = tf.sub(xs, meanB) as tf.Tensor4D;
             const t = sp ? sp.expand(tKept) : tKept;
             const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, scale as tf.Tensor1D);

@@ -288,6 +288,7 @@ describe('Conv2d input gradient (flipped-filter conv; sub-pixel phases when stri
     { k: 1, stride: 1, pad: 0, groups: 1, size: 5 },
     { k: 7, stride: 2, pad: 3, groups: 1, size: 12 }, // ResNet-50's stem shape
     { k: 3, stride: 2, pad: 1, groups: 2, size: 6 },
+    { k: 3, stride: 2, pad: 1, groups: 4, size: 7 }, // odd size: dilated fallback
   ];
   for (const c of cases) {
     it(`k${c.k} s${c.stride} p${c.pad} g${c.groups} on ${c.size}×${c.size}`, () => {

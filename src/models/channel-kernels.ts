@@ -1,0 +1,300 @@
+/**
+ * Channel moves on NHWC tensors (the last axis) as plain loops over the backend's own memory:
+ * split into equal groups, concatenate, gather a channel list, scatter it back with zeros.
+ *
+ * Why: grouped convolutions (tfjs has none: split → per-group conv → concat) and MECTA's channel
+ * pruning (A.8: keep a random channel subset) move channels in every step. On the WASM backend
+ * tf.split / tf.slice first copy the WHOLE input out of the heap (`readSync` = HEAPU8.slice) and
+ * then copy one row of C/G floats at a time with `subarray`/`set`; tf.gather looks up an index per
+ * element in C++. Here the input is read in place through a heap view and written straight into
+ * the output's heap memory in one pass. Measured in a Tent step of ResNeXt-29 at b16 (WASM, 2
+ * threads, `tf.profile`): SplitV + Concat took 236 ms (LOG.md, third session).
+ *
+ * Registered as kernels for the 'wasm' and 'cpu' backends (both keep float32 data in typed arrays
+ * this code can address); other backends (tfjs-node, WebGL) get the equivalent tf ops. Each kernel
+ * has its gradient registered, so they also work under autodiff.
+ */
+import { tf } from '../tf.js';
+
+type Info = tf.TensorInfo;
+
+/** The two backends whose float32 tensors are typed arrays this file can read and write. */
+interface Memory {
+  /** A fresh float32 output of `shape` (contents undefined). */
+  alloc(shape: number[]): Info;
+  /** A Float32Array over a tensor's data (no copy). Call after every alloc of the kernel. */
+  view(t: Info): Float32Array;
+}
+
+interface WasmBackendLike {
+  makeOutput(shape: number[], dtype: 'float32'): Info;
+  typedArrayFromHeap(t: Info): Float32Array;
+}
+
+interface CpuBackendLike {
+  makeTensorInfo(shape: number[], dtype: 'float32', values: Float32Array): Info;
+  data: { get(id: object): { values: Float32Array } };
+}
+
+const MEMORY: Record<string, (backend: unknown) => Memory> = {
+  // A heap view taken before a later malloc could be detached by heap growth: callers allocate
+  // every output first and only then take views (see `run`).
+  wasm: (backend) => {
+    const b = backend as WasmBackendLike;
+    return { alloc: (shape) => b.makeOutput(shape, 'float32'), view: (t) => b.typedArrayFromHeap(t) };
+  },
+  cpu: (backend) => {
+    const b = backend as CpuBackendLike;
+    return {
+      alloc: (shape) => b.makeTensorInfo(shape, 'float32', new Float32Array(shape.reduce((a, d) => a * d, 1))),
+      view: (t) => b.data.get(t.dataId).values,
+    };
+  },
+};
+
+/** Copies `n` floats (runs are short: a plain loop beats subarray + set below ~64). */
+function copy(src: Float32Array, si: number, dst: Float32Array, di: number, n: number): void {
+  if (n >= 64) {
+    dst.set(src.subarray(si, si + n), di);
+    return;
+  }
+  for (let j = 0; j < n; j++) dst[di + j] = src[si + j];
+}
+
+const lastDim = (t: Info) => t.shape[t.shape.length - 1];
+const withLast = (shape: number[], c: number) => [...shape.slice(0, -1), c];
+
+interface SplitAttrs {
+  groups: number;
+}
+interface PhaseAttrs {
+  stride: number;
+}
+interface ConcatAttrs {
+  widths: number[];
+}
+interface GatherAttrs {
+  channels: number[];
+}
+interface ScatterAttrs {
+  channels: number[];
+  total: number;
+}
+
+/** Kernel bodies: inputs (in order), attrs, memory → outputs. */
+const KERNELS = {
+  CtaSplitChannels(inputs: Info[], attrs: SplitAttrs, mem: Memory): Info[] {
+    const [x] = inputs;
+    const c = lastDim(x);
+    const w = c / attrs.groups;
+    const outs = Array.from({ length: attrs.groups }, () => mem.alloc(withLast(x.shape, w)));
+    const xv = mem.view(x);
+    const ov = outs.map((o) => mem.view(o));
+    const rows = xv.length / c;
+    for (let m = 0; m < rows; m++) {
+      for (let g = 0; g < ov.length; g++) copy(xv, m * c + g * w, ov[g], m * w, w);
+    }
+    return outs;
+  },
+
+  CtaConcatChannels(inputs: Info[], _attrs: object, mem: Memory): Info[] {
+    const widths = inputs.map(lastDim);
+    const c = widths.reduce((a, v) => a + v, 0);
+    const out = mem.alloc(withLast(inputs[0].shape, c));
+    const ov = mem.view(out);
+    const iv = inputs.map((t) => mem.view(t));
+    const rows = ov.length / c;
+    for (let m = 0; m < rows; m++) {
+      let at = m * c;
+      for (let g = 0; g < iv.length; g++) {
+        copy(iv[g], m * widths[g], ov, at, widths[g]);
+        at += widths[g];
+      }
+    }
+    return [out];
+  },
+
+  CtaGatherChannels(inputs: Info[], attrs: GatherAttrs, mem: Memory): Info[] {
+    const [x] = inputs;
+    const c = lastDim(x);
+    const idx = Int32Array.from(attrs.channels);
+    const k = idx.length;
+    const out = mem.alloc(withLast(x.shape, k));
+    const xv = mem.view(x);
+    const ov = mem.view(out);
+    const rows = ov.length / k;
+    for (let m = 0; m < rows; m++) {
+      const xb = m * c;
+      const ob = m * k;
+      for (let j = 0; j < k; j++) ov[ob + j] = xv[xb + idx[j]];
+    }
+    return [out];
+  },
+
+  CtaScatterChannels(inputs: Info[], attrs: ScatterAttrs, mem: Memory): Info[] {
+    const [x] = inputs;
+    const idx = Int32Array.from(attrs.channels);
+    const k = idx.length;
+    const c = attrs.total;
+    const out = mem.alloc(withLast(x.shape, c));
+    const xv = mem.view(x);
+    const ov = mem.view(out);
+    ov.fill(0); // fresh heap memory is not zeroed
+    const rows = xv.length / k;
+    for (let m = 0; m < rows; m++) {
+      const xb = m * k;
+      const ob = m * c;
+      for (let j = 0; j < k; j++) ov[ob + idx[j]] = xv[xb + j];
+    }
+    return [out];
+  },
+
+  /**
+   * Sub-pixel phases back into space: parts in (ry, rx, group) order, each [N, Ho, Wo, Cg] →
+   * [N, s·Ho, s·Wo, G·Cg] with out[n, s·y + ry, s·x + rx, g·Cg + c] = part[(ry·s + rx)·G + g][n, y, x, c]
+   * (= depthToSpace of their channel concat; WASM's DepthToSpace takes ~40 ns per element).
+   */
+  CtaPhasesToSpace(inputs: Info[], attrs: PhaseAttrs, mem: Memory): Info[] {
+    const s = attrs.stride;
+    const groups = inputs.length / (s * s);
+    const [n, ho, wo, cg] = inputs[0].shape;
+    const c = groups * cg;
+    const out = mem.alloc([n, ho * s, wo * s, c]);
+    const ov = mem.view(out);
+    const iv = inputs.map((t) => mem.view(t));
+    const rowOut = wo * s * c;
+    for (let b = 0; b < n; b++) {
+      for (let y = 0; y < ho; y++) {
+        for (let x = 0; x < wo; x++) {
+          const src = ((b * ho + y) * wo + x) * cg;
+          for (let ry = 0; ry < s; ry++) {
+            const dstRow = (b * ho * s + y * s + ry) * rowOut;
+            for (let rx = 0; rx < s; rx++) {
+              const dst = dstRow + (x * s + rx) * c;
+              for (let g = 0; g < groups; g++) copy(iv[(ry * s + rx) * groups + g], src, ov, dst + g * cg, cg);
+            }
+          }
+        }
+      }
+    }
+    return [out];
+  },
+};
+
+type KernelName = keyof typeof KERNELS;
+
+for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (i: Info[], a: never, m: Memory) => Info[]]>) {
+  for (const [backendName, memory] of Object.entries(MEMORY)) {
+    tf.registerKernel({
+      kernelName: name,
+      backendName,
+      kernelFunc: ({ inputs, attrs, backend }) => {
+        const outs = body(Object.values(inputs) as Info[], attrs as never, memory(backend));
+        return name === 'CtaSplitChannels' ? outs : outs[0];
+      },
+    });
+  }
+}
+
+let heapKernels = true;
+
+/** Turns the heap kernels off (tf-op fallbacks everywhere), for tests of the fallback path. */
+export function setHeapKernels(on: boolean): void {
+  heapKernels = on;
+}
+
+/** Whether the active backend runs the kernels above. */
+function native(): boolean {
+  return heapKernels && tf.getBackend() in MEMORY;
+}
+
+function run(name: KernelName, inputs: tf.Tensor[], attrs: object): tf.Tensor[] {
+  const map: Record<string, tf.Tensor> = {};
+  inputs.forEach((t, i) => (map[String(i)] = t));
+  const out = tf.engine().runKernel(name, map, attrs as unknown as tf.NamedAttrMap);
+  return Array.isArray(out) ? (out as tf.Tensor[]) : [out as tf.Tensor];
+}
+
+const allFloat = (ts: tf.Tensor[]) => ts.every((t) => t.dtype === 'float32');
+
+/** `x` split along its last axis into `groups` equal parts (= tf.split(x, groups, -1)). */
+export function splitChannels<T extends tf.Tensor>(x: T, groups: number): T[] {
+  if (groups === 1) return [x.clone()];
+  if (!native() || !allFloat([x])) return tf.split(x, groups, x.rank - 1) as T[];
+  return run('CtaSplitChannels', [x], { groups }) as T[];
+}
+
+/** The parts concatenated along their last axis (= tf.concat(parts, -1)). */
+export function concatChannels<T extends tf.Tensor>(parts: T[]): T {
+  if (parts.length === 1) return parts[0].clone();
+  if (!native() || !allFloat(parts)) return tf.concat(parts, parts[0].rank - 1);
+  return run('CtaConcatChannels', parts, { widths: parts.map((p) => p.shape[p.rank - 1]) })[0] as T;
+}
+
+/** The listed channels of `x`, in that order (= tf.gather(x, channels, -1)). */
+export function gatherChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<number>): T {
+  if (!native() || !allFloat([x])) return tf.tidy(() => tf.gather(x, tf.tensor1d(Array.from(channels), 'int32'), x.rank - 1) as T);
+  return run('CtaGatherChannels', [x], { channels: Array.from(channels) })[0] as T;
+}
+
+/**
+ * `x`'s channels placed at `channels` of a `total`-channel tensor, zeros elsewhere (the transpose
+ * of gatherChannels). `channels` must be distinct.
+ */
+export function scatterChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<number>, total: number): T {
+  const list = Array.from(channels);
+  if (!native() || !allFloat([x])) {
+    return tf.tidy(() => {
+      const removed: number[] = [];
+      const at = new Int32Array(total).fill(-1);
+      list.forEach((ch, j) => (at[ch] = j));
+      for (let ch = 0; ch < total; ch++) if (at[ch] < 0) removed.push(ch);
+      const zerosShape = withLast(x.shape, removed.length);
+      const full = removed.length ? tf.concat([x, tf.zeros(zerosShape)], x.rank - 1) : x;
+      let r = list.length;
+      const order = Array.from(at, (j) => (j >= 0 ? j : r++));
+      return tf.gather(full, tf.tensor1d(order, 'int32'), x.rank - 1) as T;
+    });
+  }
+  return run('CtaScatterChannels', [x], { channels: list, total })[0] as T;
+}
+
+/**
+ * Sub-pixel phase outputs interleaved back into space: `parts` in (ry, rx, group) order, each
+ * [N, Ho, Wo, C/G] → [N, s·Ho, s·Wo, C] (= tf.depthToSpace(tf.concat(parts, 3), s)). Used inside a
+ * hand-written backward only, so no gradient is registered.
+ */
+export function phasesToSpace(parts: tf.Tensor4D[], stride: number): tf.Tensor4D {
+  if (!native() || !allFloat(parts)) return tf.tidy(() => tf.depthToSpace(tf.concat(parts, 3) as tf.Tensor4D, stride, 'NHWC'));
+  return run('CtaPhasesToSpace', parts, { stride })[0] as tf.Tensor4D;
+}
+
+// Gradients (the kernels are linear): split ↔ concat, gather ↔ scatter.
+tf.registerGradient({
+  kernelName: 'CtaSplitChannels',
+  gradFunc: (dys) => ({ '0': () => concatChannels(dys as tf.Tensor[]) }),
+});
+tf.registerGradient({
+  kernelName: 'CtaConcatChannels',
+  gradFunc: (dy, _saved, attrs) => {
+    const grads: Record<string, () => tf.Tensor> = {};
+    let at = 0;
+    (attrs as unknown as ConcatAttrs).widths.forEach((w, i) => {
+      const range = Array.from({ length: w }, (_, j) => at + j);
+      at += w;
+      grads[String(i)] = () => gatherChannels(dy as tf.Tensor, range);
+    });
+    return grads;
+  },
+});
+tf.registerGradient({
+  kernelName: 'CtaGatherChannels',
+  inputsToSave: ['0'],
+  gradFunc: (dy, [x], attrs) => ({
+    '0': () => scatterChannels(dy as tf.Tensor, (attrs as unknown as GatherAttrs).channels, lastDim(x)),
+  }),
+});
+tf.registerGradient({
+  kernelName: 'CtaScatterChannels',
+  gradFunc: (dy, _saved, attrs) => ({ '0': () => gatherChannels(dy as tf.Tensor, (attrs as unknown as ScatterAttrs).channels) }),
+});
