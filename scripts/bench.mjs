@@ -11,9 +11,9 @@
  * --no-compare-torch skips it.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, writeFileSync, existsSync } from 'node:fs';
+import { appendFileSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { availableParallelism, loadavg } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,6 +22,7 @@ import { TorchReference } from './bench/torch.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const CHILD = join(ROOT, 'scripts', 'bench', 'child.mjs');
+const CEILING_CHILD = join(ROOT, 'scripts', 'bench', 'ceiling-child.mjs');
 const MARK = '@@BENCH@@ ';
 
 const HELP = `npm run bench -- [flags]
@@ -29,6 +30,9 @@ const HELP = `npm run bench -- [flags]
   --quick              resnext29, batch 16, all modes, 5 reps, 1 warm-up, 1 Fisher batch
                        (< 10 min on 2 cores)
   --no-jpeg            skip the ImageNet-C JPEG pipeline bench that runs last
+  --no-ceiling         skip the convolution ceiling (ResNeXt-29's forward conv calls timed alone in
+                       TF.js and, with the PyTorch reference, in PyTorch: the best ratio a
+                       conv-bound step can reach)
   --models LIST        comma-separated (default: every model in the registry)
   --batches LIST       default 16,64
   --modes LIST         default ${DEFAULT_MODES.join(',')} (also: ${Object.keys(MODES).filter((m) => !DEFAULT_MODES.includes(m)).join(',')})
@@ -77,9 +81,9 @@ function nativeInstalled() {
 }
 
 /** Runs one measurement in a child process; resolves to its JSON result (never rejects). */
-function runChild(spec, timeoutS) {
+function runChild(spec, timeoutS, script = CHILD) {
   return new Promise((done) => {
-    const child = spawn(process.execPath, [CHILD, JSON.stringify(spec)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [script, JSON.stringify(spec)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     let timedOut = false;
@@ -174,6 +178,58 @@ function targets(rows, torch) {
   return lines;
 }
 
+/**
+ * The convolution ceiling: ResNeXt-29's forward conv calls timed one by one in TF.js (per WASM
+ * thread count) and in PyTorch (per reference thread count). The summed conv time bounds the
+ * TF.js / PyTorch ratio of any step whose time is mostly these convolutions.
+ */
+async function convCeiling({ threadList, batch, torch, timeoutS, json }) {
+  const model = 'resnext29';
+  const out = [`\nConvolution ceiling (${model} b${batch} forward: every Conv2D call timed alone, median of 7; scripts/bench/ceiling-child.mjs, conv_ceiling.py):`];
+  out.push('| framework | threads | conv calls | conv ms | conv GFLOP/s | 1024³ matMul GFLOP/s |', '|---|---|---|---|---|---|');
+  const emit = (r) => {
+    process.stdout.write(JSON.stringify(r) + '\n');
+    if (json) appendFileSync(json, JSON.stringify(r) + '\n');
+  };
+  const tfRows = [];
+  for (const threads of threadList) {
+    const r = await runChild({ model, batch, threads }, timeoutS, CEILING_CHILD);
+    emit(r);
+    if (r.status !== 'ok') {
+      out.push(`| TF.js wasm | ${threads || 'auto'} | – | ${r.status}: ${r.error} | | |`);
+      continue;
+    }
+    tfRows.push(r);
+    out.push(`| TF.js ${r.backend} | ${r.threads} | ${r.convCalls} | ${r.convMs.toFixed(0)} | ${r.convGflopPerS.toFixed(1)} | ${r.gemm.gflopPerS.toFixed(1)} |`);
+  }
+  const torchRows = [];
+  if (torch && !torch.unavailable && tfRows.length) {
+    const shapesFile = join(tmpdir(), `cta-bench-conv-shapes-${process.pid}.json`);
+    writeFileSync(shapesFile, JSON.stringify(tfRows[0].shapes));
+    const script = join(ROOT, 'scripts', 'bench', 'conv_ceiling.py');
+    for (const threads of torch.threads) {
+      const r = spawnSync(torch.python, [script, shapesFile, String(threads)], { encoding: 'utf8', timeout: 600_000 });
+      const line = (r.stdout || '').trim().split('\n').filter((l) => l.startsWith('{')).pop();
+      if (r.status !== 0 || !line) {
+        out.push(`| PyTorch | ${threads} | – | failed: ${(r.stderr || '').trim().split('\n').pop()} | | |`);
+        continue;
+      }
+      const p = JSON.parse(line);
+      p.convGflopPerS = +(tfRows[0].convGflop / (p.convMs / 1000)).toFixed(1);
+      emit(p);
+      torchRows.push(p);
+      out.push(`| PyTorch ${p.torch} | ${p.threads} | ${tfRows[0].convCalls} | ${p.convMs.toFixed(0)} | ${p.convGflopPerS.toFixed(1)} | ${p.gemm.gflopPerS.toFixed(1)} |`);
+    }
+    rmSync(shapesFile, { force: true });
+  }
+  for (const t of tfRows) {
+    for (const p of torchRows) {
+      out.push(`ceiling: TF.js wasm ${t.threads} thr / PyTorch ${p.threads} thr on the same convolution calls: ${(p.convMs / t.convMs).toFixed(2)}× (the conv kernels alone: most of a TF.js adaptation step, see profiledKernels)`);
+    }
+  }
+  return out;
+}
+
 async function main() {
   const { values } = parseArgs({
     options: {
@@ -193,6 +249,7 @@ async function main() {
       timeout: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
       jpeg: { type: 'boolean', default: true },
+      ceiling: { type: 'boolean', default: true },
     },
     allowNegative: true,
     strict: true,
@@ -294,6 +351,10 @@ async function main() {
     process.stdout.write(`TF.js / PyTorch = TF.js img/s ÷ PyTorch ${torch.version} CPU img/s (medians of 5 after 2 warm-ups; the WASM thread count is in the backend column). n/a: no PyTorch counterpart (the reference has only ResNeXt-29 inference, norm and tent). PyTorch peak: torch.profiler live-allocation peak (mem_torch.py).\n`);
   }
   for (const l of targets(rows, torch)) process.stdout.write(`target: ${l}\n`);
+  if (values.ceiling && backends.includes('wasm')) {
+    const lines = await convCeiling({ threadList, batch: batches[0], torch, timeoutS, json: values.json });
+    process.stdout.write(lines.join('\n') + '\n');
+  }
   if (values.jpeg) {
     // ImageNet-C JPEG pipeline alone (decode + resize at 224 with the prefetch queue), compared
     // with a Tent step of ResNet-50 (scripts/bench-jpeg.mjs; --no-jpeg skips it).
