@@ -45,6 +45,32 @@ export function activeWasmThreads(): number {
 let active: BackendInfo | null = null;
 
 /**
+ * WASM's Identity kernel copies the tensor's bytes, and tfjs-core runs it for every tensor a
+ * custom gradient saves (`customGrad`'s save clones) and for every `clone()`: in a ResNeXt-29 b16
+ * Tent step, 175 copies (each saved BN input is a whole activation), ~50 ms and one extra copy of
+ * each saved activation while the forward runs. Tensors are immutable (variables swap their data
+ * id on assign, no kernel writes into its inputs), so the clone can share the data with a
+ * reference count, as tfjs's own cpu backend and WASM's Reshape do.
+ */
+function shareIdentityOnWasm(): void {
+  const stock = tf.getKernel('Identity', 'wasm');
+  if (!stock || (stock as { shared?: boolean }).shared) return;
+  tf.unregisterKernel('Identity', 'wasm');
+  const config = {
+    kernelName: 'Identity',
+    backendName: 'wasm',
+    shared: true,
+    kernelFunc: (args: Parameters<tf.KernelFunc>[0]) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      if (x.dtype === 'string') return stock.kernelFunc(args);
+      (args.backend as unknown as { incRef(id: object): void }).incRef(x.dataId);
+      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+    },
+  };
+  tf.registerKernel(config);
+}
+
+/**
  * auto: tfjs-node-gpu (GPU visible) > tfjs-node > wasm > cpu. An explicit choice that cannot be
  * honoured is an error, never a silent switch. `threads` (WASM only): 0 = `autoThreads()`, 1 = the
  * single-thread SIMD build, n > 1 = the threaded-SIMD build with n XNNPACK threads. The first call
@@ -101,6 +127,7 @@ export async function initBackend(requested: BackendName = 'auto', threads = 0):
     }
   }
   await tf.ready();
+  if (tf.getBackend() === 'wasm') shareIdentityOnWasm();
   active = { requested, name: tf.getBackend(), nativePackage, notice, threads: tf.getBackend() === 'wasm' ? wasmThreads : 0 };
   return active;
 }
