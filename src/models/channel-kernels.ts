@@ -11,8 +11,8 @@
  * threads, `tf.profile`): SplitV + Concat took 236 ms (LOG.md, third session).
  *
  * Registered as kernels for the 'wasm' and 'cpu' backends (both keep float32 data in typed arrays
- * this code can address); other backends (tfjs-node, WebGL) get the equivalent tf ops. Each kernel
- * has its gradient registered, so they also work under autodiff.
+ * this code can address); other backends (tfjs-node, WebGL) get the equivalent tf ops. Split,
+ * concat, gather and scatter have their gradients registered, so they also work under autodiff.
  */
 import { tf } from '../tf.js';
 
@@ -37,8 +37,8 @@ interface CpuBackendLike {
 }
 
 const MEMORY: Record<string, (backend: unknown) => Memory> = {
-  // A heap view taken before a later malloc could be detached by heap growth: callers allocate
-  // every output first and only then take views (see `run`).
+  // A heap view taken before a later malloc could be detached by heap growth: every kernel body
+  // allocates its outputs first and only then takes views.
   wasm: (backend) => {
     const b = backend as WasmBackendLike;
     return { alloc: (shape) => b.makeOutput(shape, 'float32'), view: (t) => b.typedArrayFromHeap(t) };
@@ -75,6 +75,7 @@ interface ConcatAttrs {
 }
 interface GatherAttrs {
   channels: number[];
+  total: number; // channels of the input (for the gradient)
 }
 interface ScatterAttrs {
   channels: number[];
@@ -234,7 +235,7 @@ export function concatChannels<T extends tf.Tensor>(parts: T[]): T {
 /** The listed channels of `x`, in that order (= tf.gather(x, channels, -1)). */
 export function gatherChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<number>): T {
   if (!native() || !allFloat([x])) return tf.tidy(() => tf.gather(x, tf.tensor1d(Array.from(channels), 'int32'), x.rank - 1) as T);
-  return run('CtaGatherChannels', [x], { channels: Array.from(channels) })[0] as T;
+  return run('CtaGatherChannels', [x], { channels: Array.from(channels), total: x.shape[x.rank - 1] })[0] as T;
 }
 
 /**
@@ -289,10 +290,10 @@ tf.registerGradient({
 });
 tf.registerGradient({
   kernelName: 'CtaGatherChannels',
-  inputsToSave: ['0'],
-  gradFunc: (dy, [x], attrs) => ({
-    '0': () => scatterChannels(dy as tf.Tensor, (attrs as unknown as GatherAttrs).channels, lastDim(x)),
-  }),
+  gradFunc: (dy, _saved, attrs) => {
+    const { channels, total } = attrs as unknown as GatherAttrs;
+    return { '0': () => scatterChannels(dy as tf.Tensor, channels, total) };
+  },
 });
 tf.registerGradient({
   kernelName: 'CtaScatterChannels',
