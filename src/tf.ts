@@ -107,7 +107,9 @@ export async function initBackend(requested: BackendName = 'auto', threads = 0):
       wasmThreads = await setWasmBackendThreaded(tf, wasmThreads);
       ok = true;
     } catch (e) {
-      notice = `notice: the threaded WASM build failed to start (${(e as Error).message}); using one thread`;
+      // Joined to (not instead of) a tfjs-node notice: both are true.
+      const threaded = `the threaded WASM build failed to start (${(e as Error).message}); using one thread`;
+      notice = notice ? `${notice}; ${threaded}` : `notice: ${threaded}`;
     }
   }
   if (!ok) {

@@ -45,6 +45,9 @@ export function robustbenchWrnArch(numClasses = 10): WrnArch {
   };
 }
 
+/** Classifier weights of the registry models (RobustBench ResNeXt / WRN, torchvision, timm). */
+const HEADS = /^(classifier|fc|head)\.weight$/;
+
 function fill(shape: number[], key: string, rng: Rng): Float32Array {
   const size = shape.reduce((a, d) => a * d, 1);
   const out = new Float32Array(size);
@@ -53,11 +56,13 @@ function fill(shape: number[], key: string, rng: Rng): Float32Array {
   if (key === 'sigma') return out.fill(0.5);
   if (leaf === 'running_var' || (leaf === 'weight' && shape.length === 1)) return out.fill(1);
   if (leaf === 'running_mean' || leaf === 'bias') return out; // zeros
-  // Conv [out, in/g, k, k]: He-normal on the fan-in. Linear [out, in]: 3× that, so that random
-  // inputs get confident predictions (entropy ≈ 0.1–0.8 < EATA's E0 = 0.4·ln 10 on random
-  // images) and EATA selects samples and runs its backward, as it would on a trained model.
+  // Conv [out, in/g, k, k] and linear [out, in]: He-normal on the fan-in. The classifier head
+  // gets 3× that, so that random inputs get confident predictions (entropy ≈ 0.1–0.8 < EATA's
+  // E0 = 0.4·ln 10 on random images) and EATA selects samples and runs its backward, as it would
+  // on a trained model. Only the head: 3× on every linear layer of a ViT block blows up the
+  // residual stream over 12 blocks and the model predicts one class for every input.
   const fanIn = shape.slice(1).reduce((a, d) => a * d, 1);
-  const std = Math.sqrt(2 / fanIn) * (shape.length === 2 ? 3 : 1);
+  const std = Math.sqrt(2 / fanIn) * (shape.length === 2 && HEADS.test(key) ? 3 : 1);
   for (let i = 0; i < size; i++) out[i] = rng.normal() * std;
   return out;
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
-import { concatChannels, phasesToSpace, gatherChannels, scatterChannels, setHeapKernels, splitChannels } from './channel-kernels.js';
+import { concatChannels, phasesToSpace, unstackRows, gatherChannels, scatterChannels, setHeapKernels, splitChannels } from './channel-kernels.js';
 
 /** Random NHWC data with distinct values, so a wrong channel shows. */
 function data(shape: number[]): tf.Tensor {
@@ -62,6 +62,18 @@ describe.each([
         const parts = Array.from({ length: s * s * g }, (_, i) => data([2, 3, 4, 5]).add(i * 1000) as tf.Tensor4D);
         same(phasesToSpace(parts, s), tf.depthToSpace(tf.concat(parts, 3) as tf.Tensor4D, s, 'NHWC'));
       }
+    });
+  });
+
+  it('unstackRows = tf.unstack; its gradient stacks', () => {
+    tf.tidy(() => {
+      const x = data([3, 2, 5]);
+      const rows = unstackRows(x);
+      const ref = tf.unstack(x);
+      rows.forEach((r, i) => same(r, ref[i]));
+      const w = data([2, 5]);
+      const g = tf.grad((t: tf.Tensor) => unstackRows(t)[1].mul(w).sum())(x);
+      same(g, tf.stack([tf.zerosLike(w), w, tf.zerosLike(w)]));
     });
   });
 

@@ -1,6 +1,7 @@
 /**
  * Channel moves on NHWC tensors (the last axis) as plain loops over the backend's own memory:
- * split into equal groups, concatenate, gather a channel list, scatter it back with zeros.
+ * split into equal groups, concatenate, gather a channel list, scatter it back with zeros; and
+ * the unstack along the first axis that ViT's per-head products use.
  *
  * Why: grouped convolutions (tfjs has none: split → per-group conv → concat) and MECTA's channel
  * pruning (A.8: keep a random channel subset) move channels in every step. On the WASM backend
@@ -180,6 +181,21 @@ const KERNELS = {
     }
     return [out];
   },
+
+  /**
+   * x [B, ...] → B tensors [...], each a contiguous block (= tf.unstack(x); on WASM that copies
+   * all of x out of the heap once per entry: 238 ms for [192, 197, 64]).
+   */
+  CtaUnstackRows(inputs: Info[], _attrs: object, mem: Memory): Info[] {
+    const [x] = inputs;
+    const rows = x.shape[0];
+    const inner = x.shape.slice(1);
+    const size = inner.reduce((a, d) => a * d, 1);
+    const outs = Array.from({ length: rows }, () => mem.alloc(inner));
+    const xv = mem.view(x);
+    outs.forEach((o, r) => mem.view(o).set(xv.subarray(r * size, (r + 1) * size)));
+    return outs;
+  },
 };
 
 type KernelName = keyof typeof KERNELS;
@@ -191,7 +207,7 @@ for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (i: Inf
       backendName,
       kernelFunc: ({ inputs, attrs, backend }) => {
         const outs = body(Object.values(inputs) as Info[], attrs as never, memory(backend));
-        return name === 'CtaSplitChannels' ? outs : outs[0];
+        return name === 'CtaSplitChannels' || name === 'CtaUnstackRows' ? outs : outs[0];
       },
     });
   }
@@ -270,7 +286,17 @@ export function phasesToSpace(parts: tf.Tensor4D[], stride: number): tf.Tensor4D
   return run('CtaPhasesToSpace', parts, { stride })[0] as tf.Tensor4D;
 }
 
-// Gradients (the kernels are linear): split ↔ concat, gather ↔ scatter.
+/** `x` unstacked along its first axis (= tf.unstack(x)). */
+export function unstackRows<T extends tf.Tensor>(x: tf.Tensor): T[] {
+  if (!native() || !allFloat([x])) return tf.unstack(x) as T[];
+  return run('CtaUnstackRows', [x], {}) as T[];
+}
+
+// Gradients (the kernels are linear): split ↔ concat, gather ↔ scatter, unstack → stack.
+tf.registerGradient({
+  kernelName: 'CtaUnstackRows',
+  gradFunc: (dys) => ({ '0': () => tf.stack(dys as tf.Tensor[]) }),
+});
 tf.registerGradient({
   kernelName: 'CtaSplitChannels',
   gradFunc: (dys) => ({ '0': () => concatChannels(dys as tf.Tensor[]) }),

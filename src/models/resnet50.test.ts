@@ -19,7 +19,7 @@ import type { AdaptOptions } from '../algorithms/types.js';
 import { buildModel } from './registry.js';
 import { ResNet50, inferResNet, resnetExpectedKeys } from './resnet50.js';
 import { expectClose, observed } from './test-helpers.js';
-import { randomStateDict, testImages, type KeyShape } from './test-weights.js';
+import { randomStateDictForKeys, testImages, type KeyShape } from './test-weights.js';
 
 const DIR = join(process.cwd(), 'test', 'fixtures', 'imagenet');
 const arch = JSON.parse(readFileSync(join(DIR, 'arch.json'), 'utf8')) as {
@@ -158,7 +158,7 @@ describe('ResNet-50 at full size (torchvision resnet50() key names and shapes)',
 
   it('builds from a random state dict and runs one 224×224 forward (source and batch modes)', () => {
     const t0 = performance.now();
-    const weights = randomStateDict(arch.full.resnet50.state_dict, 5);
+    const weights = randomStateDictForKeys(arch.full.resnet50.state_dict, 5);
     const m = buildModel('resnet50', weights, { rng: new Rng(1), expect: { depth: 50 } });
     const tBuild = performance.now() - t0;
     expect(m.normLayers).toHaveLength(53);

@@ -25,7 +25,7 @@ function fill(out: Float32Array, rng: Rng, std: number, mean = 0): void {
  * Linear weights: std 1/√fan_in (·0.5 inside transformer blocks, whose residual stream grows).
  * Tokens/embeddings: std 0.02 (timm's init). Other biases: small.
  */
-export function randomStateDict(keys: readonly KeyShape[], seed = 1): StateDict {
+export function randomStateDictForKeys(keys: readonly KeyShape[], seed = 1): StateDict {
   const rng = new Rng(seed);
   const sd: StateDict = new Map();
   for (const { name, shape } of keys) {

@@ -19,7 +19,7 @@ import { buildModel } from './registry.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { VIT_B16_CONFIG, VisionTransformer, attentionCore, gelu, inferVit, vitExpectedKeys } from './vit.js';
 import { expectClose, observed } from './test-helpers.js';
-import { randomStateDict, testImages, type KeyShape } from './test-weights.js';
+import { randomStateDictForKeys, testImages, type KeyShape } from './test-weights.js';
 
 const DIR = join(process.cwd(), 'test', 'fixtures', 'imagenet');
 const arch = JSON.parse(readFileSync(join(DIR, 'arch.json'), 'utf8')) as {
@@ -139,7 +139,7 @@ describe('ViT (reduced, timm key names) against PyTorch', () => {
     expectClose('vit.logits_reloaded', y, ref('logits'));
     tf.dispose([y, ...state.values()]);
     m.dispose();
-    const odd = randomStateDict(vitKeyList({ dim: 40, depth: 1, mlp: 80, patch: 8, grid: 2, classes: 3 }));
+    const odd = randomStateDictForKeys(vitKeyList({ dim: 40, depth: 1, mlp: 80, patch: 8, grid: 2, classes: 3 }));
     expect(() => buildModel('vit_b16', odd, { rng: new Rng(1) })).toThrow(/not divisible by the 12 heads/);
   });
 });
@@ -211,7 +211,7 @@ describe('ViT-B/16 at full size (timm vit_base_patch16_224 key names and shapes)
 
   it('builds from a random state dict: 25 LayerNorms (38,400 affine parameters), one 224×224 forward', () => {
     const t0 = performance.now();
-    const weights = randomStateDict(arch.full.vit_b16.state_dict, 6);
+    const weights = randomStateDictForKeys(arch.full.vit_b16.state_dict, 6);
     const m = buildModel('vit_b16', weights, { rng: new Rng(1), expect: { depth: 12 } });
     weights.clear();
     const tBuild = performance.now() - t0;

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { readSafetensors, writeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
 import { resolveConfig } from '../../src/config/load.js';
 import { makeImageNetTree, type ImageNetTree } from '../../src/data/imagenet-tree.js';
-import { randomStateDict } from '../../src/models/test-weights.js';
+import { randomStateDictForKeys } from '../../src/models/test-weights.js';
 import { vitExpectedKeys } from '../../src/models/vit.js';
 import { ROOT, runBin } from './helpers.js';
 
@@ -40,7 +40,7 @@ beforeAll(async () => {
   await writeSafetensors(resnetWeights, out);
   // A small ViT with timm names at 224 px: width 48 (12 heads of 4), depth 2, patch 16.
   const keys = vitExpectedKeys({ dim: 48, depth: 2, mlpDim: 96, patch: 16, grid: 14, numClasses: 3, qkvBias: true });
-  const vit = randomStateDict([...keys].map(([name, shape]) => ({ name, shape })), 9);
+  const vit = randomStateDictForKeys([...keys].map(([name, shape]) => ({ name, shape })), 9);
   vitWeights = join(dir, 'vit_small_224.safetensors');
   await writeSafetensors(vitWeights, vit);
 });
