@@ -601,7 +601,7 @@ export function globalAvgPool(x: tf.Tensor4D): tf.Tensor2D {
 
 let reluOp: ((x: tf.Tensor4D) => tf.Tensor4D) | null = null;
 let addReluOp: ((a: tf.Tensor4D, b: tf.Tensor4D) => tf.Tensor4D) | null = null;
-let addOp: ((a: tf.Tensor4D, b: tf.Tensor4D) => tf.Tensor4D) | null = null;
+let addOp: ((a: tf.Tensor, b: tf.Tensor) => tf.Tensor) | null = null;
 /** Whether the relu op being called should keep its mask (inside an op the tape always reads off). */
 let keepMask = false;
 
@@ -693,10 +693,20 @@ export function addRelu(a: tf.Tensor4D, b: tf.Tensor4D): tf.Tensor4D {
 }
 
 /** a + b (same shapes) saving nothing for backward. */
-export function add(a: tf.Tensor4D, b: tf.Tensor4D): tf.Tensor4D {
-  addOp ??= customOp<tf.Tensor4D>(([x, y]) => ({
-    value: tf.add(x, y) as tf.Tensor4D,
+export function add<T extends tf.Tensor>(a: T, b: T): T {
+  addOp ??= customOp<tf.Tensor>(([x, y]) => ({
+    value: tf.add(x, y),
     gradFunc: (dy) => [dy.clone(), dy.clone()],
   }));
-  return addOp(a, b);
+  return addOp(a, b) as T;
+}
+
+/**
+ * tf.reshape saving nothing for backward. tfjs's Reshape gradient saves its input only to read
+ * the input's shape, which keeps every reshaped activation alive until the backward (ViT-B/16
+ * Tent: ~70 MB per image of activations no gradient needs); here the shape is kept instead.
+ */
+export function reshape<T extends tf.Tensor>(x: tf.Tensor, shape: number[]): T {
+  const from = x.shape.slice();
+  return customOp<T>(([t]) => ({ value: tf.reshape(t, shape) as T, gradFunc: (dy) => [tf.reshape(dy, from)] }))(x);
 }

@@ -22,7 +22,7 @@ import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
 import type { InputNorm } from './base.js';
 import { readEntries, setNormTrainable, trainableNormParams, writeEntries, type StateEntry } from './base.js';
-import { Conv2d, Linear, customOp, rawToTensor, usingTemps } from './layers.js';
+import { Conv2d, Linear, add, customOp, rawToTensor, reshape, usingTemps } from './layers.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { UNKNOWN, childCount, dimOf } from './infer.js';
 import { splitChannels, unstackRows } from './channel-kernels.js';
@@ -364,21 +364,21 @@ export class VisionTransformer implements Classifier {
     const [n, t, d] = x.shape;
     const h = this.config.heads;
     const hd = this.headDim;
-    const qkv = b.qkv.apply(tf.reshape(x, [n * t, d]) as tf.Tensor2D);
+    const qkv = b.qkv.apply(reshape<tf.Tensor2D>(x, [n * t, d]));
     // [N·T, 3D] (columns ordered 3, H, hd) → q, k, v [N·T, D] → [N, T, H, hd] → [N, H, T, hd].
     // Split first: WASM's Transpose takes ~0.8 s on the rank-5 [N, T, 3, H, hd] form at b16.
     const [q, k, v] = splitChannels(qkv, 3).map(
-      (p) => tf.reshape(tf.transpose(tf.reshape(p, [n, t, h, hd]), [0, 2, 1, 3]), [n * h, t, hd]) as tf.Tensor3D,
+      (p) => reshape<tf.Tensor3D>(tf.transpose(reshape(p, [n, t, h, hd]), [0, 2, 1, 3]), [n * h, t, hd]),
     );
     const out = attentionCore(q, k, v, this.scale); // softmax(q·s·kᵀ)·v, [N·H, T, hd]
-    const merged = tf.reshape(tf.transpose(tf.reshape(out, [n, h, t, hd]), [0, 2, 1, 3]), [n * t, d]) as tf.Tensor2D;
-    return tf.reshape(b.proj.apply(merged), [n, t, d]) as tf.Tensor3D;
+    const merged = reshape<tf.Tensor2D>(tf.transpose(reshape(out, [n, h, t, hd]), [0, 2, 1, 3]), [n * t, d]);
+    return reshape<tf.Tensor3D>(b.proj.apply(merged), [n, t, d]);
   }
 
   private mlp(b: Block, x: tf.Tensor3D): tf.Tensor3D {
     const [n, t, d] = x.shape;
-    const hidden = gelu(b.fc1.apply(tf.reshape(x, [n * t, d]) as tf.Tensor2D));
-    return tf.reshape(b.fc2.apply(hidden), [n, t, d]) as tf.Tensor3D;
+    const hidden = gelu(b.fc1.apply(reshape<tf.Tensor2D>(x, [n * t, d])));
+    return reshape<tf.Tensor3D>(b.fc2.apply(hidden), [n, t, d]);
   }
 
   forward(x: tf.Tensor4D): tf.Tensor2D {
@@ -399,12 +399,13 @@ export class VisionTransformer implements Classifier {
       });
       for (const b of this.blocks) {
         const next = tf.tidy(() => {
-          const mid = tf.add(h, this.attention(b, b.norm1.apply(h))) as tf.Tensor3D;
-          return tf.add(mid, this.mlp(b, b.norm2.apply(mid))) as tf.Tensor3D;
+          const mid = add(h, this.attention(b, b.norm1.apply(h)));
+          return add(mid, this.mlp(b, b.norm2.apply(mid)));
         });
         // Free each block's input (and its attention maps) now rather than at the end of the outer
         // tidy: inference peak memory is then one block's worth. A recording tape keeps what the
-        // backward needs through its own saved copies.
+        // backward needs through its own saved copies. The block's reshapes and residual adds
+        // are lean ops (layers.ts) so that the tape holds only what the gradients use.
         h.dispose();
         h = next;
       }
