@@ -4,7 +4,7 @@
  * streaming batches, subsets, image lists, the prefetch overlap, and every error the layout can
  * produce (missing/extra class folders, empty folders, unreadable JPEGs, missing --clean-dir).
  */
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -208,6 +208,14 @@ describe('ImageNet-C source on a generated tree', () => {
     expect(err).toBeInstanceOf(CtaError);
     expect(err!.message).toContain(join(t.imagenetC, 'fog', '5'));
     expect(err!.message).toContain(`missing class folder(s) ${t.wnids[1]}`);
+  });
+
+  it('makeImageNetTree writes under the given parent folder', async () => {
+    const parent = mkdtempSync(join(tmpdir(), 'cta-tree-parent-'));
+    const t = await makeImageNetTree({ perClass: 1, corruptions: ['fog'], parent });
+    expect(t.root.startsWith(join(parent, 'cta-imagenet-'))).toBe(true);
+    expect(existsSync(join(t.imagenetC, 'fog', '5', t.wnids[0], t.files[0]))).toBe(true);
+    rmSync(parent, { recursive: true });
   });
 
   it('empty class folders, missing domain folders and a missing --clean-dir are clear errors', async () => {

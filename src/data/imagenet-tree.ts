@@ -18,6 +18,8 @@ export interface TreeOptions {
   /** Clean image sizes [w, h] cycled over the files (default: a landscape and a portrait). */
   cleanSizes?: [number, number][];
   seed?: number;
+  /** Parent folder of the tree's fresh `cta-imagenet-*` root (default: the OS temp folder). */
+  parent?: string;
 }
 
 export interface ImageNetTree {
@@ -52,7 +54,7 @@ export async function makeImageNetTree(opts: TreeOptions = {}): Promise<ImageNet
   const severity = opts.severity ?? 5;
   const cleanSizes = opts.cleanSizes ?? [[300, 240], [250, 320]];
   const rng = new Rng(opts.seed ?? 11);
-  const root = mkdtempSync(join(tmpdir(), 'cta-imagenet-'));
+  const root = mkdtempSync(join(opts.parent ?? tmpdir(), 'cta-imagenet-'));
   const imagenetC = join(root, 'ImageNet-C');
   const clean = join(root, 'val');
   const files: string[] = [];
