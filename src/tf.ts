@@ -36,12 +36,6 @@ export interface BackendInfo {
   threads: number; // WASM: XNNPACK threads in use (1 = the single-thread SIMD build); others: 0
 }
 
-/** XNNPACK threads of the active WASM backend (1 before initBackend or on other backends). */
-export function activeWasmThreads(): number {
-  return active && active.threads > 0 ? active.threads : 1;
-}
-
-
 let active: BackendInfo | null = null;
 
 /**

@@ -13,7 +13,7 @@
  * by about 1e-6 relative, well inside the 1e-4 parity tolerance against PyTorch.
  */
 import { tf } from '../tf.js';
-import type { Conv2d } from './layers.js';
+import { addRelu, relu, type Conv2d } from './layers.js';
 import type { BatchNormLayer } from './norm-layer.js';
 import { concatChannels } from './channel-kernels.js';
 
@@ -134,21 +134,40 @@ export interface BottleneckLayers {
   down: [Conv2d, BatchNormLayer] | null;
 }
 
+/** A bottleneck's layers and their folded twin, built together with the model. */
+export interface Bottleneck {
+  layers: BottleneckLayers;
+  folded: FoldedBottleneck;
+}
+
 /** `own` registers each folded layer with the model, which disposes it. */
-export function foldBottleneck(l: BottleneckLayers, own: <T extends { dispose(): void }>(o: T) => T): FoldedBottleneck {
-  return {
+export function bottleneck(l: BottleneckLayers, own: <T extends { dispose(): void }>(o: T) => T): Bottleneck {
+  const folded: FoldedBottleneck = {
     reduce: own(new FoldedConvBn(l.reduce[0], l.reduce[1], true, l.conv[0].groups)),
     conv: own(new FoldedConvBn(l.conv[0], l.conv[1], true)),
     expand: own(new FoldedConvBn(l.expand[0], l.expand[1], false)),
     down: l.down ? own(new FoldedConvBn(l.down[0], l.down[1], false)) : null,
   };
+  return { layers: l, folded };
 }
 
-export function runFoldedBottleneck(f: FoldedBottleneck, x: tf.Tensor4D): tf.Tensor4D {
-  const groups = f.conv.applyParts(f.reduce.applyParts(x));
-  const h = f.expand.apply(groups.length === 1 ? groups[0] : concatChannels(groups));
-  const residual = f.down ? f.down.apply(x) : x;
-  return tf.relu(tf.add(residual, h)) as tf.Tensor4D;
+const convBn = ([conv, bn]: [Conv2d, BatchNormLayer], x: tf.Tensor4D) => bn.apply(conv.apply(x));
+
+/**
+ * One bottleneck forward: the folded layers when `fold` (see `foldable`), otherwise conv → BN as
+ * the PyTorch modules compute them, in any norm mode and under a gradient tape.
+ */
+export function runBottleneck(b: Bottleneck, x: tf.Tensor4D, fold: boolean): tf.Tensor4D {
+  if (fold) {
+    const f = b.folded;
+    const groups = f.conv.applyParts(f.reduce.applyParts(x));
+    const h = f.expand.apply(groups.length === 1 ? groups[0] : concatChannels(groups));
+    const residual = f.down ? f.down.apply(x) : x;
+    return tf.relu(tf.add(residual, h)) as tf.Tensor4D;
+  }
+  const l = b.layers;
+  const h = convBn(l.expand, relu(convBn(l.conv, relu(convBn(l.reduce, x)))));
+  return addRelu(l.down ? convBn(l.down, x) : x, h);
 }
 
 /** Switch for A/B measurements and tests (the folded and unfolded paths must agree). */

@@ -22,10 +22,10 @@ import type { StateDict } from '../io/types.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
 import type { BatchNormLayer } from './norm-layer.js';
-import { addRelu, globalAvgPool, relu } from './layers.js';
+import { globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { FoldedConvBn, foldBottleneck, foldable, runFoldedBottleneck, type FoldedBottleneck } from './fused.js';
+import { FoldedConvBn, bottleneck, foldable, runBottleneck, type Bottleneck, type BottleneckLayers } from './fused.js';
 
 const STAGES = 4;
 /** ImageNet mean/std (torchvision transforms; RobustBench's ImageNormalizer defaults). */
@@ -112,18 +112,6 @@ export function resnetExpectedKeys(a: ResNetArch): Map<string, number[]> {
   return out;
 }
 
-interface Bottleneck {
-  conv1: Conv2d;
-  bn1: BatchNormLayer;
-  conv2: Conv2d;
-  bn2: BatchNormLayer;
-  conv3: Conv2d;
-  bn3: BatchNormLayer;
-  down: { conv: Conv2d; bn: BatchNormLayer } | null;
-  /** Folded conv → BN (→ ReLU) for 'source' inference (fused.ts). */
-  folded: FoldedBottleneck;
-}
-
 export interface ResNetOptions {
   rng: Rng;
   /** Input normalisation when the weights carry no `normalize.*` buffers (default ImageNet's). */
@@ -169,26 +157,13 @@ export class ResNet50 extends BaseClassifier {
           const b = `${p}layer${si + 1}.${i}`;
           const stride = i === 0 ? st.stride : 1;
           const down = hasDownsample(i, inC, st);
-          const conv1 = this.conv(`${b}.conv1`, { stride: 1, pad: 0, groups: 1 });
-          const bn1 = this.norm(`${b}.bn1`);
-          const conv2 = this.conv(`${b}.conv2`, { stride, pad: 1, groups: arch.groups });
-          const bn2 = this.norm(`${b}.bn2`);
-          const conv3 = this.conv(`${b}.conv3`, { stride: 1, pad: 0, groups: 1 });
-          const bn3 = this.norm(`${b}.bn3`);
-          const ds = down ? { conv: this.conv(`${b}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${b}.downsample.1`) } : null;
-          this.blocks.push({
-            conv1,
-            bn1,
-            conv2,
-            bn2,
-            conv3,
-            bn3,
-            down: ds,
-            folded: foldBottleneck(
-              { reduce: [conv1, bn1], conv: [conv2, bn2], expand: [conv3, bn3], down: ds ? [ds.conv, ds.bn] : null },
-              (o) => this.own(o),
-            ),
-          });
+          const layers: BottleneckLayers = {
+            reduce: [this.conv(`${b}.conv1`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${b}.bn1`)],
+            conv: [this.conv(`${b}.conv2`, { stride, pad: 1, groups: arch.groups }), this.norm(`${b}.bn2`)],
+            expand: [this.conv(`${b}.conv3`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${b}.bn3`)],
+            down: down ? [this.conv(`${b}.downsample.0`, { stride, pad: 0, groups: 1 }), this.norm(`${b}.downsample.1`)] : null,
+          };
+          this.blocks.push(bottleneck(layers, (o) => this.own(o)));
           inC = st.out;
         }
       });
@@ -218,14 +193,6 @@ export class ResNet50 extends BaseClassifier {
     return { mean: [...this.normValues.mean], std: [...this.normValues.std] };
   }
 
-  private block(b: Bottleneck, x: tf.Tensor4D): tf.Tensor4D {
-    let h = relu(b.bn1.apply(b.conv1.apply(x)));
-    h = relu(b.bn2.apply(b.conv2.apply(h)));
-    h = b.bn3.apply(b.conv3.apply(h));
-    const residual = b.down ? b.down.bn.apply(b.down.conv.apply(x)) : x;
-    return addRelu(residual, h);
-  }
-
   forward(x: tf.Tensor4D): tf.Tensor2D {
     this.checkInput(x);
     const [mean, invStd] = this.normTensors!;
@@ -242,7 +209,7 @@ export class ResNet50 extends BaseClassifier {
         return tf.maxPool(tf.pad(s, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, 'valid') as tf.Tensor4D;
       });
       for (const b of this.blocks) {
-        const next = tf.tidy(() => (fold ? runFoldedBottleneck(b.folded, h) : this.block(b, h)));
+        const next = tf.tidy(() => runBottleneck(b, h, fold));
         h.dispose(); // see resnext.ts: inference peak memory; the tape keeps its own copies
         h = next;
       }

@@ -18,10 +18,10 @@ import type { StateDict } from '../io/types.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
 import type { BatchNormLayer } from './norm-layer.js';
-import { addRelu, globalAvgPool, relu } from './layers.js';
+import { globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { FoldedConvBn, foldBottleneck, foldable, runFoldedBottleneck, type FoldedBottleneck } from './fused.js';
+import { FoldedConvBn, bottleneck, foldable, runBottleneck, type Bottleneck, type BottleneckLayers } from './fused.js';
 
 const STAGES = 3;
 const EXPANSION = 4; // ResNeXtBottleneck.expansion
@@ -111,18 +111,6 @@ export function resnextExpectedKeys(arch: ResNeXtArch): Map<string, number[]> {
   return out;
 }
 
-interface Bottleneck {
-  convReduce: Conv2d;
-  bnReduce: BatchNormLayer;
-  convConv: Conv2d;
-  bn: BatchNormLayer;
-  convExpand: Conv2d;
-  bnExpand: BatchNormLayer;
-  down: { conv: Conv2d; bn: BatchNormLayer } | null;
-  /** The same block with every conv → BN (→ ReLU) folded, for inference in 'source' mode. */
-  folded: FoldedBottleneck;
-}
-
 export interface ResNeXtOptions {
   rng: Rng;
   /** Input normalisation when the weights carry no mu/sigma buffers. */
@@ -158,28 +146,13 @@ export class CifarResNeXt extends BaseClassifier {
           const p = `stage_${si + 1}.${i}`;
           const stride = i === 0 ? st.stride : 1;
           const down = hasDownsample(i, inC, st);
-          const convReduce = this.conv(`${p}.conv_reduce`, { stride: 1, pad: 0, groups: 1 });
-          const bnReduce = this.norm(`${p}.bn_reduce`);
-          const convConv = this.conv(`${p}.conv_conv`, { stride, pad: 1, groups: arch.cardinality });
-          const bn = this.norm(`${p}.bn`);
-          const convExpand = this.conv(`${p}.conv_expand`, { stride: 1, pad: 0, groups: 1 });
-          const bnExpand = this.norm(`${p}.bn_expand`);
-          const ds = down
-            ? { conv: this.conv(`${p}.downsample.0`, { stride, pad: 0, groups: 1 }), bn: this.norm(`${p}.downsample.1`) }
-            : null;
-          this.blocks.push({
-            convReduce,
-            bnReduce,
-            convConv,
-            bn,
-            convExpand,
-            bnExpand,
-            down: ds,
-            folded: foldBottleneck(
-              { reduce: [convReduce, bnReduce], conv: [convConv, bn], expand: [convExpand, bnExpand], down: ds ? [ds.conv, ds.bn] : null },
-              (o) => this.own(o),
-            ),
-          });
+          const layers: BottleneckLayers = {
+            reduce: [this.conv(`${p}.conv_reduce`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${p}.bn_reduce`)],
+            conv: [this.conv(`${p}.conv_conv`, { stride, pad: 1, groups: arch.cardinality }), this.norm(`${p}.bn`)],
+            expand: [this.conv(`${p}.conv_expand`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${p}.bn_expand`)],
+            down: down ? [this.conv(`${p}.downsample.0`, { stride, pad: 0, groups: 1 }), this.norm(`${p}.downsample.1`)] : null,
+          };
+          this.blocks.push(bottleneck(layers, (o) => this.own(o)));
           inC = st.out;
         }
       });
@@ -191,14 +164,6 @@ export class CifarResNeXt extends BaseClassifier {
     }
   }
 
-  private block(b: Bottleneck, x: tf.Tensor4D): tf.Tensor4D {
-    let h = relu(b.bnReduce.apply(b.convReduce.apply(x)));
-    h = relu(b.bn.apply(b.convConv.apply(h)));
-    h = b.bnExpand.apply(b.convExpand.apply(h));
-    const residual = b.down ? b.down.bn.apply(b.down.conv.apply(x)) : x;
-    return addRelu(residual, h);
-  }
-
   forward(x: tf.Tensor4D): tf.Tensor2D {
     this.checkInput(x);
     const fold = foldable(this.normMode);
@@ -208,7 +173,7 @@ export class CifarResNeXt extends BaseClassifier {
         return fold ? this.stemFolded.apply(xn) : relu(this.stemBn.apply(this.stem.apply(xn)));
       });
       for (const b of this.blocks) {
-        const next = tf.tidy(() => (fold ? runFoldedBottleneck(b.folded, h) : this.block(b, h)));
+        const next = tf.tidy(() => runBottleneck(b, h, fold));
         // Free the block input now rather than at the end of the outer tidy (inference peak
         // memory); a recording tape keeps what it needs through its own saved tensors.
         h.dispose();
