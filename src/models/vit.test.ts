@@ -119,6 +119,20 @@ describe('ViT (reduced, timm key names) against PyTorch', () => {
     m.dispose();
   });
 
+  it('forward and Tent steps leave no tensor behind (lean reshapes/adds, heap unstack)', async () => {
+    const m = buildModel('vit_b16', sd, { rng: new Rng(1) });
+    const start = tf.memory().numTensors;
+    tf.dispose(m.forward(input));
+    expect(tf.memory().numTensors).toBe(start);
+    const alg = await ALGORITHMS.tent.create(m, tentOptions(), { rng: new Rng(2) });
+    tf.dispose(alg.step(input).logits); // builds the optimizer slots and the transposed weights
+    const after1 = tf.memory().numTensors;
+    for (let i = 0; i < 3; i++) tf.dispose(alg.step(input).logits);
+    expect(tf.memory().numTensors).toBe(after1);
+    alg.dispose();
+    m.dispose();
+  });
+
   it('refuses the BN-only modes with a clear message', () => {
     const m = buildModel('vit_b16', sd, { rng: new Rng(1) });
     const mecta = { beta: 0.1, initBeta: null, forgetGate: true, distMetric: 'skl' as const, distScale: 1, betaThre: 0, pruneQ: 0 };
