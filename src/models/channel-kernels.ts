@@ -220,6 +220,11 @@ export function setHeapKernels(on: boolean): void {
   heapKernels = on;
 }
 
+/** Whether heap kernels are on (see setHeapKernels); simd-kernels.ts follows the same switch. */
+export function heapKernelsEnabled(): boolean {
+  return heapKernels;
+}
+
 /** Whether the active backend runs the kernels above. */
 function native(): boolean {
   return heapKernels && tf.getBackend() in MEMORY;

@@ -13,6 +13,7 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { RawTensor } from '../io/types.js';
 import { concatChannels, phasesToSpace, splitChannels } from './channel-kernels.js';
+import { maskGrad, packedReluAvailable, reluPacked } from './simd-kernels.js';
 
 /** Converts a float RawTensor (PyTorch layout) to a tf tensor of the same shape. */
 export function rawToTensor(raw: RawTensor, key: string): tf.Tensor {
@@ -109,25 +110,8 @@ function releaseConsumed(outId: number, inputIds: number[], dy: tf.Tensor, saved
   });
 }
 
-// ---------------------------------------------------------------------------------------------
-// Per-channel reduction
-// ---------------------------------------------------------------------------------------------
-
-/**
- * Per-channel mean over every other axis of an NHWC tensor, as a [C] vector: ONE average pool over
- * the whole [N·H, W] plane (XNNPACK's NHWC pooling streams the data once). backends.md §2 found
- * tf.sum/tf.moments slow on WASM and suggested matMul with a ones vector; measured here, that matMul
- * is fast only while its right operand is a constant (XNNPACK caches the packed weights), and the
- * activations are fresh tensors every call: 10–25 ms against ~1 ms for this pool at [16,32,32,128],
- * with the same float32 accuracy (≈5e-6 relative against float64).
- */
-export function channelMean(x: tf.Tensor): tf.Tensor1D {
-  const c = x.shape[x.shape.length - 1];
-  const w = x.rank >= 2 ? x.shape[x.shape.length - 2] : 1;
-  const rows = x.size / (c * w);
-  const plane = tf.reshape(x, [1, rows, w, c]) as tf.Tensor4D;
-  return tf.reshape(tf.avgPool(plane, [rows, w], 1, 'valid'), [c]) as tf.Tensor1D;
-}
+// channelMean lives in simd-kernels.ts (BN's fallback reductions use it); re-exported here.
+export { channelMean } from './simd-kernels.js';
 
 // ---------------------------------------------------------------------------------------------
 // Convolution
@@ -664,6 +648,11 @@ function unpackMask(words: tf.Tensor, shape: number[]): tf.Tensor {
 /** relu saving only its bit-packed mask [y > 0] for the backward dy·mask. */
 export function relu(x: tf.Tensor4D): tf.Tensor4D {
   reluOp ??= customOp<tf.Tensor4D>(([input], save) => {
+    if (keepMask && packedReluAvailable(input)) {
+      const [y, words] = reluPacked(input as tf.Tensor4D);
+      save([words]);
+      return { value: y, gradFunc: (dy, [w]) => [maskGrad(dy, w)] };
+    }
     const y = tf.relu(input) as tf.Tensor4D;
     if (keepMask) save([packMask(y)]);
     return { value: y, gradFunc: (dy, [words]) => [tf.mul(dy, unpackMask(words, dy.shape))] };
@@ -678,6 +667,17 @@ export function relu(x: tf.Tensor4D): tf.Tensor4D {
  */
 export function addRelu(a: tf.Tensor4D, b: tf.Tensor4D): tf.Tensor4D {
   addReluOp ??= customOp<tf.Tensor4D>(([x, y], save) => {
+    if (keepMask && packedReluAvailable(x, y) && x.size === y.size) {
+      const [out, words] = reluPacked(x as tf.Tensor4D, y as tf.Tensor4D);
+      save([words]);
+      return {
+        value: out,
+        gradFunc: (dy, [w]) => {
+          const g = maskGrad(dy, w);
+          return [g, g.clone()];
+        },
+      };
+    }
     const out = tf.relu(tf.add(x, y)) as tf.Tensor4D;
     if (keepMask) save([packMask(out)]);
     return {

@@ -8,9 +8,10 @@
  *
  * Each forward is a single custom op with inputs (x, weight, bias) and a hand-written backward, so
  * the tape holds exactly what the backward needs (A.6/A.8 memory semantics) and no tf.tile /
- * tf.moments gradient is ever built. Per-channel reductions over N·H·W are single average pools
- * (layers.ts channelMean). The custom op's `save` is a no-op when no gradient tape is recording,
- * so a plain forward keeps nothing.
+ * tf.moments gradient is ever built. The per-element passes (batch statistics, the affine output,
+ * the input/affine gradients) are simd-kernels.ts: WebAssembly SIMD on the WASM backend, tf ops
+ * elsewhere. The custom op's `save` is a no-op when no gradient tape is recording, so a plain
+ * forward keeps nothing.
  *
  * Tensors are NHWC: the channel axis is last, so [C] vectors broadcast directly.
  */
@@ -18,7 +19,8 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { DistMetric, MectaOptions, NormLayer, NormMode, NormRecord } from './types.js';
 import { channelMean, customOp } from './layers.js';
-import { gatherChannels, scatterChannels } from './channel-kernels.js';
+import { gatherChannels } from './channel-kernels.js';
+import { bnBackward, channelAffine, channelStats } from './simd-kernels.js';
 
 /** Supplies the channels MECTA removes from the cache for one forward (A.8). */
 export type RemovedChannelSource = (layer: string, channels: number, count: number) => Int32Array;
@@ -89,61 +91,15 @@ class ChannelSplit {
   select<T extends tf.Tensor>(t: T): T {
     return gatherChannels(t, this.kept);
   }
-
-  /** Places a kept-channel tensor (or [K] vector) back into C channels, zeros at removed ones. */
-  expand<T extends tf.Tensor>(t: T): T {
-    return scatterChannels(t, this.kept, this.channels);
-  }
-}
-
-interface Stats {
-  mean: tf.Tensor1D;
-  variance: tf.Tensor1D; // biased (÷ N·H·W)
 }
 
 /** MECTA's no-grad batch statistics [mean; var] as one op (built on first use, see forwardMecta). */
 let statsOp: ((x: tf.Tensor4D) => tf.Tensor1D) | null = null;
 
-/** Batch mean and biased variance per channel (two-pass: the centred sum avoids cancellation). */
-function batchStats(x: tf.Tensor4D): Stats {
-  const mean = channelMean(x);
-  return { mean, variance: channelMean(tf.squaredDifference(x, mean)) };
-}
-
-/**
- * x·a + c per channel. Two plain elementwise kernels: WASM's FusedBatchNorm is ~3× slower than a
- * multiply, so even a one-kernel tf.batchNorm loses.
- */
-function scaleShift(x: tf.Tensor4D, a: tf.Tensor1D, c: tf.Tensor1D): tf.Tensor4D {
-  return tf.add(tf.mul(x, a), c) as tf.Tensor4D;
-}
-
 /** a = γ·rstd and c = β − μ·a, so that γ(x − μ)·rstd + β = x·a + c. */
 function foldAffine(w: tf.Tensor, b: tf.Tensor, mean: tf.Tensor1D, rstd: tf.Tensor1D): [tf.Tensor1D, tf.Tensor1D] {
   const a = tf.mul(w, rstd) as tf.Tensor1D;
   return [a, tf.sub(b, tf.mul(mean, a)) as tf.Tensor1D];
-}
-
-/**
- * The shared BN input gradient (A.7 with the batch statistics μ_b, σ_b = 1/r):
- *   dx = s·(g − mean g − x̂·mean(g·x̂)),  x̂ = t·r,  t = x − μ_b
- * with s = γ/σ (σ = σ_b for train-mode BN; σ = σ_r for MECTA's PreG). Evaluated as
- * dx = g·s − (t·k + s·mean g) with k = r²·s·mean(g·t), so x̂ is never materialised. A channel whose
- * t is all zeros (a pruned channel, A.8) gets exactly the refill dx = s·(g − mean g) and S = 0.
- * Returns dx, S = Σ g·x̂ and Σ g, from which the callers form the affine gradients.
- */
-function bnInputGrad(
-  g: tf.Tensor4D,
-  t: tf.Tensor4D,
-  rstdB: tf.Tensor1D,
-  s: tf.Tensor1D,
-): { dx: tf.Tensor4D; S: tf.Tensor1D; sumG: tf.Tensor1D } {
-  const m = g.size / g.shape[3];
-  const meanG = channelMean(g);
-  const meanGT = channelMean(tf.mul(g, t));
-  const k = tf.mul(tf.mul(tf.square(rstdB), s), meanGT);
-  const dx = tf.sub(tf.mul(g, s), tf.add(tf.mul(t, k), tf.mul(s, meanG))) as tf.Tensor4D;
-  return { dx, S: tf.mul(tf.mul(rstdB, meanGT), m) as tf.Tensor1D, sumG: tf.mul(meanG, m) as tf.Tensor1D };
 }
 
 export interface NormParams {
@@ -287,7 +243,7 @@ export class BatchNormLayer implements NormLayer {
       const [a, c] = foldAffine(w, b, rm, rstd);
       if (tapeOn) save([x4, rm, rstd, a]);
       return {
-        value: scaleShift(x4, a, c),
+        value: channelAffine(x4, a, c),
         gradFunc: (g, [xs, mean, r, scale]) => {
           const m = g.size / g.shape[3];
           const dw = tf.mul(tf.mul(channelMean(tf.mul(g, tf.sub(xs, mean))), r), m); // Σ g·x̂_r
@@ -310,7 +266,7 @@ export class BatchNormLayer implements NormLayer {
     const eps = this.eps;
     const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
       const x4 = xi as tf.Tensor4D;
-      const { mean, variance } = batchStats(x4);
+      const { mean, variance } = channelStats(x4);
       const rstd = tf.rsqrt(tf.add(variance, eps)) as tf.Tensor1D;
       const [a, c] = foldAffine(w, b, mean, rstd);
       if (update) {
@@ -321,10 +277,9 @@ export class BatchNormLayer implements NormLayer {
       }
       if (tapeOn) save([x4, mean, rstd, a]);
       return {
-        value: scaleShift(x4, a, c),
+        value: channelAffine(x4, a, c),
         gradFunc: (g, [xs, meanB, rstdB, s]) => {
-          const t = tf.sub(xs, meanB) as tf.Tensor4D;
-          const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, s as tf.Tensor1D);
+          const { dx, S, sumG } = bnBackward(g as tf.Tensor4D, xs as tf.Tensor4D, meanB as tf.Tensor1D, rstdB as tf.Tensor1D, s as tf.Tensor1D, null);
           return [dx, S, sumG];
         },
       };
@@ -367,7 +322,7 @@ export class BatchNormLayer implements NormLayer {
     // the tape has no path through the network to layers below the lowest caching one and the
     // backward stops there instead of carrying g down to layers that take no update.
     statsOp ??= customOp<tf.Tensor1D>(([xi]) => {
-      const { mean, variance } = batchStats(xi as tf.Tensor4D);
+      const { mean, variance } = channelStats(xi as tf.Tensor4D);
       // never on a path to the loss (only read back below): the gradient is never asked for
       return { value: tf.concat([mean, variance]) as tf.Tensor1D, gradFunc: () => [tf.zerosLike(xi)] };
     });
@@ -401,7 +356,7 @@ export class BatchNormLayer implements NormLayer {
       // parameters get nothing (A.6).
       const op = customOp<tf.Tensor4D>(([xi]) => {
         const [s, shiftOut] = foldAffine(this.weight, this.bias, vec(newMu), vec(rstdR));
-        return { value: scaleShift(xi as tf.Tensor4D, s, shiftOut), gradFunc: (g) => [g.clone()] };
+        return { value: channelAffine(xi as tf.Tensor4D, s, shiftOut), gradFunc: (g) => [g.clone()] };
       });
       y = op(x);
     } else {
@@ -409,7 +364,7 @@ export class BatchNormLayer implements NormLayer {
         const x4 = xi as tf.Tensor4D;
         // A.3 step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
         const [s, shiftOut] = foldAffine(w, b, vec(newMu), vec(rstdR));
-        const value = scaleShift(x4, s, shiftOut);
+        const value = channelAffine(x4, s, shiftOut);
 
         // Channels removed from the cache are drawn for every caching forward, tape or not, so the
         // random stream does not depend on whether a backward follows.
@@ -441,14 +396,9 @@ export class BatchNormLayer implements NormLayer {
         return {
           value,
           gradFunc: (g, [xs, meanB, rstdB, scale, ratio, shift]) => {
-            // Centred input; with pruning only the kept channels exist, and scattering them back
-            // with zeros at the removed channels makes bnInputGrad produce the A.8 refill there.
-            // (Measured: one channel scatter here is cheaper than gathering g's kept channels and
-            // scattering the t·k correction back, or a fused JS pass: JS elementwise loops run at
-            // ~3 ns per element against XNNPACK's threaded SIMD.)
-            const tKept = tf.sub(xs, meanB) as tf.Tensor4D;
-            const t = sp ? sp.expand(tKept) : tKept;
-            const { dx, S, sumG } = bnInputGrad(g, t, rstdB as tf.Tensor1D, scale as tf.Tensor1D);
+            // With pruning xs and meanB hold only the kept channels; bnBackward gives the removed
+            // ones the A.8 refill.
+            const { dx, S, sumG } = bnBackward(g as tf.Tensor4D, xs as tf.Tensor4D, meanB as tf.Tensor1D, rstdB as tf.Tensor1D, scale as tf.Tensor1D, sp ? sp.kept : null);
             // dγ = ratio·S + shift·Σg (A.7); ratio and shift are 0 at removed channels (A.8).
             return [dx, tf.add(tf.mul(ratio, S), tf.mul(shift, sumG)), sumG];
           },

@@ -1,0 +1,352 @@
+/**
+ * The per-element work of a BatchNorm layer as whole-layer passes: batch statistics, the affine
+ * output, and the input/affine gradients (standard BN and MECTA's pruned PreG, A.7/A.8), each a
+ * tf op that a test or another backend can run as the reference.
+ *
+ * Why: as tf ops a train-mode BN is ~13 elementwise kernels per step (two average-pool sums and a
+ * squared difference for the statistics, a multiply and an add for the output, and
+ * sub/mul/pool/mul/mul/mul/sub/add for the gradient), each a full pass over an activation that is
+ * 8–16 MB at ResNeXt-29 b16, plus MECTA's zero-filled channel scatter of the centred input. On the
+ * WASM backend these run as five small WebAssembly SIMD functions (simd-kernels.wat) that read and
+ * write tfjs's own heap: statistics in two read passes, the output in one, the gradient in one
+ * read pass and one write pass, and a pruned cache is read compactly through its channel list
+ * instead of being scattered. Measured in LOG.md (fourth session).
+ *
+ * The module is instantiated against the backend's memory (shared in the threaded-SIMD build,
+ * plain in the single-thread one) and runs on the calling thread. Sums accumulate in float32 over
+ * 64-row blocks and in float64 across blocks. Other backends, channel counts that are not a
+ * multiple of 4, and `setHeapKernels(false)` take the tf-op formulation below.
+ */
+import { tf } from '../tf.js';
+import { SIMD_KERNELS_PLAIN, SIMD_KERNELS_SHARED } from './simd-kernels-wasm.js';
+import { heapKernelsEnabled, scatterChannels } from './channel-kernels.js';
+
+type Info = tf.TensorInfo;
+
+/**
+ * Per-channel mean over every other axis of an NHWC tensor, as a [C] vector: ONE average pool over
+ * the whole [N·H, W] plane (XNNPACK's NHWC pooling streams the data once). backends.md §2 found
+ * tf.sum/tf.moments slow on WASM and suggested matMul with a ones vector; measured here, that matMul
+ * is fast only while its right operand is a constant (XNNPACK caches the packed weights), and the
+ * activations are fresh tensors every call: 10–25 ms against ~1 ms for this pool at [16,32,32,128],
+ * with the same float32 accuracy (≈5e-6 relative against float64).
+ */
+export function channelMean(x: tf.Tensor): tf.Tensor1D {
+  const c = x.shape[x.shape.length - 1];
+  const w = x.rank >= 2 ? x.shape[x.shape.length - 2] : 1;
+  const rows = x.size / (c * w);
+  const plane = tf.reshape(x, [1, rows, w, c]) as tf.Tensor4D;
+  return tf.reshape(tf.avgPool(plane, [rows, w], 1, 'valid'), [c]) as tf.Tensor1D;
+}
+
+interface Exports {
+  reduce(mode: number, a: number, b: number, mu: number, rows: number, c: number, acc: number, tot: number): void;
+  reduceIdx(g: number, x: number, mu: number, idx: number, rows: number, c: number, k: number, acc: number, tot: number): void;
+  affine(x: number, a: number, b: number, y: number, rows: number, c: number): void;
+  bnDx(g: number, x: number, mu: number, s: number, kc: number, c0: number, dx: number, rows: number, c: number): void;
+  dxFixIdx(dx: number, x: number, mu: number, idx: number, kc: number, rows: number, c: number, k: number): void;
+  reluPack(a: number, b: number, y: number, words: number, n: number): void;
+  maskGrad(dy: number, words: number, dx: number, n: number): void;
+}
+
+interface EmscriptenModule {
+  wasmMemory?: WebAssembly.Memory; // threaded build
+  asm?: { memory?: WebAssembly.Memory }; // single-thread build exports it
+  _malloc(bytes: number): number;
+  _free(ptr: number): void;
+}
+
+interface WasmBackend {
+  wasm: EmscriptenModule;
+  makeOutput(shape: number[], dtype: 'float32' | 'int32'): Info;
+  dataIdMap: { get(id: object): { memoryOffset: number } };
+}
+
+const instances = new WeakMap<WebAssembly.Memory, Exports>();
+
+function instantiate(memory: WebAssembly.Memory): Exports {
+  let k = instances.get(memory);
+  if (!k) {
+    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+    const bytes = Buffer.from(shared ? SIMD_KERNELS_SHARED : SIMD_KERNELS_PLAIN, 'base64');
+    k = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } }).exports as unknown as Exports;
+    instances.set(memory, k);
+  }
+  return k;
+}
+
+/** Per-call access to the heap: pointers, scratch, fresh views (the heap may grow on any malloc). */
+class Heap {
+  readonly k: Exports;
+  private readonly mod: EmscriptenModule;
+  private readonly memory: WebAssembly.Memory;
+  private readonly allocs: number[] = [];
+
+  constructor(private readonly backend: WasmBackend) {
+    this.mod = backend.wasm;
+    const memory = this.mod.wasmMemory ?? this.mod.asm?.memory;
+    if (!memory) throw new Error('simd-kernels: the WASM backend exposes no memory');
+    this.memory = memory;
+    this.k = instantiate(memory);
+  }
+
+  ptr(t: Info): number {
+    return this.backend.dataIdMap.get(t.dataId).memoryOffset >>> 0;
+  }
+
+  out(shape: number[], dtype: 'float32' | 'int32' = 'float32'): Info {
+    return this.backend.makeOutput(shape, dtype);
+  }
+
+  /** `bytes` of scratch, 16-byte aligned, freed by done(). */
+  scratch(bytes: number): number {
+    const p = this.mod._malloc(bytes + 16) >>> 0; // wasm returns a signed i32: offsets past 2 GB read negative
+    this.allocs.push(p);
+    return p + ((16 - (p % 16)) % 16); // (no `& ~15`: that is signed again)
+  }
+
+  f32(ptr: number, n: number): Float32Array {
+    return new Float32Array(this.memory.buffer, ptr, n);
+  }
+
+  f64(ptr: number, n: number): Float64Array {
+    return new Float64Array(this.memory.buffer, ptr, n);
+  }
+
+  i32(ptr: number, n: number): Int32Array {
+    return new Int32Array(this.memory.buffer, ptr, n);
+  }
+
+  done(): void {
+    for (const p of this.allocs) this.mod._free(p);
+  }
+}
+
+const lastDim = (t: Info) => t.shape[t.shape.length - 1];
+const sizeOf = (t: Info) => t.shape.reduce((a, d) => a * d, 1);
+
+interface BackwardAttrs {
+  kept: number[] | null; // channels the pruned cache x holds, in order; null: x has every channel
+}
+
+const KERNELS = {
+  /** x [.., C] → mean [C], biased variance [C] (two passes: the centred sum avoids cancellation). */
+  CtaBnStats(h: Heap, [x]: Info[]): Info[] {
+    const c = lastDim(x);
+    const rows = sizeOf(x) / c;
+    const mean = h.out([c]);
+    const variance = h.out([c]);
+    const acc = h.scratch(c * 4);
+    const tot = h.scratch(c * 8);
+    const px = h.ptr(x);
+    h.f64(tot, c).fill(0);
+    h.k.reduce(0, px, 0, 0, rows, c, acc, tot);
+    const pm = h.ptr(mean);
+    const sums = h.f64(tot, c);
+    const mv = h.f32(pm, c);
+    for (let i = 0; i < c; i++) mv[i] = sums[i] / rows;
+    sums.fill(0);
+    h.k.reduce(1, px, 0, pm, rows, c, acc, tot);
+    const sq = h.f64(tot, c);
+    const vv = h.f32(h.ptr(variance), c);
+    for (let i = 0; i < c; i++) vv[i] = sq[i] / rows;
+    return [mean, variance];
+  },
+
+  /** y = x·a + b per channel. */
+  CtaBnAffine(h: Heap, [x, a, b]: Info[]): Info[] {
+    const c = lastDim(x);
+    const y = h.out(x.shape.slice());
+    h.k.affine(h.ptr(x), h.ptr(a), h.ptr(b), h.ptr(y), sizeOf(x) / c, c);
+    return [y];
+  },
+
+  /**
+   * (g, x, μ_b, r_b, s) → dx, S = Σ g·x̂, Σ g, with x̂ = (x − μ_b)·r_b (bnBackward's formula). With
+   * `kept`, x and μ_b hold only those channels and every other channel has x̂ = 0 (A.8 refill).
+   */
+  CtaBnBackward(h: Heap, [g, x, mu, rstd, s]: Info[], attrs: BackwardAttrs): Info[] {
+    const c = lastDim(g);
+    const rows = sizeOf(g) / c;
+    const kept = attrs.kept;
+    const k = kept ? kept.length : c;
+    const dx = h.out(g.shape.slice());
+    const S = h.out([c]);
+    const sumG = h.out([c]);
+    const acc = h.scratch(2 * c * 4);
+    const tot = h.scratch(2 * c * 8);
+    const kc = h.scratch(c * 4);
+    const c0 = h.scratch(c * 4);
+    const idx = kept ? h.scratch(k * 4) : 0;
+    const [pg, px, pmu, pdx] = [h.ptr(g), h.ptr(x), h.ptr(mu), h.ptr(dx)];
+    h.f64(tot, 2 * c).fill(0);
+    // Pass 1: Σ g and Σ g·(x − μ_b) per channel.
+    if (kept) {
+      h.i32(idx, k).set(kept);
+      h.k.reduce(0, pg, 0, 0, rows, c, acc, tot + 8 * c);
+      h.k.reduceIdx(pg, px, pmu, idx, rows, c, k, acc, tot);
+    } else {
+      h.k.reduce(2, px, pg, pmu, rows, c, acc, tot);
+    }
+    const sumGT = h.f64(tot, k); // per cached channel
+    const sums = h.f64(tot + 8 * c, c);
+    const r = h.f32(h.ptr(rstd), c);
+    const sv = h.f32(h.ptr(s), c);
+    const kv = h.f32(kc, c);
+    const c0v = h.f32(c0, c);
+    const Sv = h.f32(h.ptr(S), c).fill(0);
+    const gv = h.f32(h.ptr(sumG), c);
+    // k = r²·s·mean(g·t), c0 = −s·mean(g); a channel without cache has k = 0 and S = 0.
+    kv.fill(0);
+    for (let j = 0; j < k; j++) {
+      const ch = kept ? kept[j] : j;
+      kv[j] = (r[ch] * r[ch] * sv[ch] * sumGT[j]) / rows;
+      Sv[ch] = r[ch] * sumGT[j];
+    }
+    for (let i = 0; i < c; i++) {
+      gv[i] = sums[i];
+      c0v[i] = (-sv[i] * sums[i]) / rows;
+    }
+    // Pass 2: dx = g·s − (x − μ_b)·k + c0.
+    if (kept) {
+      h.k.affine(pg, h.ptr(s), c0, pdx, rows, c);
+      h.k.dxFixIdx(pdx, px, pmu, idx, kc, rows, c, k);
+    } else {
+      h.k.bnDx(pg, px, pmu, h.ptr(s), kc, c0, pdx, rows, c);
+    }
+    return [dx, S, sumG];
+  },
+
+  /** relu(a [+ b]) and its mask [y > 0] packed 32 per int32 word. */
+  CtaReluPack(h: Heap, [a, b]: Info[]): Info[] {
+    const n = sizeOf(a);
+    const y = h.out(a.shape.slice());
+    const words = h.out([Math.ceil(n / 32)], 'int32');
+    h.k.reluPack(h.ptr(a), b ? h.ptr(b) : 0, h.ptr(y), h.ptr(words), n);
+    return [y, words];
+  },
+
+  /** dy·mask for a mask packed by CtaReluPack. */
+  CtaMaskGrad(h: Heap, [dy, words]: Info[]): Info[] {
+    const dx = h.out(dy.shape.slice());
+    h.k.maskGrad(h.ptr(dy), h.ptr(words), h.ptr(dx), sizeOf(dy));
+    return [dx];
+  },
+};
+
+type KernelName = keyof typeof KERNELS;
+
+for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (h: Heap, i: Info[], a: never) => Info[]]>) {
+  tf.registerKernel({
+    kernelName: name,
+    backendName: 'wasm',
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const heap = new Heap(backend as unknown as WasmBackend);
+      try {
+        const outs = body(heap, Object.values(inputs) as Info[], attrs as never);
+        return outs.length === 1 ? outs[0] : outs;
+      } finally {
+        heap.done();
+      }
+    },
+  });
+}
+
+let bnKernels = true;
+
+/** Turns these kernels off (the tf-op formulation everywhere), for tests and A/B measurements. */
+export function setBnKernels(on: boolean): void {
+  bnKernels = on;
+}
+
+/** Whether these tensors go to the WASM kernels (float32, channels a multiple of 4, rows ≥ 1). */
+function native(...ts: tf.Tensor[]): boolean {
+  if (!bnKernels || !heapKernelsEnabled() || tf.getBackend() !== 'wasm') return false;
+  const c = ts[0].shape[ts[0].rank - 1];
+  return c > 0 && c % 4 === 0 && ts[0].size > 0 && ts.every((t) => t.dtype === 'float32');
+}
+
+/** Whether ReLU's packed-mask kernels take these float32 tensors (sizes a multiple of 4). */
+export function packedReluAvailable(...ts: tf.Tensor[]): boolean {
+  return bnKernels && heapKernelsEnabled() && tf.getBackend() === 'wasm' && ts.every((t) => t.dtype === 'float32' && t.size > 0 && t.size % 4 === 0);
+}
+
+/**
+ * relu(a + b) (or relu(a)) and its mask [y > 0] as int32 words of 32 bits (1 bit per element), in
+ * one pass. Only where packedReluAvailable().
+ */
+export function reluPacked(a: tf.Tensor4D, b?: tf.Tensor4D): [tf.Tensor4D, tf.Tensor1D] {
+  const [y, words] = run('CtaReluPack', b ? [a, b] : [a]);
+  return [y as tf.Tensor4D, words as tf.Tensor1D];
+}
+
+/** dy·mask for a mask from reluPacked (bit-for-bit: dy where y > 0, else 0). */
+export function maskGrad(dy: tf.Tensor, words: tf.Tensor): tf.Tensor {
+  return run('CtaMaskGrad', [dy, words])[0];
+}
+
+function run(name: KernelName, inputs: tf.Tensor[], attrs: object = {}): tf.Tensor[] {
+  const map: Record<string, tf.Tensor> = {};
+  inputs.forEach((t, i) => (map[String(i)] = t));
+  const out = tf.engine().runKernel(name, map, attrs as unknown as tf.NamedAttrMap);
+  return Array.isArray(out) ? (out as tf.Tensor[]) : [out as tf.Tensor];
+}
+
+export interface Stats {
+  mean: tf.Tensor1D;
+  variance: tf.Tensor1D; // biased (÷ N·H·W)
+}
+
+/** Batch mean and biased variance per channel of an NHWC tensor. */
+export function channelStats(x: tf.Tensor4D): Stats {
+  if (native(x)) {
+    const [mean, variance] = run('CtaBnStats', [x]) as tf.Tensor1D[];
+    return { mean, variance };
+  }
+  const mean = channelMean(x);
+  return { mean, variance: channelMean(tf.squaredDifference(x, mean)) };
+}
+
+/**
+ * x·a + b per channel. Off the WASM kernels: two plain elementwise ops (WASM's FusedBatchNorm is
+ * ~3× slower than a multiply, so a one-kernel tf.batchNorm loses).
+ */
+export function channelAffine(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D): tf.Tensor4D {
+  if (native(x, a, b)) return run('CtaBnAffine', [x, a, b])[0] as tf.Tensor4D;
+  return tf.add(tf.mul(x, a), b) as tf.Tensor4D;
+}
+
+/**
+ * The shared BN input gradient (A.7 with the batch statistics μ_b, σ_b = 1/r):
+ *   dx = s·(g − mean g − x̂·mean(g·x̂)),  x̂ = t·r,  t = x − μ_b
+ * with s = γ/σ (σ = σ_b for train-mode BN; σ = σ_r for MECTA's PreG), evaluated as
+ * dx = g·s − (t·k + s·mean g) with k = r²·s·mean(g·t), so x̂ is never materialised.
+ * Returns dx, S = Σ g·x̂ and Σ g, from which the callers form the affine gradients.
+ *
+ * `kept` (MECTA pruning, A.8): x and `mean` hold only those channels of g's C; every other
+ * channel has t = 0, which gives exactly the refill dx = s·(g − mean g) and S = 0 there.
+ */
+export function bnBackward(
+  g: tf.Tensor4D,
+  x: tf.Tensor4D,
+  mean: tf.Tensor1D,
+  rstd: tf.Tensor1D,
+  s: tf.Tensor1D,
+  kept: Int32Array | null,
+): { dx: tf.Tensor4D; S: tf.Tensor1D; sumG: tf.Tensor1D } {
+  if (native(g, x, mean, rstd, s)) {
+    const [dx, S, sumG] = run('CtaBnBackward', [g, x, mean, rstd, s], { kept: kept ? Array.from(kept) : null });
+    return { dx: dx as tf.Tensor4D, S: S as tf.Tensor1D, sumG: sumG as tf.Tensor1D };
+  }
+  const c = g.shape[3];
+  const tKept = tf.sub(x, mean) as tf.Tensor4D;
+  // (Measured: one channel scatter here is cheaper, as tf ops, than gathering g's kept channels
+  // and scattering the t·k correction back.)
+  const t = kept ? scatterChannels(tKept, kept, c) : tKept;
+  const m = g.size / c;
+  const meanG = channelMean(g);
+  const meanGT = channelMean(tf.mul(g, t));
+  const k = tf.mul(tf.mul(tf.square(rstd), s), meanGT);
+  const dx = tf.sub(tf.mul(g, s), tf.add(tf.mul(t, k), tf.mul(s, meanG))) as tf.Tensor4D;
+  return { dx, S: tf.mul(tf.mul(rstd, meanGT), m) as tf.Tensor1D, sumG: tf.mul(meanG, m) as tf.Tensor1D };
+}
