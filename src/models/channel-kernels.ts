@@ -9,13 +9,16 @@
  * then copy one row of C/G floats at a time with `subarray`/`set`; tf.gather looks up an index per
  * element in C++. Here the input is read in place through a heap view and written straight into
  * the output's heap memory in one pass. Measured in a Tent step of ResNeXt-29 at b16 (WASM, 2
- * threads, `tf.profile`): SplitV + Concat took 236 ms (LOG.md, third session).
+ * threads, `tf.profile`): SplitV + Concat took 236 ms (LOG.md, third session). On WASM the split,
+ * concat and gather run as simd-kernels.wat functions (a bulk-memory row copy, an indexed gather):
+ * JS loops and per-row subarray/set took 5× longer (LOG.md, fourth session).
  *
  * Registered as kernels for the 'wasm' and 'cpu' backends (both keep float32 data in typed arrays
  * this code can address); other backends (tfjs-node, WebGL) get the equivalent tf ops. Split,
  * concat, gather and scatter have their gradients registered, so they also work under autodiff.
  */
 import { tf } from '../tf.js';
+import { type Heap, withHeap } from './wasm-heap.js';
 
 type Info = tf.TensorInfo;
 
@@ -25,6 +28,8 @@ interface Memory {
   alloc(shape: number[]): Info;
   /** A Float32Array over a tensor's data (no copy). Call after every alloc of the kernel. */
   view(t: Info): Float32Array;
+  /** WASM only: the heap for simd-kernels.wat's row copies and gather (faster than JS loops). */
+  heap?: Heap;
 }
 
 interface WasmBackendLike {
@@ -63,6 +68,7 @@ function copy(src: Float32Array, si: number, dst: Float32Array, di: number, n: n
 }
 
 const lastDim = (t: Info) => t.shape[t.shape.length - 1];
+const sizeOf = (t: Info) => t.shape.reduce((a, d) => a * d, 1);
 const withLast = (shape: number[], c: number) => [...shape.slice(0, -1), c];
 
 interface SplitAttrs {
@@ -90,6 +96,12 @@ const KERNELS = {
     const c = lastDim(x);
     const w = c / attrs.groups;
     const outs = Array.from({ length: attrs.groups }, () => mem.alloc(withLast(x.shape, w)));
+    const h = mem.heap;
+    if (h && x.shape.every((d) => d > 0)) {
+      const px = h.ptr(x);
+      outs.forEach((o, g) => h.k.copyCols(px + 4 * g * w, 4 * c, h.ptr(o), 4 * w, sizeOf(x) / c, 4 * w));
+      return outs;
+    }
     const xv = mem.view(x);
     const ov = outs.map((o) => mem.view(o));
     const rows = xv.length / c;
@@ -103,6 +115,17 @@ const KERNELS = {
     const widths = inputs.map(lastDim);
     const c = widths.reduce((a, v) => a + v, 0);
     const out = mem.alloc(withLast(inputs[0].shape, c));
+    const h = mem.heap;
+    if (h && out.shape.every((d) => d > 0)) {
+      const po = h.ptr(out);
+      const rows = sizeOf(out) / c;
+      let at = 0;
+      inputs.forEach((t, g) => {
+        if (widths[g] > 0) h.k.copyCols(h.ptr(t), 4 * widths[g], po + 4 * at, 4 * c, rows, 4 * widths[g]);
+        at += widths[g];
+      });
+      return [out];
+    }
     const ov = mem.view(out);
     const iv = inputs.map((t) => mem.view(t));
     const rows = ov.length / c;
@@ -122,6 +145,13 @@ const KERNELS = {
     const idx = Int32Array.from(attrs.channels);
     const k = idx.length;
     const out = mem.alloc(withLast(x.shape, k));
+    const h = mem.heap;
+    if (h && out.shape.every((d) => d > 0)) {
+      const pi = h.scratch(4 * k);
+      h.i32(pi, k).set(idx);
+      h.k.gatherIdx(h.ptr(x), pi, h.ptr(out), sizeOf(out) / k, c, k);
+      return [out];
+    }
     const xv = mem.view(x);
     const ov = mem.view(out);
     const rows = ov.length / k;
@@ -206,7 +236,8 @@ for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (i: Inf
       kernelName: name,
       backendName,
       kernelFunc: ({ inputs, attrs, backend }) => {
-        const outs = body(Object.values(inputs) as Info[], attrs as never, memory(backend));
+        const exec = (heap?: Heap) => body(Object.values(inputs) as Info[], attrs as never, { ...memory(backend), heap });
+        const outs = backendName === 'wasm' ? withHeap(backend, exec) : exec();
         return name === 'CtaSplitChannels' || name === 'CtaUnstackRows' ? outs : outs[0];
       },
     });

@@ -18,7 +18,7 @@
  * multiple of 4, and `setHeapKernels(false)` take the tf-op formulation below.
  */
 import { tf } from '../tf.js';
-import { SIMD_KERNELS_PLAIN, SIMD_KERNELS_SHARED } from './simd-kernels-wasm.js';
+import { Heap, withHeap } from './wasm-heap.js';
 import { heapKernelsEnabled, scatterChannels } from './channel-kernels.js';
 
 type Info = tf.TensorInfo;
@@ -37,89 +37,6 @@ export function channelMean(x: tf.Tensor): tf.Tensor1D {
   const rows = x.size / (c * w);
   const plane = tf.reshape(x, [1, rows, w, c]) as tf.Tensor4D;
   return tf.reshape(tf.avgPool(plane, [rows, w], 1, 'valid'), [c]) as tf.Tensor1D;
-}
-
-interface Exports {
-  reduce(mode: number, a: number, b: number, mu: number, rows: number, c: number, acc: number, tot: number): void;
-  reduceIdx(g: number, x: number, mu: number, idx: number, rows: number, c: number, k: number, acc: number, tot: number): void;
-  affine(x: number, a: number, b: number, y: number, rows: number, c: number): void;
-  bnDx(g: number, x: number, mu: number, s: number, kc: number, c0: number, dx: number, rows: number, c: number): void;
-  dxFixIdx(dx: number, x: number, mu: number, idx: number, kc: number, rows: number, c: number, k: number): void;
-  reluPack(a: number, b: number, y: number, words: number, n: number): void;
-  maskGrad(dy: number, words: number, dx: number, n: number): void;
-}
-
-interface EmscriptenModule {
-  wasmMemory?: WebAssembly.Memory; // threaded build
-  asm?: { memory?: WebAssembly.Memory }; // single-thread build exports it
-  _malloc(bytes: number): number;
-  _free(ptr: number): void;
-}
-
-interface WasmBackend {
-  wasm: EmscriptenModule;
-  makeOutput(shape: number[], dtype: 'float32' | 'int32'): Info;
-  dataIdMap: { get(id: object): { memoryOffset: number } };
-}
-
-const instances = new WeakMap<WebAssembly.Memory, Exports>();
-
-function instantiate(memory: WebAssembly.Memory): Exports {
-  let k = instances.get(memory);
-  if (!k) {
-    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-    const bytes = Buffer.from(shared ? SIMD_KERNELS_SHARED : SIMD_KERNELS_PLAIN, 'base64');
-    k = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } }).exports as unknown as Exports;
-    instances.set(memory, k);
-  }
-  return k;
-}
-
-/** Per-call access to the heap: pointers, scratch, fresh views (the heap may grow on any malloc). */
-class Heap {
-  readonly k: Exports;
-  private readonly mod: EmscriptenModule;
-  private readonly memory: WebAssembly.Memory;
-  private readonly allocs: number[] = [];
-
-  constructor(private readonly backend: WasmBackend) {
-    this.mod = backend.wasm;
-    const memory = this.mod.wasmMemory ?? this.mod.asm?.memory;
-    if (!memory) throw new Error('simd-kernels: the WASM backend exposes no memory');
-    this.memory = memory;
-    this.k = instantiate(memory);
-  }
-
-  ptr(t: Info): number {
-    return this.backend.dataIdMap.get(t.dataId).memoryOffset >>> 0;
-  }
-
-  out(shape: number[], dtype: 'float32' | 'int32' = 'float32'): Info {
-    return this.backend.makeOutput(shape, dtype);
-  }
-
-  /** `bytes` of scratch, 16-byte aligned, freed by done(). */
-  scratch(bytes: number): number {
-    const p = this.mod._malloc(bytes + 16) >>> 0; // wasm returns a signed i32: offsets past 2 GB read negative
-    this.allocs.push(p);
-    return p + ((16 - (p % 16)) % 16); // (no `& ~15`: that is signed again)
-  }
-
-  f32(ptr: number, n: number): Float32Array {
-    return new Float32Array(this.memory.buffer, ptr, n);
-  }
-
-  f64(ptr: number, n: number): Float64Array {
-    return new Float64Array(this.memory.buffer, ptr, n);
-  }
-
-  i32(ptr: number, n: number): Int32Array {
-    return new Int32Array(this.memory.buffer, ptr, n);
-  }
-
-  done(): void {
-    for (const p of this.allocs) this.mod._free(p);
-  }
 }
 
 const lastDim = (t: Info) => t.shape[t.shape.length - 1];
@@ -241,13 +158,8 @@ for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (h: Hea
     kernelName: name,
     backendName: 'wasm',
     kernelFunc: ({ inputs, attrs, backend }) => {
-      const heap = new Heap(backend as unknown as WasmBackend);
-      try {
-        const outs = body(heap, Object.values(inputs) as Info[], attrs as never);
-        return outs.length === 1 ? outs[0] : outs;
-      } finally {
-        heap.done();
-      }
+      const outs = withHeap(backend, (heap) => body(heap, Object.values(inputs) as Info[], attrs as never));
+      return outs.length === 1 ? outs[0] : outs;
     },
   });
 }

@@ -1,5 +1,5 @@
-;; BatchNorm and ReLU passes over NHWC activations in TF.js's own WASM memory (simd-kernels.ts
-;; explains why).
+;; BatchNorm and ReLU passes and channel moves over NHWC activations in TF.js's own WASM memory
+;; (simd-kernels.ts and channel-kernels.ts explain why).
 ;; Every matrix is row-major [rows, c] float32 (rows = N·H·W, channels last); all pointers are byte
 ;; offsets into the backend's heap; c is a multiple of 4 for the SIMD functions. Sums are taken in
 ;; float32 over blocks of 64 rows and the block sums added into float64 totals, so a 16384-row
@@ -213,4 +213,34 @@
       (local.set $dx (i32.add (local.get $dx) (i32.const 16)))
       (local.set $i (i32.add (local.get $i) (i32.const 4)))
       (br_if $chunk (i32.lt_u (local.get $i) (local.get $n)))))
+
+  ;; Copies a [rows, bytes] block between row-strided matrices (strides in bytes): one channel
+  ;; group out of an NHWC tensor (split) or into one (concat).
+  (func (export "copyCols")
+    (param $src i32) (param $srcStride i32) (param $dst i32) (param $dstStride i32) (param $rows i32)
+    (param $bytes i32)
+    (loop $row
+      (memory.copy (local.get $dst) (local.get $src) (local.get $bytes))
+      (local.set $src (i32.add (local.get $src) (local.get $srcStride)))
+      (local.set $dst (i32.add (local.get $dst) (local.get $dstStride)))
+      (local.set $rows (i32.sub (local.get $rows) (i32.const 1)))
+      (br_if $row (local.get $rows))))
+
+  ;; out[r, j] = x[r, idx[j]] for j < k: the listed channels of an NHWC tensor (k ≥ 1).
+  (func (export "gatherIdx")
+    (param $x i32) (param $idx i32) (param $out i32) (param $rows i32) (param $c i32) (param $k i32)
+    (local $cb i32) (local $kb i32) (local $j i32)
+    (local.set $cb (i32.shl (local.get $c) (i32.const 2)))
+    (local.set $kb (i32.shl (local.get $k) (i32.const 2)))
+    (loop $row
+      (local.set $j (i32.const 0))
+      (loop $col
+        (f32.store (i32.add (local.get $out) (local.get $j))
+          (f32.load (i32.add (local.get $x) (i32.shl (i32.load (i32.add (local.get $idx) (local.get $j))) (i32.const 2)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br_if $col (i32.lt_u (local.get $j) (local.get $kb))))
+      (local.set $x (i32.add (local.get $x) (local.get $cb)))
+      (local.set $out (i32.add (local.get $out) (local.get $kb)))
+      (local.set $rows (i32.sub (local.get $rows) (i32.const 1)))
+      (br_if $row (local.get $rows))))
 )
