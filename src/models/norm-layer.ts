@@ -19,8 +19,7 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { DistMetric, MectaOptions, NormLayer, NormMode, NormRecord } from './types.js';
 import { channelMean, customOp } from './layers.js';
-import { gatherChannels } from './channel-kernels.js';
-import { bnBackward, channelAffine, channelStats } from './simd-kernels.js';
+import { bnBackward, channelAffine, channelAffineKeep, channelStats } from './simd-kernels.js';
 
 /** Supplies the channels MECTA removes from the cache for one forward (A.8). */
 export type RemovedChannelSource = (layer: string, channels: number, count: number) => Int32Array;
@@ -59,10 +58,10 @@ function vec(values: ArrayLike<number>): tf.Tensor1D {
 }
 
 /**
- * The kept/removed channel split of one pruned forward (A.8). Moving channels along the last NHWC
- * axis is a heap-level gather / zero-filled scatter (channel-kernels.ts); the earlier one-hot
- * matMul formulation cost M·C·K multiply-adds and took ~0.5 s of a ResNeXt-29 b16 EATA+MECTA step
- * (LOG.md, third session).
+ * The kept/removed channel split of one pruned forward (A.8). The kept channels are gathered in the
+ * output's pass and read back through this list in the backward (simd-kernels.ts); the earlier
+ * one-hot matMul formulation cost M·C·K multiply-adds and took ~0.5 s of a ResNeXt-29 b16
+ * EATA+MECTA step (LOG.md, third session).
  */
 class ChannelSplit {
   readonly kept: Int32Array;
@@ -87,10 +86,6 @@ class ChannelSplit {
     return this.kept.length;
   }
 
-  /** The kept channels of an NHWC tensor (or of a [C] vector). */
-  select<T extends tf.Tensor>(t: T): T {
-    return gatherChannels(t, this.kept);
-  }
 }
 
 /** MECTA's no-grad batch statistics [mean; var] as one op (built on first use, see forwardMecta). */
@@ -364,12 +359,13 @@ export class BatchNormLayer implements NormLayer {
         const x4 = xi as tf.Tensor4D;
         // A.3 step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
         const [s, shiftOut] = foldAffine(w, b, vec(newMu), vec(rstdR));
-        const value = channelAffine(x4, s, shiftOut);
 
         // Channels removed from the cache are drawn for every caching forward, tape or not, so the
         // random stream does not depend on whether a backward follows.
         const nRemove = Math.floor(c * q);
         const sp = nRemove > 0 ? new ChannelSplit(c, this.removedSource(this.name, c, nRemove)) : null;
+        // The output, and with a tape and pruning the kept channels to cache, from one pass over x.
+        const [value, xKept] = tapeOn && sp ? channelAffineKeep(x4, s, shiftOut, sp.kept) : [channelAffine(x4, s, shiftOut), null];
 
         if (tapeOn) {
           // PreG coefficients (A.7): dγ = Σ g·(x − μ_r)/σ_r = ratio·Σ g·x̂_b + shift·Σ g with
@@ -382,13 +378,13 @@ export class BatchNormLayer implements NormLayer {
             ratio[i] = rstdR[i] / rstdB[i];
             shift[i] = (muB[i] - newMu[i]) * rstdR[i];
           }
-          if (sp) {
+          if (sp && xKept) {
             // A.8: removed channels get no weight gradient; only kept channels' x and stats are saved.
             const kept = new Uint8Array(c);
             for (const k of sp.kept) kept[k] = 1;
             for (let i = 0; i < c; i++) if (!kept[i]) ratio[i] = shift[i] = 0;
             const pick = (v: ArrayLike<number>) => vec(Array.from(sp.kept, (k) => v[k]));
-            save([sp.select(x4), pick(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
+            save([xKept, pick(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
           } else {
             save([x4, vec(muB), vec(rstdB), s, vec(ratio), vec(shift)]);
           }

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
 import { SIMD_KERNELS_PLAIN, SIMD_KERNELS_SHARED } from './simd-kernels-wasm.js';
 import { addRelu, relu } from './layers.js';
-import { bnBackward, channelAffine, channelStats, packedReluAvailable, setBnKernels } from './simd-kernels.js';
+import { bnBackward, channelAffine, channelAffineKeep, channelStats, packedReluAvailable, setBnKernels } from './simd-kernels.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -69,14 +69,16 @@ describe('SIMD kernels', () => {
     [16, 4, 4, 4],
   ];
 
-  it.each(SHAPES)('batch statistics and the affine output equal the tf ops (%i×%i×%i×%i)', (...shape) => {
+  it.each(SHAPES)('batch statistics, the affine output and its kept-channel copy equal the tf ops (%i×%i×%i×%i)', (...shape) => {
     const c = shape[3];
     const [k, ref] = both(() => {
       const x = data(shape, 1, 5); // large mean: a one-pass variance would lose digits
       const { mean, variance } = channelStats(x);
-      return [mean, variance, channelAffine(x, vec(c, 2), vec(c, 3, -0.5))];
+      const keep = Int32Array.from({ length: c }, (_, i) => c - 1 - i).filter((i) => i % 4 !== 2); // any order
+      return [mean, variance, channelAffine(x, vec(c, 2), vec(c, 3, -0.5)), ...channelAffineKeep(x, vec(c, 2), vec(c, 3, -0.5), keep)];
     });
     k.forEach((v, i) => expect(maxRelErr(v, ref[i])).toBeLessThan(2e-6));
+    expect(Array.from(k[4])).toEqual(Array.from(ref[4])); // the kept channels are copies
   });
 
   it.each(SHAPES)('the BN input and affine gradients equal the tf ops, cached and pruned (%i×%i×%i×%i)', (...shape) => {

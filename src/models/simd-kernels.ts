@@ -19,7 +19,7 @@
  */
 import { tf } from '../tf.js';
 import { Heap, withHeap } from './wasm-heap.js';
-import { heapKernelsEnabled, scatterChannels } from './channel-kernels.js';
+import { gatherChannels, heapKernelsEnabled, scatterChannels } from './channel-kernels.js';
 
 type Info = tf.TensorInfo;
 
@@ -78,6 +78,18 @@ const KERNELS = {
     return [y];
   },
 
+  /** y = x·a + b per channel and x's channels `kept` ([.., K]), from one read of x. */
+  CtaBnAffineGather(h: Heap, [x, a, b]: Info[], attrs: { kept: number[] }): Info[] {
+    const c = lastDim(x);
+    const k = attrs.kept.length;
+    const y = h.out(x.shape.slice());
+    const xk = h.out([...x.shape.slice(0, -1), k]);
+    const idx = h.scratch(4 * k);
+    h.i32(idx, k).set(attrs.kept);
+    h.k.affineGather(h.ptr(x), h.ptr(a), h.ptr(b), h.ptr(y), idx, h.ptr(xk), sizeOf(x) / c, c, k);
+    return [y, xk];
+  },
+
   /**
    * (g, x, μ_b, r_b, s) → dx, S = Σ g·x̂, Σ g, with x̂ = (x − μ_b)·r_b (bnBackward's formula). With
    * `kept`, x and μ_b hold only those channels and every other channel has x̂ = 0 (A.8 refill).
@@ -95,26 +107,28 @@ const KERNELS = {
     const kc = h.scratch(c * 4);
     const c0 = h.scratch(c * 4);
     const idx = kept ? h.scratch(k * 4) : 0;
-    const [pg, px, pmu, pdx] = [h.ptr(g), h.ptr(x), h.ptr(mu), h.ptr(dx)];
+    const [pg, px, pmu, pdx, ps] = [h.ptr(g), h.ptr(x), h.ptr(mu), h.ptr(dx), h.ptr(s)];
     h.f64(tot, 2 * c).fill(0);
-    // Pass 1: Σ g and Σ g·(x − μ_b) per channel.
+    // Pass 1: Σ g·(x − μ_b) per cached channel and Σ g per channel.
+    let sumGT: Float64Array;
+    let sums: Float64Array;
     if (kept) {
       h.i32(idx, k).set(kept);
-      h.k.reduce(0, pg, 0, 0, rows, c, acc, tot + 8 * c);
-      h.k.reduceIdx(pg, px, pmu, idx, rows, c, k, acc, tot);
+      h.k.sumsIdx(pg, px, pmu, idx, rows, c, k, acc, tot);
+      sums = h.f64(tot, c);
+      sumGT = h.f64(tot + 8 * c, k);
     } else {
       h.k.reduce(2, px, pg, pmu, rows, c, acc, tot);
+      sumGT = h.f64(tot, c);
+      sums = h.f64(tot + 8 * c, c);
     }
-    const sumGT = h.f64(tot, k); // per cached channel
-    const sums = h.f64(tot + 8 * c, c);
     const r = h.f32(h.ptr(rstd), c);
-    const sv = h.f32(h.ptr(s), c);
-    const kv = h.f32(kc, c);
+    const sv = h.f32(ps, c);
+    const kv = h.f32(kc, c).fill(0);
     const c0v = h.f32(c0, c);
     const Sv = h.f32(h.ptr(S), c).fill(0);
     const gv = h.f32(h.ptr(sumG), c);
-    // k = r²·s·mean(g·t), c0 = −s·mean(g); a channel without cache has k = 0 and S = 0.
-    kv.fill(0);
+    // k = r²·s·mean(g·t) per cached channel, c0 = −s·mean(g); a channel without cache has S = 0.
     for (let j = 0; j < k; j++) {
       const ch = kept ? kept[j] : j;
       kv[j] = (r[ch] * r[ch] * sv[ch] * sumGT[j]) / rows;
@@ -125,12 +139,8 @@ const KERNELS = {
       c0v[i] = (-sv[i] * sums[i]) / rows;
     }
     // Pass 2: dx = g·s − (x − μ_b)·k + c0.
-    if (kept) {
-      h.k.affine(pg, h.ptr(s), c0, pdx, rows, c);
-      h.k.dxFixIdx(pdx, px, pmu, idx, kc, rows, c, k);
-    } else {
-      h.k.bnDx(pg, px, pmu, h.ptr(s), kc, c0, pdx, rows, c);
-    }
+    if (kept) h.k.dxIdx(pg, px, pmu, idx, ps, kc, c0, pdx, rows, c, k);
+    else h.k.bnDx(pg, px, pmu, ps, kc, c0, pdx, rows, c);
     return [dx, S, sumG];
   },
 
@@ -226,6 +236,18 @@ export function channelStats(x: tf.Tensor4D): Stats {
 export function channelAffine(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D): tf.Tensor4D {
   if (native(x, a, b)) return run('CtaBnAffine', [x, a, b])[0] as tf.Tensor4D;
   return tf.add(tf.mul(x, a), b) as tf.Tensor4D;
+}
+
+/**
+ * MECTA's caching forward with pruning (A.8): the output x·a + b and the kept channels of x to
+ * save, both from one pass on the WASM kernels (`kept`: K ≥ 1 distinct channels).
+ */
+export function channelAffineKeep(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D, kept: Int32Array): [tf.Tensor4D, tf.Tensor4D] {
+  if (native(x, a, b) && kept.length > 0) {
+    const [y, xk] = run('CtaBnAffineGather', [x, a, b], { kept: Array.from(kept) });
+    return [y as tf.Tensor4D, xk as tf.Tensor4D];
+  }
+  return [channelAffine(x, a, b), gatherChannels(x, kept)];
 }
 
 /**

@@ -62,48 +62,7 @@
           (br_if $fold (i32.lt_u (local.get $j) (local.get $accb))))
         (br $blocks))))
 
-  ;; tot[k] (float64, zeroed by the caller) += Σ_rows g[r, idx[j]]·(x[r, j] − mu[j]) for j < k:
-  ;; g has c channels, x only the k channels listed in idx (int32). acc: k float32 of scratch.
-  (func (export "reduceIdx")
-    (param $g i32) (param $x i32) (param $mu i32) (param $idx i32) (param $rows i32) (param $c i32)
-    (param $k i32) (param $acc i32) (param $tot i32)
-    (local $cb i32) (local $kb i32) (local $m i32) (local $end i32) (local $j i32) (local $p i32)
-    (local.set $cb (i32.shl (local.get $c) (i32.const 2)))
-    (local.set $kb (i32.shl (local.get $k) (i32.const 2)))
-    (block $done
-      (loop $blocks
-        (br_if $done (i32.ge_u (local.get $m) (local.get $rows)))
-        (memory.fill (local.get $acc) (i32.const 0) (local.get $kb))
-        (local.set $end (i32.add (local.get $m) (i32.const 64)))
-        (if (i32.gt_u (local.get $end) (local.get $rows)) (then (local.set $end (local.get $rows))))
-        (loop $row
-          (local.set $j (i32.const 0))
-          (loop $col
-            (local.set $p (i32.add (local.get $acc) (local.get $j)))
-            (f32.store (local.get $p)
-              (f32.add (f32.load (local.get $p))
-                (f32.mul
-                  (f32.load (i32.add (local.get $g)
-                    (i32.shl (i32.load (i32.add (local.get $idx) (local.get $j))) (i32.const 2))))
-                  (f32.sub (f32.load (i32.add (local.get $x) (local.get $j)))
-                    (f32.load (i32.add (local.get $mu) (local.get $j)))))))
-            (local.set $j (i32.add (local.get $j) (i32.const 4)))
-            (br_if $col (i32.lt_u (local.get $j) (local.get $kb))))
-          (local.set $g (i32.add (local.get $g) (local.get $cb)))
-          (local.set $x (i32.add (local.get $x) (local.get $kb)))
-          (local.set $m (i32.add (local.get $m) (i32.const 1)))
-          (br_if $row (i32.lt_u (local.get $m) (local.get $end))))
-        (local.set $j (i32.const 0))
-        (loop $fold
-          (local.set $p (i32.add (local.get $tot) (i32.shl (local.get $j) (i32.const 1))))
-          (f64.store (local.get $p)
-            (f64.add (f64.load (local.get $p)) (f64.promote_f32 (f32.load (i32.add (local.get $acc) (local.get $j))))))
-          (local.set $j (i32.add (local.get $j) (i32.const 4)))
-          (br_if $fold (i32.lt_u (local.get $j) (local.get $kb))))
-        (br $blocks))))
-
-  ;; y = x·a + b per channel (a, b: c float32). Also dx = g·s + c0, BN's input gradient where the
-  ;; centred input is zero or absent.
+  ;; y = x·a + b per channel (a, b: c float32).
   (func (export "affine")
     (param $x i32) (param $a i32) (param $b i32) (param $y i32) (param $rows i32) (param $c i32)
     (local $cb i32) (local $m i32) (local $j i32)
@@ -144,30 +103,6 @@
       (local.set $g (i32.add (local.get $g) (local.get $cb)))
       (local.set $x (i32.add (local.get $x) (local.get $cb)))
       (local.set $dx (i32.add (local.get $dx) (local.get $cb)))
-      (local.set $m (i32.add (local.get $m) (i32.const 1)))
-      (br_if $row (i32.lt_u (local.get $m) (local.get $rows)))))
-
-  ;; dx[r, idx[j]] −= (x[r, j] − mu[j])·kc[j] for j < k: the centred-input term of the kept
-  ;; channels of a pruned MECTA cache (x holds only those k channels), after affine() wrote g·s + c0.
-  (func (export "dxFixIdx")
-    (param $dx i32) (param $x i32) (param $mu i32) (param $idx i32) (param $kc i32) (param $rows i32)
-    (param $c i32) (param $k i32)
-    (local $cb i32) (local $kb i32) (local $m i32) (local $j i32) (local $p i32)
-    (local.set $cb (i32.shl (local.get $c) (i32.const 2)))
-    (local.set $kb (i32.shl (local.get $k) (i32.const 2)))
-    (loop $row
-      (local.set $j (i32.const 0))
-      (loop $col
-        (local.set $p (i32.add (local.get $dx) (i32.shl (i32.load (i32.add (local.get $idx) (local.get $j))) (i32.const 2))))
-        (f32.store (local.get $p)
-          (f32.sub (f32.load (local.get $p))
-            (f32.mul
-              (f32.sub (f32.load (i32.add (local.get $x) (local.get $j))) (f32.load (i32.add (local.get $mu) (local.get $j))))
-              (f32.load (i32.add (local.get $kc) (local.get $j))))))
-        (local.set $j (i32.add (local.get $j) (i32.const 4)))
-        (br_if $col (i32.lt_u (local.get $j) (local.get $kb))))
-      (local.set $dx (i32.add (local.get $dx) (local.get $cb)))
-      (local.set $x (i32.add (local.get $x) (local.get $kb)))
       (local.set $m (i32.add (local.get $m) (i32.const 1)))
       (br_if $row (i32.lt_u (local.get $m) (local.get $rows)))))
 
@@ -243,4 +178,127 @@
       (local.set $out (i32.add (local.get $out) (local.get $kb)))
       (local.set $rows (i32.sub (local.get $rows) (i32.const 1)))
       (br_if $row (local.get $rows))))
+
+  ;; MECTA's pruned backward, pass 1, row by row: tot[0..c) += Σ g over every channel (SIMD) and
+  ;; tot[c..c+k) += Σ g[r, idx[j]]·(x[r, j] − mu[j]) over the k cached channels, x holding only
+  ;; those (float64 totals zeroed by the caller; acc: c + k float32 of scratch). One read of g and
+  ;; of the compact cache, where EATA's pass reads g and the whole input.
+  (func (export "sumsIdx")
+    (param $g i32) (param $x i32) (param $mu i32) (param $idx i32) (param $rows i32) (param $c i32)
+    (param $k i32) (param $acc i32) (param $tot i32)
+    (local $cb i32) (local $kb i32) (local $m i32) (local $end i32) (local $j i32) (local $p i32)
+    (local $v v128)
+    (local.set $cb (i32.shl (local.get $c) (i32.const 2)))
+    (local.set $kb (i32.shl (local.get $k) (i32.const 2)))
+    (block $done
+      (loop $blocks
+        (br_if $done (i32.ge_u (local.get $m) (local.get $rows)))
+        (memory.fill (local.get $acc) (i32.const 0) (i32.add (local.get $cb) (local.get $kb)))
+        (local.set $end (i32.add (local.get $m) (i32.const 64)))
+        (if (i32.gt_u (local.get $end) (local.get $rows)) (then (local.set $end (local.get $rows))))
+        (loop $row
+          (local.set $j (i32.const 0))
+          (loop $col
+            (local.set $p (i32.add (local.get $acc) (local.get $j)))
+            (v128.store (local.get $p) (f32x4.add (v128.load (local.get $p)) (v128.load (i32.add (local.get $g) (local.get $j)))))
+            (local.set $j (i32.add (local.get $j) (i32.const 16)))
+            (br_if $col (i32.lt_u (local.get $j) (local.get $cb))))
+          (local.set $j (i32.const 0))
+          (loop $kept
+            (local.set $p (i32.add (i32.add (local.get $acc) (local.get $cb)) (local.get $j)))
+            (f32.store (local.get $p)
+              (f32.add (f32.load (local.get $p))
+                (f32.mul
+                  (f32.load (i32.add (local.get $g)
+                    (i32.shl (i32.load (i32.add (local.get $idx) (local.get $j))) (i32.const 2))))
+                  (f32.sub (f32.load (i32.add (local.get $x) (local.get $j)))
+                    (f32.load (i32.add (local.get $mu) (local.get $j)))))))
+            (local.set $j (i32.add (local.get $j) (i32.const 4)))
+            (br_if $kept (i32.lt_u (local.get $j) (local.get $kb))))
+          (local.set $g (i32.add (local.get $g) (local.get $cb)))
+          (local.set $x (i32.add (local.get $x) (local.get $kb)))
+          (local.set $m (i32.add (local.get $m) (i32.const 1)))
+          (br_if $row (i32.lt_u (local.get $m) (local.get $end))))
+        (local.set $j (i32.const 0))
+        (loop $fold
+          (local.set $v (v128.load (i32.add (local.get $acc) (local.get $j))))
+          (local.set $p (i32.add (local.get $tot) (i32.shl (local.get $j) (i32.const 1))))
+          (v128.store (local.get $p) (f64x2.add (v128.load (local.get $p)) (f64x2.promote_low_f32x4 (local.get $v))))
+          (v128.store offset=16 (local.get $p)
+            (f64x2.add (v128.load offset=16 (local.get $p))
+              (f64x2.promote_low_f32x4
+                (i8x16.shuffle 8 9 10 11 12 13 14 15 0 1 2 3 4 5 6 7 (local.get $v) (local.get $v)))))
+          (local.set $j (i32.add (local.get $j) (i32.const 16)))
+          (br_if $fold (i32.lt_u (local.get $j) (local.get $cb))))
+        (local.set $j (i32.const 0))
+        (loop $foldk
+          (local.set $p (i32.add (local.get $tot) (i32.shl (i32.add (local.get $cb) (local.get $j)) (i32.const 1))))
+          (f64.store (local.get $p)
+            (f64.add (f64.load (local.get $p))
+              (f64.promote_f32 (f32.load (i32.add (i32.add (local.get $acc) (local.get $cb)) (local.get $j))))))
+          (local.set $j (i32.add (local.get $j) (i32.const 4)))
+          (br_if $foldk (i32.lt_u (local.get $j) (local.get $kb))))
+        (br $blocks))))
+
+  ;; MECTA's pruned backward, pass 2, row by row: dx = g·s + c0 (SIMD), then for the k cached
+  ;; channels dx[r, idx[j]] −= (x[r, j] − mu[j])·kc[j] while the row is in cache.
+  (func (export "dxIdx")
+    (param $g i32) (param $x i32) (param $mu i32) (param $idx i32) (param $s i32) (param $kc i32)
+    (param $c0 i32) (param $dx i32) (param $rows i32) (param $c i32) (param $k i32)
+    (local $cb i32) (local $kb i32) (local $m i32) (local $j i32) (local $p i32)
+    (local.set $cb (i32.shl (local.get $c) (i32.const 2)))
+    (local.set $kb (i32.shl (local.get $k) (i32.const 2)))
+    (loop $row
+      (local.set $j (i32.const 0))
+      (loop $col
+        (v128.store (i32.add (local.get $dx) (local.get $j))
+          (f32x4.add
+            (f32x4.mul (v128.load (i32.add (local.get $g) (local.get $j))) (v128.load (i32.add (local.get $s) (local.get $j))))
+            (v128.load (i32.add (local.get $c0) (local.get $j)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br_if $col (i32.lt_u (local.get $j) (local.get $cb))))
+      (local.set $j (i32.const 0))
+      (loop $kept
+        (local.set $p (i32.add (local.get $dx) (i32.shl (i32.load (i32.add (local.get $idx) (local.get $j))) (i32.const 2))))
+        (f32.store (local.get $p)
+          (f32.sub (f32.load (local.get $p))
+            (f32.mul
+              (f32.sub (f32.load (i32.add (local.get $x) (local.get $j))) (f32.load (i32.add (local.get $mu) (local.get $j))))
+              (f32.load (i32.add (local.get $kc) (local.get $j))))))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br_if $kept (i32.lt_u (local.get $j) (local.get $kb))))
+      (local.set $g (i32.add (local.get $g) (local.get $cb)))
+      (local.set $x (i32.add (local.get $x) (local.get $kb)))
+      (local.set $dx (i32.add (local.get $dx) (local.get $cb)))
+      (local.set $m (i32.add (local.get $m) (i32.const 1)))
+      (br_if $row (i32.lt_u (local.get $m) (local.get $rows)))))
+
+  ;; MECTA's caching forward in one pass: y = x·a + b (SIMD) and xk[r, j] = x[r, idx[j]], the
+  ;; k channels its pruned cache keeps.
+  (func (export "affineGather")
+    (param $x i32) (param $a i32) (param $b i32) (param $y i32) (param $idx i32) (param $xk i32)
+    (param $rows i32) (param $c i32) (param $k i32)
+    (local $cb i32) (local $kb i32) (local $m i32) (local $j i32)
+    (local.set $cb (i32.shl (local.get $c) (i32.const 2)))
+    (local.set $kb (i32.shl (local.get $k) (i32.const 2)))
+    (loop $row
+      (local.set $j (i32.const 0))
+      (loop $col
+        (v128.store (i32.add (local.get $y) (local.get $j))
+          (f32x4.add
+            (f32x4.mul (v128.load (i32.add (local.get $x) (local.get $j))) (v128.load (i32.add (local.get $a) (local.get $j))))
+            (v128.load (i32.add (local.get $b) (local.get $j)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 16)))
+        (br_if $col (i32.lt_u (local.get $j) (local.get $cb))))
+      (local.set $j (i32.const 0))
+      (loop $kept
+        (f32.store (i32.add (local.get $xk) (local.get $j))
+          (f32.load (i32.add (local.get $x) (i32.shl (i32.load (i32.add (local.get $idx) (local.get $j))) (i32.const 2)))))
+        (local.set $j (i32.add (local.get $j) (i32.const 4)))
+        (br_if $kept (i32.lt_u (local.get $j) (local.get $kb))))
+      (local.set $x (i32.add (local.get $x) (local.get $cb)))
+      (local.set $y (i32.add (local.get $y) (local.get $cb)))
+      (local.set $xk (i32.add (local.get $xk) (local.get $kb)))
+      (local.set $m (i32.add (local.get $m) (i32.const 1)))
+      (br_if $row (i32.lt_u (local.get $m) (local.get $rows)))))
 )

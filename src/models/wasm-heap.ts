@@ -11,10 +11,11 @@ type Info = tf.TensorInfo;
 
 export interface Exports {
   reduce(mode: number, a: number, b: number, mu: number, rows: number, c: number, acc: number, tot: number): void;
-  reduceIdx(g: number, x: number, mu: number, idx: number, rows: number, c: number, k: number, acc: number, tot: number): void;
   affine(x: number, a: number, b: number, y: number, rows: number, c: number): void;
   bnDx(g: number, x: number, mu: number, s: number, kc: number, c0: number, dx: number, rows: number, c: number): void;
-  dxFixIdx(dx: number, x: number, mu: number, idx: number, kc: number, rows: number, c: number, k: number): void;
+  sumsIdx(g: number, x: number, mu: number, idx: number, rows: number, c: number, k: number, acc: number, tot: number): void;
+  dxIdx(g: number, x: number, mu: number, idx: number, s: number, kc: number, c0: number, dx: number, rows: number, c: number, k: number): void;
+  affineGather(x: number, a: number, b: number, y: number, idx: number, xk: number, rows: number, c: number, k: number): void;
   reluPack(a: number, b: number, y: number, words: number, n: number): void;
   maskGrad(dy: number, words: number, dx: number, n: number): void;
   copyCols(src: number, srcStride: number, dst: number, dstStride: number, rows: number, bytes: number): void;
