@@ -1,6 +1,6 @@
 /** Shared e2e helpers: a tiny CIFAR-10-C-layout folder and a way to run the built bins. */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeNpy } from '../../src/io/npy.js';
@@ -47,10 +47,12 @@ export interface RunResult {
 export function runCommand(
   cmd: string,
   args: string[],
-  opts: { cwd?: string; env?: Record<string, string>; input?: string } = {},
+  opts: { cwd?: string; env?: Record<string, string>; input?: string; onSpawn?: (child: ChildProcess) => NodeJS.Timeout } = {},
 ): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...(opts.env ?? {}) } });
+    const timer = opts.onSpawn?.(child);
+    child.on('close', () => clearTimeout(timer));
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -61,7 +63,44 @@ export function runCommand(
   });
 }
 
-/** Runs a built bin (`bin/<name>.js`) in the repository root (or `cwd`). */
-export function runBin(name: string, args: string[], env: Record<string, string> = {}, cwd?: string): Promise<RunResult> {
-  return runCommand(process.execPath, [join(ROOT, 'bin', `${name.replace(/\.js$/, '')}.js`), ...args], { env, cwd });
+/** A bin still running after this long gets a Node diagnostic report, then is killed. */
+const WATCHDOG_MS = Number(process.env.CTA_E2E_WATCHDOG_MS ?? 100_000);
+
+/**
+ * Runs a built bin (`bin/<name>.js`) in the repository root (or `cwd`). Two fresh-clone CI runs
+ * (LOG.md, third and fourth sessions) saw an ImageNet-C e2e run hang until the 120 s test timeout,
+ * never reproduced since; so a run past WATCHDOG_MS is sent SIGUSR2 (`--report-on-signal`), and
+ * the report's JavaScript stack and active libuv handles are appended to its stderr before it is
+ * killed. (No report comes from a main thread blocked in Atomics.wait: then stderr says so.)
+ */
+export async function runBin(name: string, args: string[], env: Record<string, string> = {}, cwd?: string): Promise<RunResult> {
+  const reports = mkdtempSync(join(tmpdir(), 'cta-e2e-report-'));
+  const nodeArgs = ['--report-on-signal', '--report-signal=SIGUSR2', `--report-directory=${reports}`];
+  let watchdog = '';
+  const r = await runCommand(process.execPath, [...nodeArgs, join(ROOT, 'bin', `${name.replace(/\.js$/, '')}.js`), ...args], {
+    env,
+    cwd,
+    onSpawn: (child) =>
+      setTimeout(() => {
+        child.kill('SIGUSR2');
+        setTimeout(() => {
+          watchdog = describeReport(reports);
+          child.kill('SIGKILL');
+        }, 3000);
+      }, WATCHDOG_MS),
+  });
+  return watchdog ? { ...r, stderr: `${r.stderr}\n[e2e watchdog] ${name} ran past ${WATCHDOG_MS / 1000} s: ${watchdog}` } : r;
+}
+
+function describeReport(dir: string): string {
+  const file = readdirSync(dir).find((f) => f.endsWith('.json'));
+  if (!file) return 'no diagnostic report (main thread blocked outside JavaScript, e.g. in Atomics.wait)';
+  const report = JSON.parse(readFileSync(join(dir, file), 'utf8')) as {
+    javascriptStack?: { message?: string; stack?: string[] };
+    libuv?: Array<{ type: string; is_active?: boolean; is_referenced?: boolean }>;
+    workers?: unknown[];
+  };
+  const stack = (report.javascriptStack?.stack ?? []).slice(0, 12).join(' | ');
+  const handles = (report.libuv ?? []).filter((h) => h.is_active).map((h) => h.type);
+  return `report ${join(dir, file)}; JS stack: ${report.javascriptStack?.message ?? ''} ${stack}; active libuv handles: ${handles.join(', ')}; workers: ${report.workers?.length ?? 0}`;
 }
