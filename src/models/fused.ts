@@ -13,7 +13,8 @@
  * by about 1e-6 relative, well inside the 1e-4 parity tolerance against PyTorch.
  */
 import { tf } from '../tf.js';
-import { addRelu, relu, type Conv2d } from './layers.js';
+import { addRelu, relu, type Conv2d, type Conv2dSpec } from './layers.js';
+import { bnKeys, divDim } from './infer.js';
 import type { BatchNormLayer } from './norm-layer.js';
 import { concatChannels } from './channel-kernels.js';
 
@@ -132,6 +133,81 @@ export interface BottleneckLayers {
   conv: [Conv2d, BatchNormLayer];
   expand: [Conv2d, BatchNormLayer];
   down: [Conv2d, BatchNormLayer] | null;
+}
+
+/** One stage of a bottleneck network (ResNeXt-29, ResNet-50): `blocks` blocks of these widths. */
+export interface BottleneckStage {
+  blocks: number;
+  inner: number; // reduce / k×k conv width
+  out: number; // expand width
+  stride: number; // of block 0
+}
+
+/** Where one block sits and what it takes: its input width, stride and whether it downsamples. */
+export interface BottleneckBlock {
+  stage: number; // 0-based
+  index: number; // within the stage
+  st: BottleneckStage;
+  inC: number;
+  stride: number;
+  /** The downsample branch: block 0 when the stride or the width changes (`_make_layer`). */
+  down: boolean;
+}
+
+/**
+ * PyTorch module names of a bottleneck's convs and BNs, relative to the block's prefix
+ * (`downsample.0` / `.1` are common to both families).
+ */
+export interface BottleneckNames {
+  reduce: [conv: string, bn: string];
+  conv: [conv: string, bn: string];
+  expand: [conv: string, bn: string];
+}
+
+/** The state_dict keys (and PyTorch shapes) of block `b` under `prefix`, in module order. */
+export function bottleneckKeys(out: Map<string, number[]>, prefix: string, n: BottleneckNames, b: BottleneckBlock, groups: number): void {
+  const { st, inC } = b;
+  out.set(`${prefix}.${n.reduce[0]}.weight`, [st.inner, inC, 1, 1]);
+  bnKeys(out, `${prefix}.${n.reduce[1]}`, st.inner);
+  out.set(`${prefix}.${n.conv[0]}.weight`, [st.inner, divDim(st.inner, groups), 3, 3]);
+  bnKeys(out, `${prefix}.${n.conv[1]}`, st.inner);
+  out.set(`${prefix}.${n.expand[0]}.weight`, [st.out, st.inner, 1, 1]);
+  bnKeys(out, `${prefix}.${n.expand[1]}`, st.out);
+  if (b.down) {
+    out.set(`${prefix}.downsample.0.weight`, [st.out, inC, 1, 1]);
+    bnKeys(out, `${prefix}.downsample.1`, st.out);
+  }
+}
+
+/** Builds block `b`'s layers from the model's weights (`conv` / `norm`: the model's loaders). */
+export function bottleneckLayers(
+  prefix: string,
+  n: BottleneckNames,
+  b: BottleneckBlock,
+  groups: number,
+  conv: (name: string, spec: Conv2dSpec) => Conv2d,
+  norm: (name: string) => BatchNormLayer,
+): BottleneckLayers {
+  const { stride } = b;
+  return {
+    reduce: [conv(`${prefix}.${n.reduce[0]}`, { stride: 1, pad: 0, groups: 1 }), norm(`${prefix}.${n.reduce[1]}`)],
+    conv: [conv(`${prefix}.${n.conv[0]}`, { stride, pad: 1, groups }), norm(`${prefix}.${n.conv[1]}`)],
+    expand: [conv(`${prefix}.${n.expand[0]}`, { stride: 1, pad: 0, groups: 1 }), norm(`${prefix}.${n.expand[1]}`)],
+    down: b.down ? [conv(`${prefix}.downsample.0`, { stride, pad: 0, groups: 1 }), norm(`${prefix}.downsample.1`)] : null,
+  };
+}
+
+/** Calls `visit` for every block in module order; returns the last block's output width. */
+export function forEachBottleneck(stages: readonly BottleneckStage[], stem: number, visit: (b: BottleneckBlock) => void): number {
+  let inC = stem;
+  stages.forEach((st, stage) => {
+    for (let index = 0; index < st.blocks; index++) {
+      const first = index === 0;
+      visit({ stage, index, st, inC, stride: first ? st.stride : 1, down: first && (st.stride !== 1 || inC !== st.out) });
+      inC = st.out;
+    }
+  });
+  return inC;
 }
 
 /** A bottleneck's layers and their folded twin, built together with the model. */

@@ -25,18 +25,15 @@ import type { BatchNormLayer } from './norm-layer.js';
 import { globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { FoldedConvBn, bottleneck, foldable, runBottleneck, type Bottleneck, type BottleneckLayers } from './fused.js';
+import { FoldedConvBn, bottleneck, bottleneckKeys, bottleneckLayers, foldable, forEachBottleneck, runBottleneck } from './fused.js';
+import type { Bottleneck, BottleneckBlock, BottleneckNames, BottleneckStage } from './fused.js';
 
 const STAGES = 4;
 /** ImageNet mean/std (torchvision transforms; RobustBench's ImageNormalizer defaults). */
 export const IMAGENET_NORM: Readonly<InputNorm> = Object.freeze({ mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] });
 
-export interface ResNetStage {
-  blocks: number;
-  inner: number; // conv1 / conv2 width (planes · base_width/64 · groups)
-  out: number; // conv3 width (planes · 4)
-  stride: number;
-}
+/** inner: conv1 / conv2 width (planes · base_width/64 · groups); out: conv3 width (planes · 4). */
+export type ResNetStage = BottleneckStage;
 
 export interface ResNetArch {
   /** '' (torchvision) or 'model.' (RobustBench wrapper). */
@@ -75,10 +72,9 @@ export function inferResNet(sd: StateDict): ResNetArch {
   };
 }
 
-/** torchvision `_make_layer`: block 0 gets a downsample when the stride or the width changes. */
-function hasDownsample(i: number, inC: number, st: ResNetStage): boolean {
-  return i === 0 && (st.stride !== 1 || inC !== st.out);
-}
+/** torchvision Bottleneck's module names. */
+const NAMES: BottleneckNames = { reduce: ['conv1', 'bn1'], conv: ['conv2', 'bn2'], expand: ['conv3', 'bn3'] };
+const blockPrefix = (p: string, b: BottleneckBlock) => `${p}layer${b.stage + 1}.${b.index}`;
 
 /** Every state_dict key (num_batches_tracked excluded) with its PyTorch shape, in module order. */
 export function resnetExpectedKeys(a: ResNetArch): Map<string, number[]> {
@@ -90,24 +86,8 @@ export function resnetExpectedKeys(a: ResNetArch): Map<string, number[]> {
   const p = a.prefix;
   out.set(`${p}conv1.weight`, [a.stem, 3, 7, 7]);
   bnKeys(out, `${p}bn1`, a.stem);
-  let inC = a.stem;
-  a.stages.forEach((st, si) => {
-    for (let i = 0; i < st.blocks; i++) {
-      const b = `${p}layer${si + 1}.${i}`;
-      out.set(`${b}.conv1.weight`, [st.inner, inC, 1, 1]);
-      bnKeys(out, `${b}.bn1`, st.inner);
-      out.set(`${b}.conv2.weight`, [st.inner, divDim(st.inner, a.groups), 3, 3]);
-      bnKeys(out, `${b}.bn2`, st.inner);
-      out.set(`${b}.conv3.weight`, [st.out, st.inner, 1, 1]);
-      bnKeys(out, `${b}.bn3`, st.out);
-      if (hasDownsample(i, inC, st)) {
-        out.set(`${b}.downsample.0.weight`, [st.out, inC, 1, 1]);
-        bnKeys(out, `${b}.downsample.1`, st.out);
-      }
-      inC = st.out;
-    }
-  });
-  out.set(`${p}fc.weight`, [a.numClasses, inC]);
+  const last = forEachBottleneck(a.stages, a.stem, (b) => bottleneckKeys(out, blockPrefix(p, b), NAMES, b, a.groups));
+  out.set(`${p}fc.weight`, [a.numClasses, last]);
   out.set(`${p}fc.bias`, [a.numClasses]);
   return out;
 }
@@ -151,21 +131,9 @@ export class ResNet50 extends BaseClassifier {
       this.stem = this.conv(`${p}conv1`, { stride: 2, pad: 3, groups: 1 });
       this.stemBn = this.norm(`${p}bn1`);
       this.stemFolded = this.own(new FoldedConvBn(this.stem, this.stemBn, true));
-      let inC = arch.stem;
-      arch.stages.forEach((st, si) => {
-        for (let i = 0; i < st.blocks; i++) {
-          const b = `${p}layer${si + 1}.${i}`;
-          const stride = i === 0 ? st.stride : 1;
-          const down = hasDownsample(i, inC, st);
-          const layers: BottleneckLayers = {
-            reduce: [this.conv(`${b}.conv1`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${b}.bn1`)],
-            conv: [this.conv(`${b}.conv2`, { stride, pad: 1, groups: arch.groups }), this.norm(`${b}.bn2`)],
-            expand: [this.conv(`${b}.conv3`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${b}.bn3`)],
-            down: down ? [this.conv(`${b}.downsample.0`, { stride, pad: 0, groups: 1 }), this.norm(`${b}.downsample.1`)] : null,
-          };
-          this.blocks.push(bottleneck(layers, (o) => this.own(o)));
-          inC = st.out;
-        }
+      forEachBottleneck(arch.stages, arch.stem, (b) => {
+        const layers = bottleneckLayers(blockPrefix(p, b), NAMES, b, arch.groups, (n, spec) => this.conv(n, spec), (n) => this.norm(n));
+        this.blocks.push(bottleneck(layers, (o) => this.own(o)));
       });
       this.fc = this.linear(`${p}fc`);
       this.finishBuild();

@@ -21,17 +21,14 @@ import type { BatchNormLayer } from './norm-layer.js';
 import { globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { FoldedConvBn, bottleneck, foldable, runBottleneck, type Bottleneck, type BottleneckLayers } from './fused.js';
+import { FoldedConvBn, bottleneck, bottleneckKeys, bottleneckLayers, foldable, forEachBottleneck, runBottleneck } from './fused.js';
+import type { Bottleneck, BottleneckBlock, BottleneckNames, BottleneckStage } from './fused.js';
 
 const STAGES = 3;
 const EXPANSION = 4; // ResNeXtBottleneck.expansion
 
-export interface ResNeXtStage {
-  blocks: number;
-  inner: number; // D = dim·cardinality (conv_reduce / conv_conv / bn width)
-  out: number; // planes·4
-  stride: number;
-}
+/** inner: D = dim·cardinality (conv_reduce / conv_conv / bn width); out: planes·4. */
+export type ResNeXtStage = BottleneckStage;
 
 export interface ResNeXtArch {
   stem: number;
@@ -75,10 +72,9 @@ export function inferResNeXt(sd: StateDict): ResNeXtArch {
   };
 }
 
-/** Whether block `i` of a stage has the downsample branch (RobustBench _make_layer rule). */
-function hasDownsample(i: number, inC: number, st: ResNeXtStage): boolean {
-  return i === 0 && (st.stride !== 1 || inC !== st.out);
-}
+/** RobustBench ResNeXtBottleneck's module names. */
+const NAMES: BottleneckNames = { reduce: ['conv_reduce', 'bn_reduce'], conv: ['conv_conv', 'bn'], expand: ['conv_expand', 'bn_expand'] };
+const blockPrefix = (b: BottleneckBlock) => `stage_${b.stage + 1}.${b.index}`;
 
 /** Every state_dict key (num_batches_tracked excluded) with its PyTorch shape, in module order. */
 export function resnextExpectedKeys(arch: ResNeXtArch): Map<string, number[]> {
@@ -89,24 +85,8 @@ export function resnextExpectedKeys(arch: ResNeXtArch): Map<string, number[]> {
   }
   out.set('conv_1_3x3.weight', [arch.stem, 3, 3, 3]);
   bnKeys(out, 'bn_1', arch.stem);
-  let inC = arch.stem;
-  arch.stages.forEach((st, si) => {
-    for (let i = 0; i < st.blocks; i++) {
-      const p = `stage_${si + 1}.${i}`;
-      out.set(`${p}.conv_reduce.weight`, [st.inner, inC, 1, 1]);
-      bnKeys(out, `${p}.bn_reduce`, st.inner);
-      out.set(`${p}.conv_conv.weight`, [st.inner, divDim(st.inner, arch.cardinality), 3, 3]);
-      bnKeys(out, `${p}.bn`, st.inner);
-      out.set(`${p}.conv_expand.weight`, [st.out, st.inner, 1, 1]);
-      bnKeys(out, `${p}.bn_expand`, st.out);
-      if (hasDownsample(i, inC, st)) {
-        out.set(`${p}.downsample.0.weight`, [st.out, inC, 1, 1]);
-        bnKeys(out, `${p}.downsample.1`, st.out);
-      }
-      inC = st.out;
-    }
-  });
-  out.set('classifier.weight', [arch.numClasses, inC]);
+  const last = forEachBottleneck(arch.stages, arch.stem, (b) => bottleneckKeys(out, blockPrefix(b), NAMES, b, arch.cardinality));
+  out.set('classifier.weight', [arch.numClasses, last]);
   out.set('classifier.bias', [arch.numClasses]);
   return out;
 }
@@ -140,21 +120,9 @@ export class CifarResNeXt extends BaseClassifier {
       this.stem = this.conv('conv_1_3x3', { stride: 1, pad: 1, groups: 1 });
       this.stemBn = this.norm('bn_1');
       this.stemFolded = this.own(new FoldedConvBn(this.stem, this.stemBn, true));
-      let inC = arch.stem;
-      arch.stages.forEach((st, si) => {
-        for (let i = 0; i < st.blocks; i++) {
-          const p = `stage_${si + 1}.${i}`;
-          const stride = i === 0 ? st.stride : 1;
-          const down = hasDownsample(i, inC, st);
-          const layers: BottleneckLayers = {
-            reduce: [this.conv(`${p}.conv_reduce`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${p}.bn_reduce`)],
-            conv: [this.conv(`${p}.conv_conv`, { stride, pad: 1, groups: arch.cardinality }), this.norm(`${p}.bn`)],
-            expand: [this.conv(`${p}.conv_expand`, { stride: 1, pad: 0, groups: 1 }), this.norm(`${p}.bn_expand`)],
-            down: down ? [this.conv(`${p}.downsample.0`, { stride, pad: 0, groups: 1 }), this.norm(`${p}.downsample.1`)] : null,
-          };
-          this.blocks.push(bottleneck(layers, (o) => this.own(o)));
-          inC = st.out;
-        }
+      forEachBottleneck(arch.stages, arch.stem, (b) => {
+        const layers = bottleneckLayers(blockPrefix(b), NAMES, b, arch.cardinality, (n, spec) => this.conv(n, spec), (n) => this.norm(n));
+        this.blocks.push(bottleneck(layers, (o) => this.own(o)));
       });
       this.classifier = this.linear('classifier');
       this.finishBuild();
