@@ -67,8 +67,9 @@ function copy(src: Float32Array, si: number, dst: Float32Array, di: number, n: n
   for (let j = 0; j < n; j++) dst[di + j] = src[si + j];
 }
 
-const lastDim = (t: Info) => t.shape[t.shape.length - 1];
-const sizeOf = (t: Info) => t.shape.reduce((a, d) => a * d, 1);
+/** Shape helpers and `runKernel`, also used by simd-kernels.ts's kernels. */
+export const lastDim = (t: Info) => t.shape[t.shape.length - 1];
+export const sizeOf = (t: Info) => t.shape.reduce((a, d) => a * d, 1);
 const withLast = (shape: number[], c: number) => [...shape.slice(0, -1), c];
 
 interface SplitAttrs {
@@ -261,7 +262,8 @@ function native(): boolean {
   return heapKernels && tf.getBackend() in MEMORY;
 }
 
-function run(name: KernelName, inputs: tf.Tensor[], attrs: object): tf.Tensor[] {
+/** Runs a registered kernel on positional inputs ('0', '1', …); always returns a list. */
+export function runKernel(name: string, inputs: tf.Tensor[], attrs: object = {}): tf.Tensor[] {
   const map: Record<string, tf.Tensor> = {};
   inputs.forEach((t, i) => (map[String(i)] = t));
   const out = tf.engine().runKernel(name, map, attrs as unknown as tf.NamedAttrMap);
@@ -274,20 +276,20 @@ const allFloat = (ts: tf.Tensor[]) => ts.every((t) => t.dtype === 'float32');
 export function splitChannels<T extends tf.Tensor>(x: T, groups: number): T[] {
   if (groups === 1) return [x.clone()];
   if (!native() || !allFloat([x])) return tf.split(x, groups, x.rank - 1) as T[];
-  return run('CtaSplitChannels', [x], { groups }) as T[];
+  return runKernel('CtaSplitChannels', [x], { groups }) as T[];
 }
 
 /** The parts concatenated along their last axis (= tf.concat(parts, -1)). */
 export function concatChannels<T extends tf.Tensor>(parts: T[]): T {
   if (parts.length === 1) return parts[0].clone();
   if (!native() || !allFloat(parts)) return tf.concat(parts, parts[0].rank - 1);
-  return run('CtaConcatChannels', parts, { widths: parts.map((p) => p.shape[p.rank - 1]) })[0] as T;
+  return runKernel('CtaConcatChannels', parts, { widths: parts.map((p) => p.shape[p.rank - 1]) })[0] as T;
 }
 
 /** The listed channels of `x`, in that order (= tf.gather(x, channels, -1)). */
 export function gatherChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<number>): T {
   if (!native() || !allFloat([x])) return tf.tidy(() => tf.gather(x, tf.tensor1d(Array.from(channels), 'int32'), x.rank - 1) as T);
-  return run('CtaGatherChannels', [x], { channels: Array.from(channels), total: x.shape[x.rank - 1] })[0] as T;
+  return runKernel('CtaGatherChannels', [x], { channels: Array.from(channels), total: x.shape[x.rank - 1] })[0] as T;
 }
 
 /**
@@ -309,7 +311,7 @@ export function scatterChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<n
       return tf.gather(full, tf.tensor1d(order, 'int32'), x.rank - 1) as T;
     });
   }
-  return run('CtaScatterChannels', [x], { channels: list, total })[0] as T;
+  return runKernel('CtaScatterChannels', [x], { channels: list, total })[0] as T;
 }
 
 /**
@@ -319,13 +321,13 @@ export function scatterChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<n
  */
 export function phasesToSpace(parts: tf.Tensor4D[], stride: number): tf.Tensor4D {
   if (!native() || !allFloat(parts)) return tf.tidy(() => tf.depthToSpace(tf.concat(parts, 3) as tf.Tensor4D, stride, 'NHWC'));
-  return run('CtaPhasesToSpace', parts, { stride })[0] as tf.Tensor4D;
+  return runKernel('CtaPhasesToSpace', parts, { stride })[0] as tf.Tensor4D;
 }
 
 /** `x` unstacked along its first axis (= tf.unstack(x)). */
 export function unstackRows<T extends tf.Tensor>(x: tf.Tensor): T[] {
   if (!native() || !allFloat([x])) return tf.unstack(x) as T[];
-  return run('CtaUnstackRows', [x], {}) as T[];
+  return runKernel('CtaUnstackRows', [x], {}) as T[];
 }
 
 // Gradients (the kernels are linear): split ↔ concat, gather ↔ scatter, unstack → stack.

@@ -65,7 +65,6 @@ function vec(values: ArrayLike<number>): tf.Tensor1D {
  */
 class ChannelSplit {
   readonly kept: Int32Array;
-  readonly channels: number;
 
   constructor(channels: number, removed: Int32Array) {
     const isRemoved = new Uint8Array(channels);
@@ -76,14 +75,9 @@ class ChannelSplit {
       isRemoved[r] = 1;
     }
     if (removed.length >= channels) throw new CtaError(`MECTA pruning: all ${channels} channels removed`);
-    this.channels = channels;
     this.kept = new Int32Array(channels - removed.length);
     let k = 0;
     for (let c = 0; c < channels; c++) if (!isRemoved[c]) this.kept[k++] = c;
-  }
-
-  get numKept(): number {
-    return this.kept.length;
   }
 
 }

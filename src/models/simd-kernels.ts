@@ -7,19 +7,19 @@
  * squared difference for the statistics, a multiply and an add for the output, and
  * sub/mul/pool/mul/mul/mul/sub/add for the gradient), each a full pass over an activation that is
  * 8–16 MB at ResNeXt-29 b16, plus MECTA's zero-filled channel scatter of the centred input. On the
- * WASM backend these run as five small WebAssembly SIMD functions (simd-kernels.wat) that read and
- * write tfjs's own heap: statistics in two read passes, the output in one, the gradient in one
- * read pass and one write pass, and a pruned cache is read compactly through its channel list
- * instead of being scattered. Measured in LOG.md (fourth session).
+ * WASM backend these run as small WebAssembly SIMD functions (simd-kernels.wat, through
+ * wasm-heap.ts) that read and write tfjs's own heap: statistics in two read passes, the output in
+ * one, the gradient in one read pass and one write pass, and a pruned cache is read compactly
+ * through its channel list instead of being scattered. ReLU likewise writes its output and a
+ * 1-bit mask in one pass. Measured in LOG.md (fourth session).
  *
- * The module is instantiated against the backend's memory (shared in the threaded-SIMD build,
- * plain in the single-thread one) and runs on the calling thread. Sums accumulate in float32 over
- * 64-row blocks and in float64 across blocks. Other backends, channel counts that are not a
- * multiple of 4, and `setHeapKernels(false)` take the tf-op formulation below.
+ * The kernels run on the calling thread. Sums accumulate in float32 over 64-row blocks and in
+ * float64 across blocks. Other backends, channel counts that are not a multiple of 4, and
+ * `setBnKernels(false)` / `setHeapKernels(false)` take the tf-op formulation below.
  */
 import { tf } from '../tf.js';
 import { Heap, withHeap } from './wasm-heap.js';
-import { gatherChannels, heapKernelsEnabled, scatterChannels } from './channel-kernels.js';
+import { gatherChannels, heapKernelsEnabled, lastDim, runKernel, scatterChannels, sizeOf } from './channel-kernels.js';
 
 type Info = tf.TensorInfo;
 
@@ -38,9 +38,6 @@ export function channelMean(x: tf.Tensor): tf.Tensor1D {
   const plane = tf.reshape(x, [1, rows, w, c]) as tf.Tensor4D;
   return tf.reshape(tf.avgPool(plane, [rows, w], 1, 'valid'), [c]) as tf.Tensor1D;
 }
-
-const lastDim = (t: Info) => t.shape[t.shape.length - 1];
-const sizeOf = (t: Info) => t.shape.reduce((a, d) => a * d, 1);
 
 interface BackwardAttrs {
   kept: number[] | null; // channels the pruned cache x holds, in order; null: x has every channel
@@ -198,20 +195,13 @@ export function packedReluAvailable(...ts: tf.Tensor[]): boolean {
  * one pass. Only where packedReluAvailable().
  */
 export function reluPacked(a: tf.Tensor4D, b?: tf.Tensor4D): [tf.Tensor4D, tf.Tensor1D] {
-  const [y, words] = run('CtaReluPack', b ? [a, b] : [a]);
+  const [y, words] = runKernel('CtaReluPack', b ? [a, b] : [a]);
   return [y as tf.Tensor4D, words as tf.Tensor1D];
 }
 
 /** dy·mask for a mask from reluPacked (bit-for-bit: dy where y > 0, else 0). */
 export function maskGrad(dy: tf.Tensor, words: tf.Tensor): tf.Tensor {
-  return run('CtaMaskGrad', [dy, words])[0];
-}
-
-function run(name: KernelName, inputs: tf.Tensor[], attrs: object = {}): tf.Tensor[] {
-  const map: Record<string, tf.Tensor> = {};
-  inputs.forEach((t, i) => (map[String(i)] = t));
-  const out = tf.engine().runKernel(name, map, attrs as unknown as tf.NamedAttrMap);
-  return Array.isArray(out) ? (out as tf.Tensor[]) : [out as tf.Tensor];
+  return runKernel('CtaMaskGrad', [dy, words])[0];
 }
 
 export interface Stats {
@@ -222,7 +212,7 @@ export interface Stats {
 /** Batch mean and biased variance per channel of an NHWC tensor. */
 export function channelStats(x: tf.Tensor4D): Stats {
   if (native(x)) {
-    const [mean, variance] = run('CtaBnStats', [x]) as tf.Tensor1D[];
+    const [mean, variance] = runKernel('CtaBnStats', [x]) as tf.Tensor1D[];
     return { mean, variance };
   }
   const mean = channelMean(x);
@@ -234,7 +224,7 @@ export function channelStats(x: tf.Tensor4D): Stats {
  * ~3× slower than a multiply, so a one-kernel tf.batchNorm loses).
  */
 export function channelAffine(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D): tf.Tensor4D {
-  if (native(x, a, b)) return run('CtaBnAffine', [x, a, b])[0] as tf.Tensor4D;
+  if (native(x, a, b)) return runKernel('CtaBnAffine', [x, a, b])[0] as tf.Tensor4D;
   return tf.add(tf.mul(x, a), b) as tf.Tensor4D;
 }
 
@@ -244,7 +234,7 @@ export function channelAffine(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D): t
  */
 export function channelAffineKeep(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D, kept: Int32Array): [tf.Tensor4D, tf.Tensor4D] {
   if (native(x, a, b) && kept.length > 0) {
-    const [y, xk] = run('CtaBnAffineGather', [x, a, b], { kept: Array.from(kept) });
+    const [y, xk] = runKernel('CtaBnAffineGather', [x, a, b], { kept: Array.from(kept) });
     return [y as tf.Tensor4D, xk as tf.Tensor4D];
   }
   return [channelAffine(x, a, b), gatherChannels(x, kept)];
@@ -269,7 +259,7 @@ export function bnBackward(
   kept: Int32Array | null,
 ): { dx: tf.Tensor4D; S: tf.Tensor1D; sumG: tf.Tensor1D } {
   if (native(g, x, mean, rstd, s)) {
-    const [dx, S, sumG] = run('CtaBnBackward', [g, x, mean, rstd, s], { kept: kept ? Array.from(kept) : null });
+    const [dx, S, sumG] = runKernel('CtaBnBackward', [g, x, mean, rstd, s], { kept: kept ? Array.from(kept) : null });
     return { dx: dx as tf.Tensor4D, S: S as tf.Tensor1D, sumG: sumG as tf.Tensor1D };
   }
   const c = g.shape[3];
