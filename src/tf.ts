@@ -101,6 +101,8 @@ export async function initBackend(requested: BackendName = 'auto', threads = 0):
       wasmThreads = await setWasmBackendThreaded(tf, wasmThreads);
       ok = true;
     } catch (e) {
+      // A start that hung or lost a worker cannot be retried in this process: report it.
+      if (e instanceof CtaError) throw e;
       // Joined to (not instead of) a tfjs-node notice: both are true.
       const threaded = `the threaded WASM build failed to start (${(e as Error).message}); using one thread`;
       notice = notice ? `${notice}; ${threaded}` : `notice: ${threaded}`;
