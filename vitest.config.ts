@@ -4,6 +4,7 @@ export default defineConfig({
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     setupFiles: ['test/setup.ts'],
+    globalSetup: ['test/global-setup.ts'],
     // tfjs-wasm work is CPU-bound on a 2-core machine: one worker per core, generous timeouts.
     pool: 'forks',
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },

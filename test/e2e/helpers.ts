@@ -1,6 +1,6 @@
 /** Shared e2e helpers: a tiny CIFAR-10-C-layout folder and a way to run the built bins. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeNpy } from '../../src/io/npy.js';
@@ -89,6 +89,8 @@ export async function runBin(name: string, args: string[], env: Record<string, s
         }, 3000);
       }, WATCHDOG_MS),
   });
+  // The report (if any) has been read into the message above.
+  rmSync(reports, { recursive: true, force: true });
   return watchdog ? { ...r, stderr: `${r.stderr}\n[e2e watchdog] ${name} ran past ${WATCHDOG_MS / 1000} s: ${watchdog}` } : r;
 }
 
@@ -102,5 +104,5 @@ function describeReport(dir: string): string {
   };
   const stack = (report.javascriptStack?.stack ?? []).slice(0, 12).join(' | ');
   const handles = (report.libuv ?? []).filter((h) => h.is_active).map((h) => h.type);
-  return `report ${join(dir, file)}; JS stack: ${report.javascriptStack?.message ?? ''} ${stack}; active libuv handles: ${handles.join(', ')}; workers: ${report.workers?.length ?? 0}`;
+  return `report ${file}; JS stack: ${report.javascriptStack?.message ?? ''} ${stack}; active libuv handles: ${handles.join(', ')}; workers: ${report.workers?.length ?? 0}`;
 }
