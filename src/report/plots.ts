@@ -3,13 +3,15 @@
  * - error per domain per method (mean over seeds, ± std bars),
  * - error and cache MB over the stream, batch by batch (from batches.jsonl),
  * - with --by KEY, mean error (and max cache) against the values of KEY.
+ * and a PNG of each (svgToPng) for viewers and documents that take no SVG.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import sharp from 'sharp';
 import { toKebab } from '../config/schema.js';
 import { formatParam, type Grouped } from './collect.js';
 import { pivot, shortName } from './tables.js';
-import { renderChart, seriesStyle, type Panel, type Series } from './svg.js';
+import { fmtTick, panelRange, renderChart, seriesStyle, type Panel, type Series } from './svg.js';
 
 export interface BatchLine {
   batch: number;
@@ -55,7 +57,12 @@ export function errorByDomainSvg(g: Grouped): string {
   return renderChart({
     title: 'Top-1 error per domain',
     subtitle: `${g.groups.length} configuration${g.groups.length === 1 ? '' : 's'}, domains in stream order${seeds > 1 ? '; mean over seeds, bars ± 1 std' : ''}`,
-    x: { label: 'domain (stream order)', min: -0.5, max: domains.length - 0.5, ticks: domains.map((d, i) => ({ at: i, label: d === 'original' ? 'clean (original)' : d })), rotate: true },
+    x: {
+      label: 'domain (stream order)',
+      min: -0.5,
+      max: domains.length - 0.5,
+      ticks: domains.map((d, i) => ({ at: i, label: d === 'original' ? 'clean (original)' : d, short: shortName(d) })),
+    },
     panels: [{ yLabel: 'error (%)', series, yMin: 0, height: 340 }],
   });
 }
@@ -141,6 +148,12 @@ export function defaultSmoothing(domains: readonly string[]): number {
   return Math.max(1, Math.round(median / 20));
 }
 
+/**
+ * More configurations than this and the stream's error is drawn as small multiples (one panel per
+ * configuration, the others grey behind it): overlaid, that many noisy lines cannot be told apart.
+ */
+export const MAX_OVERLAID = 4;
+
 export function streamSvg(g: Grouped, opts: { smooth?: number } = {}): string | null {
   const streams = g.groups.map((grp) => streamOf(grp.label, grp.runs.map((r) => r.dir)));
   const ok = streams.map((s, i) => ({ s, i })).filter((x): x is { s: StreamSeries; i: number } => x.s !== null);
@@ -149,7 +162,23 @@ export function streamSvg(g: Grouped, opts: { smooth?: number } = {}): string | 
   const w = opts.smooth ?? defaultSmoothing(ref.domains);
   const MAXPTS = 1500;
   const errSeries: Series[] = ok.map(({ s, i }) => ({ label: s.label, ...seriesStyle(i), points: bucket(smoothError(s, w), MAXPTS) }));
-  const panels: Panel[] = [{ yLabel: 'error (%)', series: errSeries, yMin: 0, yMax: 100, height: 300 }];
+  const multiples = errSeries.length > MAX_OVERLAID;
+  let panels: Panel[];
+  if (multiples) {
+    // Context lines are coarser: each panel repeats all the others, and the SVG should stay small.
+    const context: Series[] = ok.map(({ s }) => ({ label: s.label, color: '', context: true, points: bucket(smoothError(s, w), 300) }));
+    panels = errSeries.map((es, k) => ({
+      yLabel: 'error (%)',
+      title: es.label,
+      titleColor: es.color,
+      series: [...context.filter((_, j) => j !== k), es],
+      yMin: 0,
+      yMax: 100,
+      height: 110,
+    }));
+  } else {
+    panels = [{ yLabel: 'error (%)', series: errSeries, yMin: 0, yMax: 100, height: 300 }];
+  }
   const withCache = ok.filter(({ s }) => s.cache.some((c) => c !== null));
   if (withCache.length) {
     panels.push({
@@ -165,6 +194,7 @@ export function streamSvg(g: Grouped, opts: { smooth?: number } = {}): string | 
     subtitle:
       `error pooled over ${w === 1 ? 'each batch' : `a ${w}-batch window within each domain`}` +
       `${seeds > 1 ? ' and over seeds' : ''}; shaded bands = domains` +
+      (multiples ? '; one error panel per configuration, the others in grey behind it' : '') +
       (withCache.length ? `; cache = analytic backprop cache per batch${seeds > 1 ? ' (mean over seeds)' : ''}` : ''),
     x: { label: 'batch (stream order)', min: -0.5, max: ref.n.length - 0.5 },
     bands: segments(ref.domains).map((s) => ({ x0: s.start - 0.5, x1: s.end - 0.5, label: shortName(s.name) })),
@@ -185,10 +215,21 @@ export function byKeySvg(g: Grouped, key: string): string {
   // Ablation differences are often a fraction of the error itself: zoom in on the data range.
   const panels: Panel[] = [{ yLabel: 'mean error (%)', series: mk('meanError'), includeZero: false, height: 300 }];
   if (g.groups.some((x) => x.maxCacheMb)) panels.push({ yLabel: 'max cache (MB)', series: mk('maxCacheMb'), yMin: 0, height: 220 });
+  // A zoomed axis makes small differences look large: say so in words as well as with the break mark.
+  const errMin = panelRange(panels[0]).yMin;
   return renderChart({
     title: `Mean error${panels.length > 1 ? ' and cache' : ''} by ${k}`,
     subtitle: 'error averaged over the corruption domains; values evenly spaced in listed order',
+    warning: errMin > 0 ? `Note: the error axis starts at ${fmtTick(errMin)} %, not at 0 (zoomed in on the differences)` : undefined,
     x: { label: k, min: -0.5, max: p.values.length - 0.5, ticks: p.values.map((v, i) => ({ at: i, label: formatParam(v) })) },
     panels,
   });
+}
+
+/**
+ * A PNG of an SVG figure, rendered by sharp (librsvg) at `scale` × its size (2: sharp on a HiDPI
+ * screen or a printed page).
+ */
+export async function svgToPng(svg: string, scale = 2): Promise<Buffer> {
+  return sharp(Buffer.from(svg), { density: 72 * scale }).png({ compressionLevel: 9 }).toBuffer();
 }
