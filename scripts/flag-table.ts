@@ -2,12 +2,13 @@
  * Builds the README flag table from the config schema (the single source of truth).
  * test/readme.test.ts checks that README.md contains exactly this table.
  */
-import { FIELDS, toKebab, type FieldSpec } from '../src/config/schema.js';
+import { FIELDS, defaultText, toKebab, type FieldKey, type FieldSpec } from '../src/config/schema.js';
 
 export function flagTable(): string {
   const rows = ['| flag | YAML key | default | values | meaning |', '|---|---|---|---|---|'];
-  for (const [key, f] of Object.entries(FIELDS) as [string, FieldSpec][]) {
-    const def = Array.isArray(f.default) ? (f.default.length > 4 ? 'the 15 standard corruptions' : f.default.join(',')) : f.default === null ? '—' : String(f.default);
+  for (const [key, f] of Object.entries(FIELDS) as [FieldKey, FieldSpec][]) {
+    // The same text as --help shows.
+    const def = defaultText(key).replace(/\|/g, '\\|');
     let values = '';
     if (f.type === 'enum') values = f.choices.join(' \\| ');
     else if (f.type === 'list') values = 'comma-separated corruption names';

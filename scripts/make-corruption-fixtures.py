@@ -7,7 +7,7 @@ Run with Debian's Python, which sees the reference libraries:
     /usr/bin/python3 scripts/make-corruption-fixtures.py [--out test/fixtures/corruptions]
 
 The corruption formulas are re-implemented here from Hendrycks & Dietterich's make_cifar_c.py
-(as summarised in the project notes, data-formats.md) with the same library calls: numpy, scipy.ndimage,
+(parameters as in docs/data-formats.md#corruption-parameters) with the same library calls: numpy, scipy.ndimage,
 skimage.filters.gaussian / skimage.color, cv2 (filter2D, GaussianBlur, warpAffine, Canny, ...),
 PIL (BOX resize, JPEG) and ImageMagick through Wand (motion blur, snow). Random corruptions take their
 draws from arrays that are saved next to the outputs, so the TypeScript side can be fed the very same

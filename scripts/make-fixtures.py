@@ -423,7 +423,8 @@ def make_adapt(models):
 
 def check_mecta_network(source, x):
     """With prune_q 0 and no matched layer, the custom per-layer MECTA backward through the whole
-    network equals autograd of the reparameterised train-mode BN (A.7) in every layer."""
+    network equals autograd of the reparameterised train-mode BN (docs/mecta-norm.md#preg) in every
+    layer."""
     opts = MectaOpts(forget_gate=True, dist_metric='skl', dist_scale=1.0, beta_thre=0.0, prune_q=0.0)
     m1 = copy.deepcopy(source)
     layers = replace_bn(m1, opts)

@@ -168,7 +168,8 @@ def make_resnet(rng):
     with torch.no_grad():
         logits_eval_in = model(norm(x))
         logits_train_in = copy.deepcopy(model).train()(norm(x))
-    # Tent (algorithms.md C.1/C.4): train-mode BN without running statistics, BN affine only.
+    # Tent (docs/methods.md#configuration, docs/methods.md#tent): train-mode BN without running
+    # statistics, BN affine only.
     tent = copy.deepcopy(model)
     tent.train()
     tent.requires_grad_(False)
@@ -344,7 +345,7 @@ def full_size():
         out[name] = {'num_parameters': int(sum(p.numel() for p in m.parameters())),
                      'num_entries': len(keys), 'state_dict': keys}
         print(f'  {name}: {len(keys)} entries, {out[name]["num_parameters"]} parameters')
-    assert out['resnet50']['num_parameters'] == 25557032  # data-formats.md Table E
+    assert out['resnet50']['num_parameters'] == 25557032  # docs/data-formats.md#resnet-50
     assert out['vit_b16']['num_parameters'] == 86567656
     return out
 
@@ -383,7 +384,7 @@ CLEAN_CASES = [  # name, size (w, h), mode: shrinking landscape / portrait, enla
 def make_images(rng):
     d = os.path.join(OUT, 'images')
     os.makedirs(d, exist_ok=True)
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224)])  # EATA / MECTA clean ImageNet (D.3)
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224)])  # EATA / MECTA clean ImageNet (docs/protocol.md#pre-processing)
     cases = []
     for name, (w, h), mode in CLEAN_CASES:
         im = Image.fromarray(synthetic_photo(rng, w, h))
@@ -393,7 +394,7 @@ def make_images(rng):
         out = tf(Image.open(os.path.join(d, f'{name}.jpg')).convert('RGB'))
         out.save(os.path.join(d, f'{name}.pil.png'))
         cases.append({'name': name, 'size': [w, h], 'mode': mode, 'pipeline': 'resize256_crop224'})
-    # ImageNet-C file: 224x224, PIL JPEG q=85 (data-formats.md key finding 2); reference = decode only
+    # ImageNet-C file: 224x224, PIL JPEG q=85 (docs/data-formats.md#imagenet-c); reference = decode only
     im = Image.fromarray(synthetic_photo(rng, 224, 224))
     im.save(os.path.join(d, 'imagenetc.jpg'), quality=85, optimize=True)
     Image.open(os.path.join(d, 'imagenetc.jpg')).convert('RGB').save(os.path.join(d, 'imagenetc.pil.png'))

@@ -1,4 +1,4 @@
-"""Float64 references of Tent, ETA, EATA (algorithms.md C.1, C.4, C.5) and Tent + MECTA."""
+"""Float64 references of Tent, ETA, EATA (docs/methods.md#configuration, #tent, #eata) and Tent + MECTA."""
 import copy
 
 import torch
@@ -14,7 +14,7 @@ def entropy(logits):
 
 
 def configure_batch_bn(model):
-    """C.1 with local_bn: train mode, only BN affine trainable, running statistics removed."""
+    """docs/methods.md#configuration with local_bn: train mode, only BN affine trainable, running statistics removed."""
     model = copy.deepcopy(model)
     model.train()
     model.requires_grad_(False)
@@ -41,7 +41,7 @@ def make_optimizer(params, spec):
 
 
 def compute_fisher(model, params, names, batches):
-    """C.5 Fisher: pseudo-label CE (batch mean) per batch, squared grads summed, / #batches."""
+    """docs/methods.md#fisher-estimation: pseudo-label CE (batch mean) per batch, squared grads summed, / #batches."""
     fisher = {n: torch.zeros_like(p) for n, p in zip(names, params)}
     for p in params:
         p.grad = None

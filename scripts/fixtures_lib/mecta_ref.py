@@ -1,9 +1,11 @@
-"""Float64 reference of MectaNorm2d written from algorithms.md A.3-A.8 (not from the MECTA code).
+"""Float64 reference of MectaNorm2d written from docs/mecta-norm.md (not from the MECTA code).
 
 State per layer: running_mean, running_var (accumulated statistics), past_size.
-Forward (A.3): batch mean / biased var -> beta (A.4 distances, e = 1e-3, or the constant rates)
+Forward (docs/mecta-norm.md#forward): batch mean / biased var -> beta (docs/mecta-norm.md#distances,
+e = 1e-3, or the constant rates)
 -> running update (copy if beta >= 1) -> output normalised with the UPDATED statistics.
-Backward: caching layer -> A.7 ("PreG") for kept channels, A.8 refill for removed channels;
+Backward: caching layer -> PreG (docs/mecta-norm.md#preg) for kept channels, the refill
+(docs/mecta-norm.md#refill) for removed channels;
 fully matched layer (gate on and beta <= beta_thre) -> dx = g, no weight/bias gradient (zeros).
 """
 import math
@@ -16,7 +18,7 @@ DIST_EPS = 1e-3
 
 
 def distance(mu1, v1, mu2, v2, metric, e=DIST_EPS):
-    """Per-channel distance between batch stats (1) and accumulated stats (2), A.4."""
+    """Per-channel distance between batch stats (1) and accumulated stats (2), docs/mecta-norm.md#distances."""
     if metric == 'simple':
         return (mu1 - mu2) ** 2 / (v2 + e)
     if metric == 'kl':
@@ -28,7 +30,7 @@ def distance(mu1, v1, mu2, v2, metric, e=DIST_EPS):
 
 
 def check_a4_table():
-    """Asserts the A.4 test-vector table (e = 1e-3, s = 1)."""
+    """Asserts the test-vector table of docs/mecta-norm.md#distances (e = 1e-3, s = 1)."""
     t = lambda *v: torch.tensor(v, dtype=torch.float64)
     rows = [
         ((0.5, 2.0, 0.0, 1.0), 0.436969, 0.278052, 0.249750, 0.354009),
@@ -74,7 +76,7 @@ class MectaState:
 
 
 def mecta_forward(state, x, weight, bias, opts):
-    """One MectaNorm2d forward (A.3); mutates state. Returns (y, info)."""
+    """One MectaNorm2d forward (docs/mecta-norm.md#forward); mutates state. Returns (y, info)."""
     with torch.no_grad():
         mu_b = x.mean(dim=(0, 2, 3))
         v_b = x.var(dim=(0, 2, 3), unbiased=False)
@@ -107,9 +109,10 @@ def n_removed(channels, prune_q):
 
 
 def mecta_backward(x, g, weight, info, eps, removed=None):
-    """Gradients (dx, dweight, dbias) of one MectaNorm2d forward given upstream g (A.6-A.8).
+    """Gradients (dx, dweight, dbias) of one MectaNorm2d forward given upstream g
+    (docs/mecta-norm.md#cache-stopping, #preg, #pruning).
 
-    `removed`: LongTensor of removed channel indices (A.8) or None / empty for no pruning.
+    `removed`: LongTensor of removed channel indices (docs/mecta-norm.md#pruning) or None / empty for no pruning.
     """
     C = x.shape[1]
     if info['matched']:
@@ -135,7 +138,7 @@ def mecta_backward(x, g, weight, info, eps, removed=None):
 
 
 def check_preg_against_autograd(x, g, weight, bias, info, eps):
-    """A.7: the closed-form gradients equal autograd of the reparameterised train-mode BN."""
+    """docs/mecta-norm.md#preg: the closed-form gradients equal autograd of the reparameterised train-mode BN."""
     mu_b, v_b = info['mu_b'], info['v_b']
     mu_r, v_r = info['running_mean'], info['running_var']
     sig_r = torch.sqrt(v_r + eps)

@@ -474,7 +474,8 @@ describe('eta / eata', () => {
     expect(m.modesSeen).toEqual(['train-update', 'train-update', 'train-update']);
     expect(m.normMode).toBe('mecta');
     expect(m.mectaOptions).toEqual(MECTA);
-    expect(vals(m.normLayers[1].runningMean)).not.toEqual(rm0); // G.2 item 4 side effect
+    // The Fisher pass moved the running statistics (docs/methods.md#fisher-estimation).
+    expect(vals(m.normLayers[1].runningMean)).not.toEqual(rm0);
     // reset() returns to the post-Fisher state
     const after = vals(m.normLayers[1].runningMean);
     const x = batch(40);

@@ -1,8 +1,10 @@
 /**
- * EATA and ETA (algorithms.md C.5): entropy minimisation on reliable (H < E0) and non-redundant
- * (|cos(m, p)| < ε_d against the moving-average prediction m) samples, each weighted by
- * exp(E0 − H) without gradient; EATA adds the Fisher regulariser α_F·Σ F·(θ − θ*)². No step when
- * no sample is selected (G.2 item 13) or, with MECTA, when no layer caches (A.6).
+ * EATA and ETA (docs/methods.md#eata; Niu et al., ICML 2022, Eqns. 3–5, 8, 9): entropy
+ * minimisation on reliable (H < E0) and non-redundant (|cos(m, p)| < ε_d against the
+ * moving-average prediction m) samples, each weighted by exp(E0 − H) without gradient; EATA adds
+ * the Fisher regulariser α_F·Σ F·(θ − θ*)². No step when
+ * no sample is selected (docs/methods.md#loss-and-update) or, with MECTA, when no layer caches
+ * (docs/mecta-norm.md#cache-stopping).
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';
@@ -35,7 +37,7 @@ function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
         // PyTorch 1.12: the Fisher pass leaves zero-filled .grad tensors on every parameter.
         adapter.markAllHadGrad();
         // The reference copies the model for reset() after the Fisher pass (whose MECTA
-        // train-update mode moved the running buffers, G.2 item 4).
+        // train-update mode moved the running buffers, docs/methods.md#fisher-estimation).
         adapter.snapshot();
       }
       // E0 as float32: PyTorch compares the float32 entropies against the scalar in float32.
@@ -53,7 +55,7 @@ function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
         const terms = adapter.params.map((p, i) =>
           tf.sum(tf.mul(f.fisher[i], tf.square(tf.sub(p, f.thetaStar[i])))),
         );
-        return tf.mul(tf.addN(terms), opts.fisherAlpha) as tf.Scalar;
+        return tf.mul(addMany(terms), opts.fisherAlpha) as tf.Scalar;
       };
 
       const alg: Algorithm = {
@@ -86,7 +88,8 @@ function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
                 : mean;
               setProbs(tf.keep(next));
             }
-            if (selected.length === 0) return null; // G.2 item 13: no step (loss would be NaN)
+            // No step: the loss would be NaN (docs/methods.md#loss-and-update).
+            if (selected.length === 0) return null;
             // Coefficient exp(E0 − H) = 1 / exp(H − E0), built from the values so it carries no
             // gradient, and zero for unselected samples: Σ c·H / |selected| is the mean over the
             // selected samples (a mask rather than tf.gather, whose gradient kernel
@@ -160,6 +163,22 @@ function cosineToRows(m: tf.Tensor1D, p: tf.Tensor2D): tf.Tensor1D {
     const norms = tf.mul(tf.norm(p, 'euclidean', 1), tf.norm(m));
     return tf.div(dot, tf.maximum(norms, 1e-8)) as tf.Tensor1D;
   });
+}
+
+/**
+ * tf.addN. tfjs-webgpu binds every input of one addN as a storage buffer, and a device allows
+ * few per shader (16 on OpenGL ES): there the terms are summed in groups of 8 first.
+ */
+function addMany(terms: tf.Tensor[]): tf.Tensor {
+  let t = terms;
+  if (tf.getBackend() === 'webgpu') {
+    while (t.length > 8) {
+      const next: tf.Tensor[] = [];
+      for (let i = 0; i < t.length; i += 8) next.push(i + 1 === t.length ? t[i] : tf.addN(t.slice(i, i + 8)));
+      t = next;
+    }
+  }
+  return tf.addN(t);
 }
 
 export const eata = makeEata('eata', true);

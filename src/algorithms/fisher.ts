@@ -1,12 +1,13 @@
 /**
- * EATA's diagonal Fisher information for the anti-forgetting regulariser (algorithms.md C.5,
- * "Fisher estimation"; the reference's `compute_fishers`).
+ * EATA's diagonal Fisher information for the anti-forgetting regulariser
+ * (docs/methods.md#fisher-estimation; EATA Eqn. 9; the reference's `compute_fishers`).
  *
  * For each clean batch t: pseudo-labels ŷ = argmax of the model's own logits, L_t = mean
  * cross-entropy(z, ŷ), G += (∂L_t/∂θ)² element-wise; finally F = G / T with T the number of
  * batches, and θ* = a copy of the parameters. Nothing is updated — except, with MECTA, the running
- * buffers: the reference runs the pass inside `standard_bn_cxt` (A.10), i.e. train-mode PyTorch BN
- * that updates the buffers with momentum 0.1 (G.2 item 4), which is norm mode 'train-update' here.
+ * buffers: the reference runs the pass inside `standard_bn_cxt` (docs/mecta-norm.md#standard-bn-mode),
+ * i.e. train-mode PyTorch BN that updates the buffers with momentum 0.1, which is norm mode
+ * 'train-update' here.
  */
 import { tf } from '../tf.js';
 import type { Classifier } from '../models/types.js';
@@ -35,7 +36,8 @@ export async function estimateFisher(
   const prevMode = model.normMode;
   const mecta = prevMode === 'mecta' ? currentMectaOptions(model) : null;
   // With MECTA: standard_bn_cxt ('train-update', no pruning). Without: the configured model already
-  // normalises with batch statistics and keeps no running buffers (C.1 local_bn).
+  // normalises with batch statistics and keeps no running buffers (local_bn,
+  // docs/methods.md#configuration).
   model.setNormMode(mecta ? 'train-update' : 'batch');
   const acc: (tf.Tensor | null)[] = params.map(() => null);
   let count = 0;

@@ -1,9 +1,10 @@
-/** Differentiable losses shared by the adaptation methods (algorithms.md C.4, C.5). */
+/** Differentiable losses shared by the adaptation methods (docs/methods.md#tent, docs/methods.md#eata). */
 import { tf } from '../tf.js';
 
 /**
  * Shannon entropy of softmax(logits) per sample, H = −Σ_k softmax·log_softmax (temperature 1),
- * written exactly like the reference `softmax_entropy` (C.4) so the gradient is the same.
+ * written exactly like the reference `softmax_entropy` (docs/methods.md#tent; Tent Eq. 1) so the
+ * gradient is the same.
  */
 export function softmaxEntropy(logits: tf.Tensor2D): tf.Tensor1D {
   return tf.tidy(() => tf.neg(tf.sum(tf.mul(tf.softmax(logits), tf.logSoftmax(logits)), 1)) as tf.Tensor1D);
@@ -12,7 +13,7 @@ export function softmaxEntropy(logits: tf.Tensor2D): tf.Tensor1D {
 /**
  * Mean cross-entropy of logits against integer labels (PyTorch `nn.CrossEntropyLoss()` with
  * reduction 'mean' and no class weights): mean_i −log_softmax(z_i)[y_i]. Used by EATA's Fisher
- * estimation with pseudo-labels (C.5).
+ * estimation with pseudo-labels (docs/methods.md#fisher-estimation).
  */
 export function crossEntropy(logits: tf.Tensor2D, labels: tf.Tensor1D): tf.Scalar {
   return tf.tidy(() => {

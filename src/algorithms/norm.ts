@@ -1,5 +1,5 @@
 /**
- * Norm / BN statistics adaptation (algorithms.md C.3): no parameter is optimised; the norm layers
+ * Norm / BN statistics adaptation (docs/methods.md#norm): no parameter is optimised; the norm layers
  * normalise with the current batch's statistics ('batch'), or — when the runner configured MECTA
  * (--accum-bn) before `create()` — with MECTA's accumulated statistics ('mecta', "BN + MECTA norm").
  */
@@ -12,8 +12,8 @@ export const norm: AlgorithmSpec = {
   usesGradients: false,
   async create(model) {
     useAdaptiveNorm(model);
-    // BN parameters frozen (C.3). Note: the reference leaves requires_grad on under MECTA's forget
-    // gate and so reports a non-zero backward cache for `bn` (G.2 item 10); here it is zero.
+    // BN parameters frozen. Note: the reference leaves requires_grad on under MECTA's forget gate
+    // and so reports a non-zero backward cache for `bn`; here it is zero (docs/methods.md#norm).
     model.setTrainable(false);
     // Only 'mecta' mode changes state (the accumulated statistics); reset() returns to this.
     let initial = model.stateDict();

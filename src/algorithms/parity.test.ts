@@ -132,15 +132,25 @@ function adaptOptions(c: CaseJson): AdaptOptions {
 }
 
 const available = existsSync(WEIGHTS) && existsSync(join(ADAPT, 'inputs.safetensors'));
-const CASES = ['tent', 'tent_adam', 'eta', 'eata', 'eata_strong', 'tent_mecta'].filter((c) =>
-  existsSync(join(ADAPT, `${c}.json`)),
+/**
+ * Another backend's run of this suite (parity-webgpu.test.ts) picks a subset through the
+ * environment: PARITY_CASES = fixture cases plus 'forward' / 'fisher' (default: all),
+ * PARITY_LEAK = leak runs as '<alg>' or '<alg>+mecta' (default: all), PARITY_LEAK_STEPS (20).
+ */
+const only = (v: string | undefined) => (v ? new Set(v.split(',').map((s) => s.trim())) : null);
+const ONLY_CASES = only(process.env.PARITY_CASES);
+const ONLY_LEAK = only(process.env.PARITY_LEAK);
+const LEAK_STEPS = Number(process.env.PARITY_LEAK_STEPS ?? 20);
+const wanted = (name: string) => !ONLY_CASES || ONLY_CASES.has(name);
+const CASES = ['tent', 'tent_adam', 'eta', 'eata', 'eata_strong', 'tent_mecta'].filter(
+  (c) => wanted(c) && existsSync(join(ADAPT, `${c}.json`)),
 );
 
 let weights: StateDict;
 let inputs: StateDict;
 
 beforeAll(async () => {
-  await initBackend((process.env.PARITY_BACKEND as 'wasm' | 'cpu' | undefined) ?? 'wasm');
+  await initBackend((process.env.PARITY_BACKEND as 'wasm' | 'cpu' | 'webgpu' | undefined) ?? 'wasm');
   if (!available) return;
   weights = await readSafetensors(WEIGHTS);
   inputs = await readSafetensors(join(ADAPT, 'inputs.safetensors'));
@@ -175,6 +185,20 @@ function fisherCtx(): AlgorithmContext {
 }
 
 describe.skipIf(!available)('parity with PyTorch (resnext_small)', () => {
+  it.runIf(wanted('forward'))('forward: source- and batch-mode logits', async () => {
+    const io = await readSafetensors(join(ROOT, 'models', 'resnext_small.io.safetensors'));
+    const model: Classifier = buildModel('resnext29', weights, { rng: new Rng(0) });
+    const x = nhwc(io, 'input');
+    for (const [mode, key] of [['source', 'logits_eval'], ['batch', 'logits_train']] as const) {
+      model.setNormMode(mode);
+      const y = model.forward(x);
+      check(`forward ${mode}`, `forward.${mode}`, y, raw(io, key));
+      y.dispose();
+    }
+    x.dispose();
+    model.dispose();
+  });
+
   for (const name of CASES) {
     it(`${name}: 3 steps`, async () => {
       const c = JSON.parse(readFileSync(join(ADAPT, `${name}.json`), 'utf8')) as CaseJson;
@@ -188,7 +212,7 @@ describe.skipIf(!available)('parity with PyTorch (resnext_small)', () => {
       let stepIdx = 0;
       if (mecta) {
         model.setNormMode('mecta', mecta);
-        // replay the reference's random channel choice (A.8)
+        // replay the reference's random channel choice (docs/mecta-norm.md#pruning)
         model.setPruneChooser((layer) => Int32Array.from(raw(fx, `removed.${stepIdx}.${layer}`)));
       }
       const before = tf.memory().numTensors;
@@ -264,7 +288,7 @@ describe.skipIf(!available)('parity with PyTorch (resnext_small)', () => {
     });
   }
 
-  it('estimateFisher reproduces the reference Fisher and θ* directly', async () => {
+  it.runIf(wanted('fisher'))('estimateFisher reproduces the reference Fisher and θ* directly', async () => {
     if (!existsSync(join(ADAPT, 'eata.safetensors'))) return;
     const fx = await readSafetensors(join(ADAPT, 'eata.safetensors'));
     const model = buildModel('resnext29', weights, { rng: new Rng(0) });
@@ -284,7 +308,8 @@ describe.skipIf(!available)('parity with PyTorch (resnext_small)', () => {
 
   for (const name of ALGORITHM_NAMES) {
     for (const withMecta of [false, true]) {
-      it(`${name}${withMecta ? ' + MECTA' : ''}: 20 steps on the real model leak no tensor`, async () => {
+      if (ONLY_LEAK && !ONLY_LEAK.has(`${name}${withMecta ? '+mecta' : ''}`)) continue;
+      it(`${name}${withMecta ? ' + MECTA' : ''}: ${LEAK_STEPS} steps on the real model leak no tensor`, async () => {
         const model = buildModel('resnext29', weights, { rng: new Rng(3) });
         const xs = [0, 1, 2].map((i) => nhwc(inputs, `x${i}`));
         warmUp(model, xs[0]);
@@ -313,7 +338,7 @@ describe.skipIf(!available)('parity with PyTorch (resnext_small)', () => {
         };
         const alg = await ALGORITHMS[name].create(model, opts, fisherCtx());
         let steady = -1;
-        for (let i = 0; i < 20; i++) {
+        for (let i = 0; i < LEAK_STEPS; i++) {
           const r = alg.step(xs[i % 3]);
           r.logits.dispose();
           if (i === 2) steady = tf.memory().numTensors;

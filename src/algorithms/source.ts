@@ -1,5 +1,5 @@
 /**
- * Source (algorithms.md C.2): the pre-trained model as is — eval-mode BN with the stored running
+ * Source (docs/methods.md#source): the pre-trained model as is — eval-mode BN with the stored running
  * statistics, nothing adapted, prediction only.
  */
 import { tf } from '../tf.js';
@@ -10,7 +10,8 @@ export const source: AlgorithmSpec = {
   usesGradients: false,
   async create(model) {
     model.setNormMode('source');
-    // No parameter is adapted (C.2); also keeps the analytic backward cache at zero (A.9).
+    // No parameter is adapted; also keeps the analytic backward cache at zero
+    // (docs/memory.md#analytic).
     model.setTrainable(false);
     const alg: Algorithm = {
       name: 'source',

@@ -1,7 +1,8 @@
 /**
- * Tent (algorithms.md C.4): minimise the mean softmax entropy of each test batch with respect to
- * the norm layers' affine parameters, one optimizer step per batch, predicting from the forward
- * before the update. With MECTA the step is skipped when no layer caches (A.6).
+ * Tent (docs/methods.md#tent; Wang et al., ICLR 2021): minimise the mean softmax entropy of each
+ * test batch with respect to the norm layers' affine parameters, one optimizer step per batch,
+ * predicting from the forward before the update. With MECTA the step is skipped when no layer
+ * caches (docs/mecta-norm.md#cache-stopping).
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';

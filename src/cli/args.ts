@@ -3,6 +3,7 @@
  * config key and its flag cannot drift apart. yargs does the tokenising; values are validated by
  * the config layer (`coerce`) so flag and YAML errors read the same.
  */
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { Argv } from 'yargs';
 import { CtaError } from '../util/errors.js';
@@ -12,23 +13,127 @@ import { CtaError } from '../util/errors.js';
  * text in the middle of words. Every bin takes yargs from here.
  */
 export const yargs = createRequire(import.meta.url)('yargs') as (args: string[]) => Argv;
-import { FIELDS, type FieldKey, toKebab } from '../config/schema.js';
+import { FIELDS, type FieldKey, type FieldSpec, defaultText, toCamel, toKebab } from '../config/schema.js';
 import { resolveConfig } from '../config/load.js';
+import { BOOL_EXPECTED, KEY_ALIASES, aliasNotice, parseBool } from '../config/aliases.js';
 import type { CtaConfig } from '../config/schema.js';
 
-/** Adds one option per config field (kebab-case; yargs also accepts the camelCase spelling). */
-export function addConfigOptions(y: Argv): Argv {
-  let out: Argv = y.option('config', { type: 'string', describe: 'YAML config file (flags override it)', group: 'config' });
-  for (const [key, f] of Object.entries(FIELDS)) {
-    const choices = f.type === 'enum' || f.type === 'list' ? ` [${f.choices.join(', ')}]` : '';
-    const def = Array.isArray(f.default) ? '' : ` (default ${f.default === null ? 'none' : String(f.default)})`;
+/** The version in package.json (`--version` of every bin, provenance in written files). */
+export function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string }).version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/**
+ * yargs option settings for a value that the config layer (`coerce`) parses: numbers are declared
+ * `number` for --help but also `string`, which keeps yargs from converting them (it would turn
+ * `--lr abc` into NaN before coerce could name the bad text).
+ */
+export function valueOption(type: FieldSpec['type'] | 'string' | 'number'): { type: 'boolean' | 'number' | 'string'; string?: true } {
+  if (type === 'bool') return { type: 'boolean' };
+  if (type === 'number' || type === 'int') return { type: 'number', string: true };
+  return { type: 'string' };
+}
+
+export const ALIAS_HELP =
+  'Booleans: --x, --x=true|false (also 1/0, yes/no, any case), --x false, or --no-x. snake_case spellings ' +
+  "(--batch_size) and the MECTA reference code's names (--level, --data cifar10|cifar100|IN, --model " +
+  'rb_ResNeXt29_32x4d|rb_wrn28_10_std|rb_resnet50, --alg src|bn) are accepted; each alias prints a notice with our name.';
+
+/**
+ * Adds one option per config field (kebab-case; camelCase and snake_case spellings are accepted
+ * too, see normalizeArgv). `omit`: fields this command does not use (not offered; the YAML key is
+ * still accepted, since configs are shared with cta-eval).
+ */
+export function addConfigOptions(y: Argv, omit: readonly FieldKey[] = []): Argv {
+  let out: Argv = y.option('config', { type: 'string', describe: 'YAML config file (flags override it)', defaultDescription: 'none', group: 'config' });
+  for (const [key, f] of Object.entries(FIELDS) as [FieldKey, FieldSpec][]) {
+    if (omit.includes(key)) continue;
+    const choices = f.type === 'enum' ? ` [${f.choices.join(', ')}]` : '';
     out = out.option(toKebab(key), {
-      type: f.type === 'bool' ? 'boolean' : 'string',
-      describe: `${f.description}${f.type === 'list' ? '' : choices}${def}`,
+      ...valueOption(f.type),
+      describe: `${f.description}${choices}`,
+      // Shown, not applied: an absent flag must leave the YAML value in place.
+      defaultDescription: defaultText(key),
       group: f.group,
     });
   }
   return out;
+}
+
+interface YargsOptions {
+  boolean: string[];
+  key: Record<string, unknown>;
+}
+
+/**
+ * Rewrites the command line before yargs reads it, so every bin spells options the same way:
+ * `--snake_case` and `--camelCase` become `--kebab-case`; MECTA option names (KEY_ALIASES) become
+ * ours with a notice; boolean options take `=VALUE` or a following value word in BOOL_WORDS
+ * (yargs alone reads only the exact word 'true' as true, so `--accum-bn=True` was false) and any
+ * other value is an error. Unknown options pass through unchanged for yargs to report.
+ */
+export function normalizeArgv(argv: readonly string[], y: Argv): string[] {
+  const opts = (y as unknown as { getOptions(): YargsOptions }).getOptions();
+  const known = new Set(Object.keys(opts.key));
+  const booleans = new Set(opts.boolean);
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const tok = argv[i];
+    if (tok === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (!tok.startsWith('--')) {
+      out.push(tok);
+      continue;
+    }
+    const eq = tok.indexOf('=');
+    const written = tok.slice(2, eq < 0 ? undefined : eq);
+    const value = eq < 0 ? undefined : tok.slice(eq + 1);
+    let name = toKebab(written.replace(/_/g, '-'));
+    let negated = false;
+    if (!known.has(name)) {
+      const alias = KEY_ALIASES[toCamel(name)];
+      if (name.startsWith('no-') && booleans.has(name.slice(3))) {
+        negated = true;
+        name = name.slice(3);
+      } else if (alias && known.has(toKebab(alias))) {
+        aliasNotice(`--${written} is MECTA's name; using --${toKebab(alias)}`);
+        name = toKebab(alias);
+      } else {
+        out.push(tok);
+        continue;
+      }
+    }
+    if (!booleans.has(name)) {
+      out.push(value === undefined ? `--${name}` : `--${name}=${value}`);
+      continue;
+    }
+    if (negated) {
+      if (value !== undefined) throw new CtaError(`--no-${name} takes no value (write --${name}=false or --no-${name})`);
+      out.push(`--no-${name}`);
+      continue;
+    }
+    let b: boolean | null = true;
+    if (value !== undefined) {
+      b = parseBool(value);
+      if (b === null) throw new CtaError(`--${name}: expected ${BOOL_EXPECTED}, got ${JSON.stringify(value)}`);
+    } else if (i + 1 < argv.length && parseBool(argv[i + 1]) !== null) {
+      // `--accum_bn True`, as argparse's str2bool options are written.
+      b = parseBool(argv[++i]);
+    }
+    out.push(`--${name}=${String(b)}`);
+  }
+  return out;
+}
+
+/** Parses `argv` with `y` after normalizeArgv; every bin parses through here. */
+export async function parseArgv(y: Argv, argv: readonly string[]): Promise<Record<string, unknown>> {
+  return (await y.parseAsync(normalizeArgv(argv, y))) as Record<string, unknown>;
 }
 
 /** Picks the config-field values the user actually gave on the command line. */
@@ -43,6 +148,15 @@ export function flagValues(argv: Record<string, unknown>): Partial<Record<FieldK
   return flags;
 }
 
+/** yargs lists an unknown `--foo-bar` twice (foo-bar, fooBar, from camel-case expansion): once. */
+function dedupeUnknown(line: string): string {
+  const m = /^Unknown arguments?: (.*)$/.exec(line);
+  if (!m) return line;
+  const names = m[1].split(', ');
+  const kept = names.filter((n) => n === toKebab(n) || !names.includes(toKebab(n)));
+  return `Unknown argument${kept.length > 1 ? 's' : ''}: ${kept.join(', ')}`;
+}
+
 /**
  * The settings every bin shares: strict options, kebab/camel flags, --help, terminal-width
  * wrapping, and parse failures turned into one CtaError line instead of yargs' help dump.
@@ -53,14 +167,14 @@ export function configureCli(y: Argv, scriptName: string, usage: string): Argv {
     .usage(usage)
     .strictOptions()
     .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': true })
-    .version(false)
+    .version(packageVersion())
     .help('help')
     .alias('help', 'h')
     .wrap(Math.min(120, process.stdout.columns || 100))
     .fail((msg, err) => {
       if (err) throw err;
       // runMain already prefixes `<cmd>: error:`; the message itself names no command.
-      throw new CtaError(`${msg.split('\n')[0]} (see ${scriptName} --help)`);
+      throw new CtaError(`${dedupeUnknown(msg.split('\n')[0])} (see ${scriptName} --help)`);
     });
 }
 
@@ -73,9 +187,10 @@ export async function parseCommand<E extends Record<string, unknown>>(
   scriptName: string,
   usage: string,
   extra: (y: Argv) => Argv,
+  omit: readonly FieldKey[] = [],
 ): Promise<{ cfg: CtaConfig; argv: E & Record<string, unknown> }> {
-  const y = configureCli(extra(addConfigOptions(yargs(argv))), scriptName, usage);
-  const parsed = (await y.parseAsync()) as Record<string, unknown>;
+  const y = configureCli(extra(addConfigOptions(yargs(argv), omit)), scriptName, usage).epilogue(ALIAS_HELP);
+  const parsed = await parseArgv(y, argv);
   const positional = (parsed._ as unknown[]) ?? [];
   if (positional.length > 0 && scriptName === 'cta-eval') {
     throw new CtaError(`${scriptName}: unexpected argument '${String(positional[0])}' (options start with --)`);

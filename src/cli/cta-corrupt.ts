@@ -14,11 +14,12 @@
  *
  * Own flags (not the run config), parsed with yargs; every error is one CtaError line (runMain).
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { runMain } from './run-main.js';
-import { configureCli, yargs } from './args.js';
+import { configureCli, packageVersion, parseArgv, valueOption, yargs } from './args.js';
 import { CtaError } from '../util/errors.js';
+import { checkOutDir } from '../util/out-path.js';
 import { writeNpy } from '../io/npy.js';
 import { CORRUPTION_NAMES } from '../data/corruptions/index.js';
 import { CORRUPTIONS_15 } from '../data/stream.js';
@@ -79,14 +80,6 @@ function strFlag(name: string, v: unknown): string | undefined {
   return s;
 }
 
-function packageVersion(): string {
-  try {
-    return JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version ?? 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
-
 /** Write via a temporary name and rename, so an interrupted run never leaves a plausible-looking file. */
 async function writeNpyAtomic(path: string, dtype: 'uint8' | 'int64', shape: number[], data: ArrayLike<number>): Promise<void> {
   const tmp = `${path}.partial`;
@@ -132,22 +125,23 @@ async function writeClean(dir: string, set: CleanSet): Promise<{ path: string; d
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-corrupt', async () => {
-    const parsed = (await configureCli(yargs(argv), 'cta-corrupt', USAGE)
+    const y = configureCli(yargs(argv), 'cta-corrupt', USAGE)
       .epilogue(ABOUT)
       .option('input', { type: 'string', describe: 'clean set: IDX images file (.gz ok), CIFAR binary batch or .npy' })
       .option('out', { type: 'string', describe: 'output folder (created; existing corruption files are overwritten)' })
-      .option('corruptions', { type: 'string', describe: `comma-separated, in file order (default: the 15 standard ones; known: ${CORRUPTION_NAMES.join(', ')})` })
-      .option('severities', { type: 'string', describe: 'severity blocks to write: a range or list, e.g. 1-5, 1,3,5 (default 1-5)' })
-      .option('n', { type: 'string', describe: 'first N clean images (default: all)' })
-      .option('seed', { type: 'string', describe: 'noise seed; the same as cta-eval --seed gives the --data synthetic-c images (default 2020)' })
-      .option('frost-dir', { type: 'string', describe: 'folder with the original frost1..5 photos (default: procedural frost, non-standard)' })
-      .strict()
-      .parseAsync()) as Record<string, unknown>;
+      .option('corruptions', { type: 'string', defaultDescription: CORRUPTIONS_15.join(', '), describe: `comma-separated, in file order; known: ${CORRUPTION_NAMES.join(', ')}` })
+      .option('severities', { type: 'string', defaultDescription: '1-5', describe: 'severity blocks to write: a range or list, e.g. 1-5, 1,3,5' })
+      .option('n', { ...valueOption('int'), defaultDescription: 'all', describe: 'first N clean images (-n N or --n N)' })
+      .option('seed', { ...valueOption('int'), defaultDescription: '2020', describe: 'noise seed; the same as cta-eval --seed gives the --data synthetic-c images' })
+      .option('frost-dir', { type: 'string', defaultDescription: 'procedural frost (non-standard)', describe: 'folder with the original frost1..5 photos' })
+      .strict();
+    const parsed = await parseArgv(y, argv);
 
     const input = strFlag('input', parsed.input);
     const out = strFlag('out', parsed.out);
     if (!input) throw new CtaError('--input: required (a clean IDX images file, CIFAR binary batch or .npy)');
     if (!out) throw new CtaError('--out: required (the folder to write)');
+    checkOutDir('--out', out);
     const corruptions = parsed.corruptions === undefined ? [...CORRUPTIONS_15] : parseCorruptions(strFlag('corruptions', parsed.corruptions)!);
     const severities = parsed.severities === undefined ? [1, 2, 3, 4, 5] : parseSeverities(strFlag('severities', parsed.severities)!);
     const n = intFlag('n', parsed.n, 1);

@@ -8,9 +8,11 @@ import { fileURLToPath } from 'node:url';
 import { existsSync, readFileSync } from 'node:fs';
 import { flagValues, parseCommand } from './args.js';
 import { resolveConfig } from '../config/load.js';
-import { CtaError } from '../util/errors.js';
+import { CtaError, Interrupted } from '../util/errors.js';
+import { checkOutDir } from '../util/out-path.js';
 import { runMain } from './run-main.js';
-import { defaultOutDir, runContinual } from '../runner/continual.js';
+import { watchInterrupts } from './signals.js';
+import { RunInterrupted, defaultOutDir, runContinual } from '../runner/continual.js';
 import { resultTable } from '../runner/table.js';
 import type { CtaConfig } from '../config/schema.js';
 
@@ -54,11 +56,27 @@ function resumedConfig(dir: string, argv: Record<string, unknown>): CtaConfig {
   return cfg;
 }
 
+const shellWord = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+
+/**
+ * The one line for a run stopped by a signal: where it stood, what finished, and the exact command
+ * that continues it (always the main run's folder: its --resume also finishes a comparison run).
+ */
+function interruptLine(e: RunInterrupted, mainDir: string, comparison: { alg: string; main: string } | null): string {
+  const p = e.position;
+  const head = `interrupted (${e.signal})${comparison ? ` in the comparison run (${comparison.alg}; the ${comparison.main} run is complete)` : ''}`;
+  if (!p.resumable) return `${head} while starting, before the run folder was written: run the same command again`;
+  const where = p.current ? ` in domain ${p.current.index}/${p.total} (${p.current.name})` : '';
+  const done = `${p.finished}${p.total === null ? '' : ` of ${p.total}`} domain${p.total === 1 && p.finished <= 1 ? '' : 's'} finished`;
+  const saved = p.finished > 0 ? ` (results so far in ${join(p.dir, 'summary.json')})` : '';
+  return `${head}${where}: ${done}${saved}; continue with: cta-eval --resume ${shellWord(mainDir)}`;
+}
+
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-eval', async () => {
     const demo = argv.length === 0;
     const parsed = await parseCommand(demo ? ['--config', DEMO_CONFIG] : argv, 'cta-eval', USAGE, (y) =>
-      y.option('resume', { type: 'string', describe: 'continue an interrupted run folder from its last finished domain', group: 'output' }),
+      y.option('resume', { type: 'string', defaultDescription: 'none', describe: 'continue an interrupted run folder from its last finished domain', group: 'output' }),
     );
     const resume = typeof parsed.argv.resume === 'string' ? parsed.argv.resume : null;
     const cfg = resume ? resumedConfig(resume, parsed.argv) : parsed.cfg;
@@ -69,21 +87,38 @@ export async function main(argv: string[]): Promise<void> {
       }
     }
     cfg.out = cfg.out ?? defaultOutDir(cfg.alg);
+    // Before the backend, weights and data: an unwritable folder would only fail at the first write.
+    checkOutDir(resume ? '--resume' : '--out', cfg.out);
     const log = (line: string) => process.stdout.write(line + '\n');
     const name = `${cfg.alg}${cfg.accumBn ? '+mecta' : ''}`;
-    if (demo) log(`cta-eval: no arguments — running the embedded demo (${DEMO_CONFIG})`);
-    log(`cta-eval: ${name} on ${cfg.data} (${cfg.model}), batch ${cfg.batchSize}, severity ${cfg.severity}`);
-    const main = await runContinual(cfg, cfg.out, { log, label: cfg.compareWith !== 'none' ? name : undefined }, { resume: resume !== null });
-    const columns = [{ title: name, domains: main.summary.domains, mean: main.summary.mean_error, meanAll: main.summary.mean_error_all }];
-    if (cfg.compareWith !== 'none') {
-      const other = comparisonConfig(cfg, cfg.out);
-      log(`cta-eval: comparison run: ${other.alg} on the same stream`);
-      const cmp = await runContinual(other, other.out!, { log, label: other.alg });
-      columns.unshift({ title: other.alg, domains: cmp.summary.domains, mean: cmp.summary.mean_error, meanAll: cmp.summary.mean_error_all });
+    // Installed before the first line, so a signal at any point after it gets the one-line answer.
+    const interrupts = watchInterrupts('cta-eval');
+    const stopRequested = interrupts.requested;
+    let comparing: { alg: string; main: string } | null = null;
+    const columns: Parameters<typeof resultTable>[0] = [];
+    try {
+      if (demo) log(`cta-eval: no arguments — running the embedded demo (${DEMO_CONFIG})`);
+      log(`cta-eval: ${name} on ${cfg.data} (${cfg.model}), batch ${cfg.batchSize}, severity ${cfg.severity}`);
+      const main = await runContinual(cfg, cfg.out, { log, label: cfg.compareWith !== 'none' ? name : undefined, stopRequested }, { resume: resume !== null });
+      columns.push({ title: name, domains: main.summary.domains, mean: main.summary.mean_error, meanAll: main.summary.mean_error_all });
+      if (cfg.compareWith !== 'none') {
+        const other = comparisonConfig(cfg, cfg.out);
+        comparing = { alg: other.alg, main: name };
+        log(`cta-eval: comparison run: ${other.alg} on the same stream`);
+        // Resuming the main folder continues (or, when it never started, runs) its comparison too.
+        const resumeOther = resume !== null && existsSync(join(other.out!, 'manifest.json'));
+        const cmp = await runContinual(other, other.out!, { log, label: other.alg, stopRequested }, { resume: resumeOther });
+        columns.unshift({ title: other.alg, domains: cmp.summary.domains, mean: cmp.summary.mean_error, meanAll: cmp.summary.mean_error_all });
+      }
+    } catch (e) {
+      if (e instanceof RunInterrupted) throw new Interrupted(interruptLine(e, cfg.out, comparing), e.signal);
+      throw e;
+    } finally {
+      interrupts.dispose();
     }
     log('');
     log(resultTable(columns));
     log('');
-    log(`results: ${main.dir}/summary.json${cfg.compareWith !== 'none' ? ` (comparison: ${join(main.dir, `compare-${cfg.compareWith}`)}/summary.json)` : ''}`);
+    log(`results: ${cfg.out}/summary.json${cfg.compareWith !== 'none' ? ` (comparison: ${join(cfg.out, `compare-${cfg.compareWith}`)}/summary.json)` : ''}`);
   });
 }

@@ -1,18 +1,19 @@
 /**
  * cta-report DIR...: collects finished runs (summary.json) under the folders, groups them by
  * config (all keys but the seed), prints a markdown table in the paper layout and writes
- * report.md, report.csv and SVG figures to --out.
+ * report.md, report.csv and the figures (SVG, and a PNG of each) to --out.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { runMain } from './run-main.js';
-import { configureCli, yargs } from './args.js';
+import { configureCli, parseArgv, valueOption, yargs } from './args.js';
 import { CtaError } from '../util/errors.js';
+import { checkOutDir } from '../util/out-path.js';
 import { fieldKey } from '../config/load.js';
 import { toKebab } from '../config/schema.js';
 import { collectRuns, groupRuns } from '../report/collect.js';
 import { csvTable, markdownByTable, markdownTable } from '../report/tables.js';
-import { byKeySvg, errorByDomainSvg, streamSvg } from '../report/plots.js';
+import { byKeySvg, errorByDomainSvg, streamSvg, svgToPng } from '../report/plots.js';
 
 const USAGE = '$0 DIR... [--by KEY] [--out DIR]';
 const ABOUT =
@@ -20,18 +21,19 @@ const ABOUT =
   'prints a markdown table: one row per group, the corruptions in stream order, their mean and the cache MB ' +
   'where recorded, as mean ± std over seeds. --by KEY puts the values of one config key in the columns ' +
   '(ablations). Writes report.md, report.csv, error-by-domain.svg, stream.svg (error and cache per batch ' +
-  'over the stream) and, with --by, by-KEY.svg to --out. Unfinished runs are left out unless --include-partial.';
+  'over the stream) and, with --by, by-KEY.svg to --out, each figure also as a PNG beside its SVG. Unfinished ' +
+  'runs are left out unless --include-partial.';
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-report', async () => {
-    const a = (await configureCli(yargs(argv), 'cta-report', USAGE)
+    const y = configureCli(yargs(argv), 'cta-report', USAGE)
       .epilogue(ABOUT)
-      .option('by', { type: 'string', describe: 'config key whose values become the columns (e.g. beta-thre, alg)' })
-      .option('out', { type: 'string', describe: 'folder for report.md, report.csv and the SVGs (default <first DIR>/report)' })
-      .option('smooth', { type: 'string', describe: 'batches per window in the stream plot (default: 1/20 of a domain)' })
-      .option('plots', { type: 'boolean', default: true, describe: 'write the SVG figures (--no-plots to skip)' })
-      .option('include-partial', { type: 'boolean', default: false, describe: 'also report runs whose summary.json is not complete' })
-      .parseAsync()) as Record<string, unknown>;
+      .option('by', { type: 'string', defaultDescription: 'none', describe: 'config key whose values become the columns (e.g. beta-thre, alg)' })
+      .option('out', { type: 'string', defaultDescription: '<first DIR>/report', describe: 'folder for report.md, report.csv and the figures' })
+      .option('smooth', { ...valueOption('int'), defaultDescription: '1/20 of a domain', describe: 'batches per window in the stream plot' })
+      .option('plots', { type: 'boolean', default: true, describe: 'write the figures, SVG and PNG (--no-plots to skip)' })
+      .option('include-partial', { type: 'boolean', default: false, describe: 'also report runs whose summary.json is not complete' });
+    const a = await parseArgv(y, argv);
     const dirs = ((a._ as unknown[]) ?? []).map(String);
     if (dirs.length === 0) throw new CtaError('expected at least one folder with runs (see cta-report --help)');
     const last = (v: unknown) => (Array.isArray(v) ? v[v.length - 1] : v);
@@ -40,6 +42,7 @@ export async function main(argv: string[]): Promise<void> {
       smooth = Number(last(a.smooth));
       if (!Number.isInteger(smooth) || smooth < 1) throw new CtaError(`--smooth: expected an integer ≥ 1, got ${JSON.stringify(last(a.smooth))}`);
     }
+    checkOutDir('--out', a.out === undefined ? join(dirs[0], 'report') : String(last(a.out)));
 
     const col = collectRuns(dirs, { includePartial: a.includePartial === true });
     const log = (s: string) => process.stdout.write(s + '\n');
@@ -69,18 +72,23 @@ export async function main(argv: string[]): Promise<void> {
     const outDir = resolve(a.out === undefined ? join(dirs[0], 'report') : String(last(a.out)));
     mkdirSync(outDir, { recursive: true });
     const written: string[] = [];
-    const write = (name: string, text: string) => {
-      writeFileSync(join(outDir, name), text);
+    const write = (name: string, data: string | Buffer) => {
+      writeFileSync(join(outDir, name), data);
       written.push(name);
+    };
+    // Each figure as SVG and, for viewers that take no SVG, as a PNG of it beside it.
+    const figure = async (name: string, svg: string) => {
+      write(`${name}.svg`, svg);
+      write(`${name}.png`, await svgToPng(svg));
     };
     // The markdown file always holds the paper layout; a --by table is added below it.
     write('report.md', `# cta-report\n\n${notes.join('; ')}\n\n## Per domain\n\n${markdownTable(g)}\n${byKey ? `\n## By ${toKebab(byKey)}\n\n${markdownByTable(g, byKey)}\n` : ''}`);
     write('report.csv', csvTable(g));
     if (a.plots !== false) {
-      write('error-by-domain.svg', errorByDomainSvg(g));
+      await figure('error-by-domain', errorByDomainSvg(g));
       const stream = streamSvg(g, { smooth });
-      if (stream) write('stream.svg', stream);
-      if (byKey) write(`by-${toKebab(byKey)}.svg`, byKeySvg(g, byKey));
+      if (stream) await figure('stream', stream);
+      if (byKey) await figure(`by-${toKebab(byKey)}`, byKeySvg(g, byKey));
     }
     const rel = relative(process.cwd(), outDir) || '.';
     log(`wrote ${written.map((f) => join(rel, f)).join(', ')}`);

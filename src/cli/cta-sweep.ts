@@ -7,8 +7,9 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runMain } from './run-main.js';
-import { configureCli, addConfigOptions, flagValues, yargs } from './args.js';
+import { ALIAS_HELP, configureCli, addConfigOptions, flagValues, parseArgv, valueOption, yargs } from './args.js';
 import { CtaError } from '../util/errors.js';
+import { checkOutDir } from '../util/out-path.js';
 import { coerce } from '../config/load.js';
 import { toKebab, type FieldKey } from '../config/schema.js';
 import { formatValue, missingInputs, planSweep, readSweep, type SweepPlan } from '../sweep/spec.js';
@@ -21,7 +22,7 @@ const ABOUT =
   'Expands a sweep file (a base config or extends: configs/…yaml, a grid: of key → values and zip: groups) ' +
   'into runs. --list shows them (the default); --emit sh prints a bash script with one cta-eval command per ' +
   'run; --emit slurm prints a Slurm array job (one run per task); --run runs them here, -j at a time. Run ' +
-  'folders are <runs-dir>/<alg>[-mecta]-<config hash>: finished runs are skipped, unfinished ones restart. ' +
+  'folders are <runs-dir>/<alg>[-mecta]-<config hash>: finished runs are skipped, unfinished ones resume from their last domain checkpoint (or restart). ' +
   'Config flags given here (e.g. --data-dir, --weights, --n-examples) apply to every run.';
 
 export const CTA_EVAL_BIN = fileURLToPath(new URL('../../bin/cta-eval.js', import.meta.url));
@@ -64,25 +65,29 @@ export async function main(argv: string[]): Promise<void> {
   await runMain('cta-sweep', async () => {
     const y = configureCli(addConfigOptions(yargs(argv)), 'cta-sweep', USAGE)
       .epilogue(ABOUT)
-      .option('list', { type: 'boolean', describe: 'print the expanded runs and their status (default action)', group: 'sweep' })
-      .option('emit', { type: 'string', choices: ['sh', 'slurm'], describe: 'print a bash script or a Slurm array job to stdout', group: 'sweep' })
-      .option('run', { type: 'boolean', describe: 'run the sweep on this machine', group: 'sweep' })
-      .option('jobs', { alias: 'j', type: 'string', describe: 'with --run: runs at the same time (default 1)', group: 'sweep' })
-      .option('runs-dir', { type: 'string', describe: "folder for the run folders (default: the sweep's runs-dir, else runs/sweeps/<name>)", group: 'sweep' })
-      .option('setup', { type: 'string', array: true, describe: 'shell line to run before the runs in emitted scripts (repeatable), e.g. "module load nodejs"', group: 'sweep' })
-      .option('partition', { type: 'string', describe: 'Slurm partition', group: 'slurm' })
-      .option('account', { type: 'string', describe: 'Slurm account', group: 'slurm' })
-      .option('qos', { type: 'string', describe: 'Slurm QOS', group: 'slurm' })
-      .option('time', { type: 'string', describe: 'Slurm time limit per run (default 12:00:00)', group: 'slurm' })
-      .option('cpus', { type: 'string', describe: 'CPUs per run (default 4)', group: 'slurm' })
-      .option('mem', { type: 'string', describe: 'memory per run (default 16G)', group: 'slurm' })
-      .option('gpus', { type: 'string', describe: 'GPUs per run, as --gres=gpu:N (default 0; useful with tfjs-node-gpu)', group: 'slurm' })
-      .option('max-parallel', { type: 'string', describe: 'at most this many array tasks at once (--array=0-N%K)', group: 'slurm' })
-      .option('job-name', { type: 'string', describe: 'Slurm job name (default cta-<sweep name>)', group: 'slurm' })
-      .option('sbatch', { type: 'string', array: true, describe: 'extra #SBATCH option, verbatim (repeatable), e.g. --sbatch=--constraint=a100', group: 'slurm' })
-      // addConfigOptions brings --config; a sweep names its base with extends: instead.
-      .hide('config');
-    const a = (await y.parseAsync()) as Record<string, unknown>;
+      .epilogue(ALIAS_HELP)
+      .option('list', { type: 'boolean', default: false, describe: 'print the expanded runs and their status (what runs without --emit or --run)', group: 'sweep' })
+      .option('emit', { type: 'string', choices: ['sh', 'slurm'], defaultDescription: 'none', describe: 'print a bash script or a Slurm array job to stdout', group: 'sweep' })
+      .option('run', { type: 'boolean', default: false, describe: 'run the sweep on this machine', group: 'sweep' })
+      .option('jobs', { alias: 'j', ...valueOption('int'), defaultDescription: '1', describe: 'with --run: runs at the same time', group: 'sweep' })
+      .option('runs-dir', { type: 'string', defaultDescription: "the sweep's runs-dir, else runs/sweeps/<name>", describe: 'folder for the run folders', group: 'sweep' })
+      .option('setup', { type: 'string', array: true, defaultDescription: 'none', describe: 'shell line to run before the runs in emitted scripts (repeatable), e.g. "module load nodejs"', group: 'sweep' })
+      .option('partition', { type: 'string', defaultDescription: "the cluster's", describe: 'Slurm partition', group: 'slurm' })
+      .option('account', { type: 'string', defaultDescription: "the cluster's", describe: 'Slurm account', group: 'slurm' })
+      .option('qos', { type: 'string', defaultDescription: "the cluster's", describe: 'Slurm QOS', group: 'slurm' })
+      .option('time', { type: 'string', defaultDescription: '12:00:00', describe: 'Slurm time limit per run', group: 'slurm' })
+      .option('cpus', { ...valueOption('int'), defaultDescription: '4', describe: 'CPUs per run', group: 'slurm' })
+      .option('mem', { type: 'string', defaultDescription: '16G', describe: 'memory per run', group: 'slurm' })
+      .option('gpus', { ...valueOption('int'), defaultDescription: '0', describe: 'GPUs per run, as --gres=gpu:N (useful with tfjs-node-gpu)', group: 'slurm' })
+      .option('max-parallel', { ...valueOption('int'), defaultDescription: 'no limit', describe: 'at most this many array tasks at once (--array=0-N%K)', group: 'slurm' })
+      .option('job-name', { type: 'string', defaultDescription: 'cta-<sweep name>', describe: 'Slurm job name', group: 'slurm' })
+      .option('sbatch', { type: 'string', array: true, defaultDescription: 'none', describe: 'extra #SBATCH option, verbatim (repeatable), e.g. --sbatch=--constraint=a100', group: 'slurm' })
+      // addConfigOptions brings --config; a sweep names its base with extends: instead. Each
+      // run's --out is chosen here (--runs-dir). Both stay parseable so that giving them is a
+      // clear error (below, and in planSweep), but neither is offered.
+      .hide('config')
+      .hide('out');
+    const a = await parseArgv(y, argv);
     const files = ((a._ as unknown[]) ?? []).map(String);
     if (files.length !== 1) throw new CtaError(`expected one sweep file, got ${files.length === 0 ? 'none' : files.join(' ')} (see cta-sweep --help)`);
     if (a.config !== undefined) throw new CtaError('--config: a sweep names its base config with extends: in the sweep file');
@@ -93,6 +98,8 @@ export async function main(argv: string[]): Promise<void> {
     const overrides: Partial<Record<FieldKey, unknown>> = {};
     for (const [k, v] of Object.entries(flagValues(a))) overrides[k as FieldKey] = coerce(k as FieldKey, v, { kind: 'flag' });
     const plan = planSweep(readSweep(files[0]), { overrides, runsDir: str(a.runsDir) });
+    // --run writes the run folders there, --emit slurm its log folder: refuse a bad one before either.
+    if (a.run === true || a.emit === 'slurm') checkOutDir('--runs-dir', plan.runsDir);
     const out = (s: string) => process.stdout.write(s);
     const generatedBy = `cta-sweep ${argv.map((s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : JSON.stringify(s))).join(' ')}`;
     const setup = strList(a.setup);

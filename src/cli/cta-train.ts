@@ -7,11 +7,13 @@
  */
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { configureCli, yargs } from './args.js';
+import { configureCli, parseArgv, valueOption, yargs } from './args.js';
+import { coerce } from '../config/load.js';
+import { FIELDS, defaultText } from '../config/schema.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
+import { checkOutFile } from '../util/out-path.js';
 import { BACKENDS, initBackend, tf, type BackendName } from '../tf.js';
-import { MAX_WASM_THREADS } from '../wasm-threads.js';
 import { Rng } from '../util/rng.js';
 import { loadClean } from '../data/idx.js';
 import { channelStats, type ImageSet } from '../train/augment.js';
@@ -76,45 +78,47 @@ function resolveData(data: string, test: string | undefined): { train: string; t
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-train', async () => {
-    const p = (await configureCli(yargs(argv), 'cta-train', USAGE)
+    const int = valueOption('int');
+    const y = configureCli(yargs(argv), 'cta-train', USAGE)
       .epilogue(ABOUT)
       .option('data', { type: 'string', describe: 'training set: IDX images file, CIFAR binary batch, .npy, or a folder with train-images-idx3-ubyte[.gz]' })
-      .option('test', { type: 'string', describe: 'evaluation set after each epoch (default: t10k-images-idx3-ubyte[.gz] beside a --data folder; "none" to skip)' })
+      .option('test', { type: 'string', defaultDescription: 't10k-images-idx3-ubyte[.gz] beside a --data folder', describe: 'evaluation set after each epoch ("none" to skip)' })
       .option('out', { type: 'string', describe: 'output .safetensors (rewritten after every epoch)' })
-      .option('model', { type: 'string', describe: 'architecture (only resnext29: the RobustBench CifarResNeXt family)', default: 'resnext29' })
-      .option('depth', { type: 'string', describe: 'depth 9·blocks+2 (default 29; 11 = one block per stage)' })
-      .option('cardinality', { type: 'string', describe: 'groups of the 3×3 convs (default 4)' })
-      .option('base-width', { type: 'string', describe: 'base_width: dim = floor(planes·base_width/64) per group (default 32)' })
-      .option('width', { type: 'string', describe: 'stem width = stage-1 planes (RobustBench: 64, the default); stages use w, 2w, 4w' })
-      .option('init', { type: 'string', describe: 'start from these resnext29 weights (.safetensors/.pt, with mu/sigma) instead of a random init; the architecture flags, if given, must match' })
-      .option('num-classes', { type: 'string', describe: 'classes (default: max label + 1, at least 10)' })
-      .option('epochs', { type: 'string', describe: `epochs (default ${DEFAULT_TRAIN.epochs})` })
-      .option('batch-size', { type: 'string', describe: `batch size (default ${DEFAULT_TRAIN.batchSize}; the last partial batch of an epoch is dropped)` })
-      .option('lr', { type: 'string', describe: `initial learning rate of the cosine schedule (default ${DEFAULT_TRAIN.lr})` })
-      .option('momentum', { type: 'string', describe: `SGD momentum (default ${DEFAULT_TRAIN.momentum})` })
-      .option('weight-decay', { type: 'string', describe: `L2 on conv/linear weights (default ${DEFAULT_TRAIN.weightDecay})` })
-      .option('no-augment', { type: 'boolean', describe: 'no random crop / flip' })
-      .option('crop-pad', { type: 'string', describe: 'RandomCrop padding; 0 = horizontal flip only (default 4)' })
-      .option('n-train', { type: 'string', describe: 'use the first N training images (default: all)' })
-      .option('n-test', { type: 'string', describe: 'evaluate on the first N test images (default: all)' })
-      .option('seed', { type: 'string', describe: `init / shuffle / augmentation seed (default ${DEFAULT_TRAIN.seed})` })
-      .option('log-every', { type: 'string', describe: `progress line every N steps, 0 = none (default ${DEFAULT_TRAIN.logEvery})` })
-      .option('backend', { type: 'string', describe: `tfjs backend: ${BACKENDS.join(', ')} (default wasm)` })
-      .option('threads', { type: 'string', describe: `WASM threads, 0 = one per CPU (default 0, at most ${MAX_WASM_THREADS})` })
+      .option('model', { type: 'string', default: 'resnext29', defaultDescription: 'resnext29', describe: 'architecture (only resnext29: the RobustBench CifarResNeXt family)' })
+      .option('depth', { ...int, defaultDescription: '29', describe: 'depth 9·blocks+2 (11 = one block per stage)' })
+      .option('cardinality', { ...int, defaultDescription: '4', describe: 'groups of the 3×3 convs' })
+      .option('base-width', { ...int, defaultDescription: '32', describe: 'base_width: dim = floor(planes·base_width/64) per group' })
+      .option('width', { ...int, defaultDescription: '64', describe: "stem width = stage-1 planes (RobustBench's 64); stages use w, 2w, 4w" })
+      .option('init', { type: 'string', defaultDescription: 'none (random init)', describe: 'start from these resnext29 weights (.safetensors/.pt, with mu/sigma) instead of a random init; the architecture flags, if given, must match' })
+      .option('num-classes', { ...int, defaultDescription: 'max label + 1, at least 10', describe: 'classes' })
+      .option('epochs', { ...int, defaultDescription: String(DEFAULT_TRAIN.epochs), describe: 'epochs' })
+      .option('batch-size', { ...int, defaultDescription: String(DEFAULT_TRAIN.batchSize), describe: 'batch size (the last partial batch of an epoch is dropped)' })
+      .option('lr', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.lr), describe: 'initial learning rate of the cosine schedule' })
+      .option('momentum', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.momentum), describe: 'SGD momentum' })
+      .option('weight-decay', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.weightDecay), describe: 'L2 on conv/linear weights' })
+      .option('no-augment', { type: 'boolean', default: false, describe: 'no random crop / flip' })
+      .option('crop-pad', { ...int, defaultDescription: '4', describe: 'RandomCrop padding; 0 = horizontal flip only' })
+      .option('n-train', { ...int, defaultDescription: 'all', describe: 'use the first N training images' })
+      .option('n-test', { ...int, defaultDescription: 'all', describe: 'evaluate on the first N test images' })
+      .option('seed', { ...int, defaultDescription: String(DEFAULT_TRAIN.seed), describe: 'init / shuffle / augmentation seed' })
+      .option('log-every', { ...int, defaultDescription: String(DEFAULT_TRAIN.logEvery), describe: 'progress line every N steps, 0 = none' })
+      // The run config's own options, so the backend default and the checks are cta-eval's.
+      .option('backend', { type: 'string', defaultDescription: defaultText('backend'), describe: `${FIELDS.backend.description} [${BACKENDS.join(', ')}]` })
+      .option('threads', { ...int, defaultDescription: defaultText('threads'), describe: FIELDS.threads.description })
       .strict()
       // --no-augment is a flag of its own here, not the negation of --augment.
-      .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': false })
-      .parseAsync()) as Record<string, unknown>;
+      .parserConfiguration({ 'camel-case-expansion': true, 'boolean-negation': false });
+    const p = await parseArgv(y, argv);
 
     const dataArg = str('data', p.data);
     const out = str('out', p.out);
     if (!dataArg) throw new CtaError('--data: required (training images)');
     if (!out) throw new CtaError('--out: required (the .safetensors file to write)');
+    checkOutFile('--out', out);
     const model = str('model', p.model)!;
     if (model !== 'resnext29') throw new CtaError(`--model ${model}: cta-train builds resnext29 (RobustBench CifarResNeXt) only`);
-    const backend = (str('backend', p.backend) ?? 'wasm') as BackendName;
-    if (!(BACKENDS as readonly string[]).includes(backend)) throw new CtaError(`--backend: expected one of ${BACKENDS.join(', ')}, got ${backend}`);
-    const threads = num('threads', p.threads, { int: true, min: 0 }) ?? 0;
+    const backend = (p.backend === undefined ? FIELDS.backend.default : coerce('backend', last(p.backend), { kind: 'flag' })) as BackendName;
+    const threads = (p.threads === undefined ? FIELDS.threads.default : coerce('threads', last(p.threads), { kind: 'flag' })) as number;
     const testArg = str('test', p.test);
     const files = resolveData(dataArg, testArg === 'none' ? undefined : testArg);
     if (testArg === 'none') files.test = null;

@@ -1,13 +1,18 @@
 /**
- * profile-mem: backprop-cache memory per batch size (algorithms.md E, plus measurement). Builds the
- * model and algorithm from the same config/flags as cta-eval, runs one adaptation step on the
- * first batch of --domain (or random input with --synthetic) for each --batch-sizes, and prints
- * analytic (MECTA A.9) and measured memory, step and inference peaks and step time.
+ * profile-mem: backprop-cache memory per batch size (docs/memory.md#the-profile-mem-command).
+ * Builds the model and algorithm from the same config/flags as cta-eval, runs one adaptation step
+ * on the first batch of --domain (or random input with --synthetic) for each --batch-sizes, and
+ * prints analytic (docs/memory.md#analytic) and measured memory, step and inference peaks and step
+ * time.
  */
-import { writeFileSync } from 'node:fs';
-import { parseCommand } from './args.js';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { parseCommand, valueOption } from './args.js';
+import { ALL_CORRUPTIONS, type FieldKey } from '../config/schema.js';
+import { CLEAN_DOMAIN } from '../data/stream.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
+import { checkOutFile } from '../util/out-path.js';
 import { DEFAULT_BATCH_SIZES, layerTable, parseBatchSizes, runProfile, summaryTable } from '../memory/profile.js';
 
 const USAGE = `$0 [--config FILE] [options] [--batch-sizes 8,16,32,64] [--synthetic] [--per-layer] [--json FILE]
@@ -18,6 +23,13 @@ the bytes the engine actually holds for backprop when the backward starts, the s
 inference forward's peak engine bytes, and the step time. Model, algorithm and MECTA options come
 from the cta-eval config/flags; without --weights the model gets random weights of the RobustBench
 shape. --synthetic feeds random images instead of the first batch of --domain.`;
+
+/**
+ * Run-config fields profile-mem does not read: no run folder, progress or comparison, one step
+ * per --batch-sizes entry on the first images of --domain in file order. Not offered as flags
+ * (a shared cta-eval YAML config may still hold them).
+ */
+export const PROFILE_MEM_IGNORES: readonly FieldKey[] = ['out', 'progress', 'compareWith', 'batchSize', 'shuffle', 'corruptions', 'cleanLast'];
 
 interface Extra extends Record<string, unknown> {
   batchSizes: string;
@@ -32,18 +44,28 @@ export async function main(argv: string[]): Promise<void> {
   await runMain('profile-mem', async () => {
     const { cfg, argv: args } = await parseCommand<Extra>(argv, 'profile-mem', USAGE, (y) =>
       y
-        .option('batch-sizes', { type: 'string', default: DEFAULT_BATCH_SIZES.join(','), describe: 'comma-separated batch sizes, one step each', group: 'profile-mem' })
-        .option('domain', { type: 'string', default: 'gaussian_noise', describe: 'domain whose first batch is used (not with --synthetic)', group: 'profile-mem' })
+        .option('batch-sizes', { type: 'string', default: DEFAULT_BATCH_SIZES.join(','), defaultDescription: DEFAULT_BATCH_SIZES.join(','), describe: 'comma-separated batch sizes, one step each', group: 'profile-mem' })
+        .option('domain', { type: 'string', default: 'gaussian_noise', defaultDescription: 'gaussian_noise', describe: `domain whose first batch is used (not with --synthetic): a corruption or ${CLEAN_DOMAIN}`, group: 'profile-mem' })
         .option('synthetic', { type: 'boolean', default: false, describe: 'random input of the model\'s shape: no data set needed', group: 'profile-mem' })
         .option('per-layer', { type: 'boolean', default: false, describe: 'also print the per-norm-layer table for every batch size', group: 'profile-mem' })
-        .option('steps', { type: 'number', default: 1, describe: 'steps per batch size on the same batch (memory of the first, time of the fastest)', group: 'profile-mem' })
-        .option('json', { type: 'string', describe: 'write the full report (rows, per-layer rows, config) to this file', group: 'profile-mem' }),
+        .option('steps', { ...valueOption('int'), default: 1, describe: 'steps per batch size on the same batch (memory of the first, time of the fastest)', group: 'profile-mem' })
+        .option('json', { type: 'string', defaultDescription: 'none', describe: 'write the full report (rows, per-layer rows, config) to this file', group: 'profile-mem' }),
+      PROFILE_MEM_IGNORES,
     );
     const positional = (args._ as unknown[]) ?? [];
     if (positional.length > 0) throw new CtaError(`profile-mem: unexpected argument '${String(positional[0])}' (options start with --)`);
+    const domain = String(args.domain);
+    if (domain !== CLEAN_DOMAIN && !ALL_CORRUPTIONS.includes(domain)) {
+      throw new CtaError(`--domain: expected ${CLEAN_DOMAIN} or a corruption (${ALL_CORRUPTIONS.join(', ')}), got ${JSON.stringify(domain)}`);
+    }
+    // Only --domain is read (and the clean set for EATA's Fisher data): check just those files up
+    // front, whatever corruption list a shared config carries.
+    cfg.corruptions = domain === CLEAN_DOMAIN ? [] : [domain];
+    cfg.cleanLast = domain === CLEAN_DOMAIN || cfg.alg === 'eata';
     const steps = Number(args.steps);
     if (!Number.isInteger(steps) || steps < 1) throw new CtaError(`--steps: expected a positive integer, got ${String(args.steps)}`);
     const batchSizes = parseBatchSizes(String(args.batchSizes));
+    if (args.json) checkOutFile('--json', String(args.json));
     const log = (line: string) => process.stdout.write(line + '\n');
     const name = `${cfg.alg}${cfg.accumBn ? '+mecta' : ''}`;
     log(
@@ -53,7 +75,7 @@ export async function main(argv: string[]): Promise<void> {
     const report = await runProfile({
       cfg,
       batchSizes,
-      domain: String(args.domain),
+      domain,
       synthetic: Boolean(args.synthetic),
       perLayer: Boolean(args.perLayer),
       steps,
@@ -72,6 +94,8 @@ export async function main(argv: string[]): Promise<void> {
     log('');
     log(`backend ${report.backend}; MB = 1e6 bytes; peaks are engine tensor bytes including the weights; timings on a shared machine are noisy`);
     if (args.json) {
+      // checkOutFile allowed a folder still to be created.
+      mkdirSync(dirname(String(args.json)), { recursive: true });
       writeFileSync(String(args.json), JSON.stringify(report, null, 2) + '\n');
       log(`profile-mem: report written to ${String(args.json)}`);
     }

@@ -1,10 +1,11 @@
-import { describe, it, expect } from 'vitest';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { describe, it, expect, vi } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { resolveConfig, readYamlConfig } from './load.js';
 import { defaultConfig, FIELDS, toKebab } from './schema.js';
 import { CtaError } from '../util/errors.js';
+import { VALUE_ALIASES } from './aliases.js';
 
 function yamlFile(text: string, name = 'c.yaml'): string {
   const dir = mkdtempSync(join(tmpdir(), 'cfg-'));
@@ -99,5 +100,78 @@ describe('config', () => {
   it('kebab form is what the flags use', () => {
     expect(toKebab('nExamples')).toBe('n-examples');
     expect(toKebab('bnDistMetric')).toBe('bn-dist-metric');
+  });
+});
+
+describe('booleans in config files', () => {
+  it('accept true/false/1/0/yes/no in any case, and refuse anything else naming the file and key', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cfg-bool-'));
+    try {
+      const file = (name: string, text: string) => {
+        const p = join(dir, name);
+        writeFileSync(p, text);
+        return p;
+      };
+      // js-yaml reads True/true as booleans; YES, 1 and "no" reach coerce as strings and numbers.
+      const cfg = resolveConfig(file('a.yaml', 'accum-bn: YES\nforget-gate: 1\nclean-last: "no"\nshuffle: False\n'), {});
+      expect(cfg).toMatchObject({ accumBn: true, forgetGate: true, cleanLast: false, shuffle: false });
+      expect(resolveConfig(file('b.yaml', 'accum_bn: True\nepisodic: 0\n'), {})).toMatchObject({ accumBn: true, episodic: false });
+      const p = file('c.yaml', 'accum-bn: maybe\n');
+      expect(errorOf(() => resolveConfig(p, {}))).toBe(`${p}: accum-bn: expected true or false (also 1/0, yes/no), got "maybe"`);
+      expect(errorOf(() => resolveConfig(file('d.yaml', 'accum-bn: 2\n'), {}))).toContain('accum-bn: expected true or false (also 1/0, yes/no), got 2');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('extends: errors', () => {
+  it('a missing extends: target names the including file, its extends: line and the path tried', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cfg-ext-'));
+    try {
+      const child = join(dir, 'child.yaml');
+      writeFileSync(child, '# a child config\nalg: tent\nextends: ../nowhere/base.yaml\n');
+      const msg = errorOf(() => resolveConfig(child, {}));
+      expect(msg).toBe(`${child}:3: extends: ../nowhere/base.yaml: file not found (looked for ${join(dir, '..', 'nowhere', 'base.yaml')}; relative to ${child})`);
+      expect(msg).not.toContain('--config');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('MECTA names in config files', () => {
+  it('keys and values are read as ours, one notice each naming the file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cfg-mecta-'));
+    const lines: string[] = [];
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => {
+      lines.push(String(s));
+      return true;
+    });
+    try {
+      const p = join(dir, 'mecta.yaml');
+      writeFileSync(p, 'data: IN\nmodel: rb_resnet50\nalg: src\nlevel: 3\nbatch_size: 64\n');
+      const cfg = resolveConfig(p, {});
+      expect(cfg).toMatchObject({ data: 'imagenetc', model: 'resnet50', alg: 'source', severity: 3, batchSize: 64 });
+      expect(lines).toEqual([
+        `notice: ${p}: data: IN is MECTA's name; using imagenetc (MECTA's EATA uses --d-margin 0.05 --fisher-alpha 2000 there; ours default to 0.4 and 1 (configs/imagenet/eata.yaml sets them))\n`,
+        `notice: ${p}: model: rb_resnet50 is MECTA's name; using resnet50\n`,
+        `notice: ${p}: alg: src is MECTA's name; using source\n`,
+        `notice: ${p}: level is MECTA's name; using severity\n`,
+      ]);
+    } finally {
+      spy.mockRestore();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('no alias shadows a real choice, and every alias target is one', () => {
+    for (const [key, table] of Object.entries(VALUE_ALIASES)) {
+      const f = FIELDS[key as keyof typeof VALUE_ALIASES];
+      for (const [from, to] of Object.entries(table)) {
+        expect(f.choices as readonly string[]).not.toContain(from);
+        expect(f.choices as readonly string[]).toContain(to);
+      }
+    }
   });
 });

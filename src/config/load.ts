@@ -7,6 +7,7 @@ import { dirname, resolve } from 'node:path';
 import yaml from 'js-yaml';
 import { CtaError } from '../util/errors.js';
 import { FIELDS, type CtaConfig, type FieldKey, type FieldSpec, defaultConfig, toCamel, toKebab } from './schema.js';
+import { BOOL_EXPECTED, KEY_ALIASES, aliasNotice, parseBool, valueAlias, valueAliasNote } from './aliases.js';
 
 /** Where a value came from, used to word the error: a YAML file or a flag. */
 export type Origin = { kind: 'file'; path: string } | { kind: 'flag' };
@@ -18,7 +19,7 @@ function label(origin: Origin, key: string): string {
 function describe(f: FieldSpec): string {
   switch (f.type) {
     case 'bool':
-      return 'true or false';
+      return BOOL_EXPECTED;
     case 'enum':
       return `one of ${f.choices.join(', ')}`;
     case 'list':
@@ -36,10 +37,21 @@ function describe(f: FieldSpec): string {
   }
 }
 
-/** Resolves a user-written key (kebab, snake or camel case) to a field key, or null. */
+/**
+ * Resolves a user-written key (kebab, snake or camel case, or a MECTA name from KEY_ALIASES) to a
+ * field key, or null.
+ */
 export function fieldKey(raw: string): FieldKey | null {
   const k = toCamel(raw);
-  return Object.prototype.hasOwnProperty.call(FIELDS, k) ? (k as FieldKey) : null;
+  if (Object.prototype.hasOwnProperty.call(FIELDS, k)) return k as FieldKey;
+  return Object.prototype.hasOwnProperty.call(KEY_ALIASES, k) ? KEY_ALIASES[k] : null;
+}
+
+/** Like fieldKey, printing the alias notice when `raw` is a MECTA name (`where`: file and section). */
+export function configKey(raw: string, where: string): FieldKey | null {
+  const key = fieldKey(raw);
+  if (key && key !== toCamel(raw)) aliasNotice(`${where}: ${raw} is MECTA's name; using ${toKebab(key)}`);
+  return key;
 }
 
 /** Converts and validates one value. Strings (from flags) are parsed; YAML values may be typed. */
@@ -52,14 +64,20 @@ export function coerce(key: FieldKey, raw: unknown, origin: Origin): unknown {
   const isNull = raw === null || raw === 'null' || raw === '~';
   switch (f.type) {
     case 'bool': {
-      if (typeof raw === 'boolean') return raw;
-      if (raw === 'true' || raw === '1' || raw === 'yes') return true;
-      if (raw === 'false' || raw === '0' || raw === 'no') return false;
-      return bad();
+      const b = parseBool(raw);
+      return b === null ? bad() : b;
     }
     case 'enum': {
       if (typeof raw === 'string' && f.choices.includes(raw)) return raw;
-      return bad();
+      const alias = valueAlias(key, raw);
+      if (alias === null) return bad();
+      const flag = `--${toKebab(key)}`;
+      const note = valueAliasNote(key, raw);
+      aliasNotice(
+        (origin.kind === 'flag' ? `${flag} ${String(raw)} is MECTA's name; using ${flag} ${alias}` : `${label(origin, key)}: ${String(raw)} is MECTA's name; using ${alias}`) +
+          (note ? ` (${note})` : ''),
+      );
+      return alias;
     }
     case 'list': {
       const items = Array.isArray(raw)
@@ -101,8 +119,9 @@ export function readYamlConfig(path: string, seen: Set<string> = new Set()): Par
   if (seen.has(abs)) throw new CtaError(`${path}: 'extends' loops back to itself`);
   seen.add(abs);
   let doc: unknown;
+  const text = readFileSync(abs, 'utf8');
   try {
-    doc = yaml.load(readFileSync(abs, 'utf8'));
+    doc = yaml.load(text);
   } catch (e) {
     const msg = e instanceof Error ? e.message.split('\n')[0] : String(e);
     throw new CtaError(`${path}: not valid YAML (${msg})`);
@@ -114,12 +133,18 @@ export function readYamlConfig(path: string, seen: Set<string> = new Set()): Par
   const ext = entries.find(([k]) => k === 'extends');
   if (ext) {
     if (typeof ext[1] !== 'string') throw new CtaError(`${path}: extends: expected a path to another config`);
-    out = { ...readYamlConfig(resolve(dirname(abs), ext[1]), seen) };
+    const target = resolve(dirname(abs), ext[1]);
+    if (!existsSync(target)) {
+      // The including file is at fault, not --config: name it and the line to fix.
+      const line = text.split(/\r?\n/).findIndex((l) => /^extends\s*:/.test(l));
+      throw new CtaError(`${path}${line >= 0 ? `:${line + 1}` : ''}: extends: ${ext[1]}: file not found (looked for ${target}; relative to ${path})`);
+    }
+    out = { ...readYamlConfig(target, seen) };
   }
   const origin: Origin = { kind: 'file', path };
   for (const [rawKey, value] of entries) {
     if (rawKey === 'extends') continue;
-    const key = fieldKey(rawKey);
+    const key = configKey(rawKey, path);
     if (!key) throw new CtaError(`${path}: unknown key '${rawKey}' (known keys: ${Object.keys(FIELDS).map(toKebab).join(', ')})`);
     out[key] = coerce(key, value, origin);
   }

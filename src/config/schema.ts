@@ -20,6 +20,8 @@ interface Base<T> {
   group: string;
   description: string;
   default: T;
+  /** What the default means when the value alone does not say (null = computed elsewhere). */
+  defaultText?: string;
 }
 export type FieldSpec =
   | (Base<number | null> & { type: 'number' | 'int'; min?: number; max?: number; exclusiveMin?: boolean; nullable?: boolean })
@@ -33,16 +35,16 @@ export const FIELDS = {
   // --- data -----------------------------------------------------------------------------------
   data: { type: 'enum', choices: DATASETS, default: 'cifar10c', group: 'data', description: 'data set layout' },
   dataDir: { type: 'string', nullable: true, default: null, group: 'data', description: 'folder with <corruption>.npy + labels.npy (or containing CIFAR-10-C/); for imagenetc <corruption>/<severity>/<wnid>/*.JPEG (or containing ImageNet-C/)' },
-  cleanPath: { type: 'string', nullable: true, default: null, group: 'data', description: "CIFAR binary test batch for the 'original' domain (default <data-dir>/cifar-10-batches-bin/test_batch.bin, then <data-dir>/../cifar-10-batches-bin/test_batch.bin)" },
+  cleanPath: { type: 'string', nullable: true, default: null, defaultText: '<data-dir>/cifar-10-batches-bin/test_batch.bin, then <data-dir>/../cifar-10-batches-bin/test_batch.bin', group: 'data', description: "CIFAR binary test batch for the 'original' domain" },
   cleanDir: { type: 'string', nullable: true, default: null, group: 'data', description: "imagenetc: ImageNet validation folder <wnid>/*.JPEG for the 'original' domain and EATA's Fisher data (resize 256, centre crop 224)" },
   imageList: { type: 'string', nullable: true, default: null, group: 'data', description: "imagenetc: text file of 'wnid/file' lines to evaluate, in order (e.g. RobustBench's 5,000-image list; not shipped)" },
   skipBadImages: { type: 'bool', default: false, group: 'data', description: 'imagenetc: skip unreadable images with a warning instead of stopping' },
   source: { type: 'string', nullable: true, default: null, group: 'data', description: 'clean data file for --data synthetic-c: IDX images (.gz ok), CIFAR binary batch or .npy' },
-  frostDir: { type: 'string', nullable: true, default: null, group: 'data', description: 'folder with the original frost1..5 photos (default: procedural frost, non-standard)' },
+  frostDir: { type: 'string', nullable: true, default: null, defaultText: 'procedural frost (non-standard)', group: 'data', description: 'folder with the original frost1..5 photos' },
   corruptions: { type: 'list', choices: ALL_CORRUPTIONS, default: [...CORRUPTIONS_15], group: 'data', description: 'corruptions in stream order (comma-separated)' },
   cleanLast: { type: 'bool', default: true, group: 'data', description: "append the clean test set as the last domain ('original')" },
   severity: { type: 'int', min: 1, max: 5, default: 5, group: 'data', description: 'corruption severity' },
-  nExamples: { type: 'int', min: 1, nullable: true, default: null, group: 'data', description: 'images per domain (default: all; CIFAR-C: the first k; imagenetc: a seeded class-balanced subset, or the first k of --image-list)' },
+  nExamples: { type: 'int', min: 1, nullable: true, default: null, defaultText: 'all', group: 'data', description: 'images per domain (CIFAR-C: the first k; imagenetc: a seeded class-balanced subset, or the first k of --image-list)' },
   shuffle: { type: 'bool', default: true, group: 'data', description: 'shuffle each domain (seeded by --seed); false streams in file order' },
   seed: { type: 'int', min: 0, default: 2020, group: 'data', description: 'seed for shuffling, pruning and Fisher subsets' },
   batchSize: { type: 'int', min: 1, default: 16, group: 'data', description: 'test batch size' },
@@ -51,7 +53,7 @@ export const FIELDS = {
   weights: { type: 'string', nullable: true, default: null, group: 'model', description: 'weights: .safetensors or PyTorch zip .pt state_dict' },
   depth: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected depth (checked against the weights)' },
   cardinality: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected ResNeXt cardinality (checked against the weights)' },
-  backend: { type: 'enum', choices: BACKENDS, default: 'auto', group: 'model', description: 'TF.js backend: auto = tfjs-node-gpu > tfjs-node > wasm > cpu' },
+  backend: { type: 'enum', choices: BACKENDS, default: 'auto', group: 'model', description: 'TF.js backend: auto = tfjs-node-gpu > webgpu (hardware adapter) > tfjs-node > wasm > cpu; webgpu by name also takes a software adapter' },
   threads: { type: 'int', min: 0, max: MAX_WASM_THREADS, default: 0, group: 'model', description: 'WASM: XNNPACK threads (0 = one per CPU, 1 = the single-thread build); results are identical for any count' },
   // --- algorithm ------------------------------------------------------------------------------
   alg: { type: 'enum', choices: ALGORITHM_NAMES, default: 'source', group: 'algorithm', description: 'adaptation method' },
@@ -59,14 +61,14 @@ export const FIELDS = {
   momentum: { type: 'number', min: 0, max: 1, default: 0.9, group: 'algorithm', description: 'SGD momentum (PyTorch semantics)' },
   optimizer: { type: 'enum', choices: OPTIMIZERS, default: 'sgd', group: 'algorithm', description: 'optimizer for the norm-layer affine parameters' },
   episodic: { type: 'bool', default: false, group: 'algorithm', description: 'reset model and optimizer before every batch' },
-  eMargin: { type: 'number', min: 0, exclusiveMin: true, nullable: true, default: null, group: 'algorithm', description: 'EATA entropy threshold E0 (default 0.4·ln(classes))' },
+  eMargin: { type: 'number', min: 0, exclusiveMin: true, nullable: true, default: null, defaultText: '0.4·ln(classes)', group: 'algorithm', description: 'EATA entropy threshold E0' },
   dMargin: { type: 'number', min: 0, default: 0.4, group: 'algorithm', description: 'EATA redundancy threshold on cosine similarity (CIFAR-10 0.4; CIFAR-100/ImageNet 0.05)' },
   fisherAlpha: { type: 'number', min: 0, default: 1, group: 'algorithm', description: 'EATA Fisher regulariser weight (CIFAR-10 1; CIFAR-100/ImageNet 2000)' },
   fisherSize: { type: 'int', min: 1, default: 2000, group: 'algorithm', description: 'clean samples for the Fisher estimate' },
   // --- MECTA ----------------------------------------------------------------------------------
   accumBn: { type: 'bool', default: false, group: 'mecta', description: 'MECTA norm: normalise with statistics accumulated across batches' },
   beta: { type: 'number', min: 0, max: 1, default: 0.1, group: 'mecta', description: 'accumulation rate when the forget gate is off' },
-  initBeta: { type: 'number', min: 0, max: 1, nullable: true, default: null, group: 'mecta', description: 'β of the first batch when the gate is off (default --beta)' },
+  initBeta: { type: 'number', min: 0, max: 1, nullable: true, default: null, defaultText: 'the --beta value', group: 'mecta', description: 'β of the first batch when the gate is off' },
   forgetGate: { type: 'bool', default: false, group: 'mecta', description: 'β = 1 − exp(−scale·distance(batch, accumulated stats))' },
   bnDistMetric: { type: 'enum', choices: DIST_METRICS, default: 'skl', group: 'mecta', description: 'distance for the forget gate' },
   bnDistScale: { type: 'number', min: 0, default: 1, group: 'mecta', description: 'scale inside the forget gate' },
@@ -75,7 +77,7 @@ export const FIELDS = {
   matchedUpdate: { type: 'enum', choices: MATCHED_UPDATES, default: 'momentum', group: 'mecta', description: "matched layers' params: 'momentum' (zero grad, PyTorch 1.12) or 'skip' (PyTorch ≥ 2.0)" },
   compareWith: { type: 'enum', choices: ['none', ...ALGORITHM_NAMES], default: 'none', group: 'algorithm', description: 'also run this method on the same stream (fresh model) and print both side by side' },
   // --- output ---------------------------------------------------------------------------------
-  out: { type: 'string', nullable: true, default: null, group: 'output', description: 'run folder (default runs/<timestamp>-<alg>)' },
+  out: { type: 'string', nullable: true, default: null, defaultText: 'runs/<timestamp>-<alg>', group: 'output', description: 'run folder' },
   progress: { type: 'enum', choices: PROGRESS_MODES, default: 'auto', group: 'output', description: 'progress display: auto = bars on a TTY, plain lines otherwise' },
 } as const satisfies Record<string, FieldSpec>;
 
@@ -104,6 +106,17 @@ export function defaultConfig(): CtaConfig {
     cfg[k] = Array.isArray(f.default) ? [...f.default] : f.default;
   }
   return cfg as CtaConfig;
+}
+
+/**
+ * The default as --help and the README flag table show it: `defaultText`, else the value (a list
+ * comma-separated, null as 'none').
+ */
+export function defaultText(key: FieldKey): string {
+  const f: FieldSpec = FIELDS[key];
+  if (f.defaultText !== undefined) return f.defaultText;
+  if (f.default === null) return 'none';
+  return Array.isArray(f.default) ? f.default.join(', ') : String(f.default);
 }
 
 export function toKebab(key: string): string {

@@ -172,3 +172,19 @@ describe('validation errors', () => {
     expect((err as Error).message).toContain(`file has ${128 + 3 * N * IMG} bytes`);
   });
 });
+
+describe('labels.npy of the wrong length', () => {
+  it('names labels.npy (not the corruption file) when the images are a valid 5·m block', async () => {
+    const d = await freshDir('labels-short');
+    await writeLabels(d, 'uint8', N - 2); // 5·6 labels for 5·8 images
+    await writeCorruption(d, 'fog');
+    const err = await loadCifarCDomain(d, 'fog', 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CtaError);
+    const msg = (err as Error).message;
+    expect(msg.startsWith(`${join(d, 'labels.npy')}: `)).toBe(true);
+    expect(msg).toBe(
+      `${join(d, 'labels.npy')}: ${5 * (N - 2)} labels (n = ${N - 2} per severity), but ${join(d, 'fog.npy')} holds ${5 * N} images (n = ${N}); ` +
+        'labels.npy needs one label per image row',
+    );
+  });
+});

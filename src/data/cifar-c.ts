@@ -119,6 +119,15 @@ export async function checkCifarCFile(info: CifarCInfo, corruption: string): Pro
   const h = await readNpyHeader(file);
   const expected = [CIFAR_C_SEVERITIES * info.n, H, W, C];
   const shapeOk = h.shape.length === 4 && h.shape.every((d, i) => d === expected[i]);
+  // A well-formed image file (uint8, 5·m rows of 32×32×3) whose m differs from labels.npy's n:
+  // the images are a valid block, so the labels are the odd one out — name labels.npy first.
+  const rows = h.shape[0];
+  if (h.dtype === 'uint8' && !shapeOk && h.shape.length === 4 && h.shape.slice(1).every((d, i) => d === expected[i + 1]) && rows > 0 && rows % CIFAR_C_SEVERITIES === 0) {
+    throw new CtaError(
+      `${join(info.dir, 'labels.npy')}: ${CIFAR_C_SEVERITIES * info.n} labels (n = ${info.n} per severity), but ${file} holds ${rows} images ` +
+        `(n = ${rows / CIFAR_C_SEVERITIES}); labels.npy needs one label per image row`,
+    );
+  }
   if (h.dtype !== 'uint8' || !shapeOk) {
     throw new CtaError(
       `${file}: expected uint8 (5·n,32,32,3) = uint8 ${shapeString(expected)} for n=${info.n} from labels.npy, ` +

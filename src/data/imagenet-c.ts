@@ -1,16 +1,18 @@
 /**
  * ImageNet-C (Hendrycks & Dietterich 2019; Zenodo 2235448) as a streaming DomainSource.
  *
- * Layout (data-formats.md Table A, §1): `<data-dir>/<corruption>/<severity>/<wnid>/*.JPEG`, 224×224
- * JPEGs, 50 per class and 50,000 per (corruption, severity); `--data-dir` may also be the folder
+ * Layout (docs/data-formats.md#imagenet-c): `<data-dir>/<corruption>/<severity>/<wnid>/*.JPEG`,
+ * 224×224 JPEGs, 50 per class and 50,000 per (corruption, severity); `--data-dir` may also be the folder
  * that contains `ImageNet-C/`. The class index of an image is the rank of its wnid among the
  * **sorted** class folders (RobustBench `CustomImageFolder`, torchvision `ImageFolder`); every
  * domain of a run must hold the same class folders, otherwise the indices would silently shift.
  * The clean domain ('original') is an ImageNet validation folder in the same `<wnid>/*.JPEG`
- * layout (`--clean-dir`), pre-processed with Resize(256) + CenterCrop(224) (algorithms.md D.3).
+ * layout (`--clean-dir`), pre-processed with Resize(256) + CenterCrop(224)
+ * (docs/protocol.md#pre-processing).
  *
- * Samples: all images of the folder by default (MECTA's protocol, D.2: all 50,000); with
- * `--n-examples k` a seeded, class-balanced subset of k (⌊k/C⌋ per class, the remainder to
+ * Samples: all images of the folder by default (all 50,000, MECTA's protocol:
+ * docs/protocol.md#severity-and-samples); with `--n-examples k` a seeded, class-balanced subset of
+ * k (⌊k/C⌋ per class, the remainder to
  * classes drawn at random; the same images in every domain whose folders list the same files);
  * with `--image-list FILE` exactly the `wnid/file` lines of FILE, in file order (the format of
  * RobustBench's 5,000-image `imagenet_test_image_ids.txt`, which users can pass; it is not shipped

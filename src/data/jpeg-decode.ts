@@ -1,16 +1,17 @@
 /**
  * JPEG → 224×224 RGB uint8 (HWC) with sharp, reproducing the torchvision/PIL pre-processing of the
- * ImageNet-C protocol (algorithms.md D.3, data-formats.md §1):
+ * ImageNet-C protocol (docs/protocol.md#pre-processing, docs/data-formats.md#jpeg-decoding):
  *
  * - 'imagenetc': ImageNet-C files are already Resize(256) + CenterCrop(224) and saved at 224×224
- *   (data-formats.md key finding 2); MECTA/EATA apply CenterCrop(224) + ToTensor, which is a plain
+ *   (docs/data-formats.md#imagenet-c); MECTA/EATA apply CenterCrop(224) + ToTensor, which is a plain
  *   decode for those files. Other sizes get torchvision's CenterCrop (zero padding when smaller).
  * - 'clean': the ImageNet validation images: Resize(256) (shorter side to 256, the longer to
  *   int(256·long/short), PIL bilinear) + CenterCrop(224).
  *
- * Decoding: sharp's libjpeg-turbo decode equals PIL 9.4's bit for bit (data-formats.md key finding
- * 5; rechecked on the fixtures). Resizing: when shrinking, libvips' `linear` reduce with
- * shrink-on-load off is within ±2 levels of PIL's antialiased bilinear (measured on photos from
+ * Decoding: sharp's libjpeg-turbo decode equals PIL 9.4's bit for bit
+ * (docs/data-formats.md#jpeg-decoding; rechecked on the fixtures). Resizing: when shrinking,
+ * libvips' `linear` reduce with shrink-on-load off is within ±2 levels of PIL's antialiased
+ * bilinear (measured on photos from
  * 485×323 to 2400×1600, mean |Δ| ≈ 0.25) and runs in sharp's worker threads; when enlarging,
  * libvips samples differently (up to 15 levels off), so that rare case (ImageNet images shorter
  * than 256 px) uses a port of Pillow's fixed-point bilinear resampler, which is exact.

@@ -1,13 +1,13 @@
 /**
- * The continual test stream (algorithms.md §D): domains visited one after another, never resetting
- * the model between them. Default sequence = the 15 CIFAR-10-C / ImageNet-C corruptions in the
+ * The continual test stream (docs/protocol.md#stream): domains visited one after another, never
+ * resetting the model between them. Default sequence = the 15 CIFAR-10-C / ImageNet-C corruptions in the
  * standard order (Hendrycks; same in Tent, CoTTA, MECTA's `--test_corrupt std`), then the clean test
  * set, "original". Each domain is shuffled afresh (MECTA: a new DataLoader with shuffle=True per
  * domain) or fed in file order (Tent's example); the last batch may be smaller (no drop_last).
  *
  * Data sets plug in through `DomainSource`; a domain is delivered as uint8 NHWC and turned into
  * float batches in [0, 1] here. No normalisation happens in the stream: every model carries its own
- * input normalisation (data-formats.md, key finding 3).
+ * input normalisation (docs/protocol.md#input-normalisation).
  */
 import { createHash } from 'node:crypto';
 import { CtaError } from '../util/errors.js';

@@ -1,8 +1,8 @@
 /**
- * Backprop-memory accounting: the analytic A.9 figures for the RobustBench ResNeXt-29 shape, the
- * measured bytes held for backprop against them on a small model (Tent, MECTA with pruning, MECTA
- * with every layer matched), and the memory-economic custom gradients (bit-packed ReLU masks,
- * early release in the backward) leaving gradients bit-identical.
+ * Backprop-memory accounting: the analytic figures (docs/memory.md#analytic) for the RobustBench
+ * ResNeXt-29 shape, the measured bytes held for backprop against them on a small model (Tent,
+ * MECTA with pruning, MECTA with every layer matched), and the memory-economic custom gradients
+ * (bit-packed ReLU masks, early release in the backward) leaving gradients bit-identical.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
@@ -151,7 +151,8 @@ describe('measured backprop bytes (small ResNeXt, batch 4)', () => {
   });
 
   it('MECTA with every layer matched: no backward, 0 analytic and 0 measured backward bytes', async () => {
-    // β = 1 − exp(−d) < 1 = beta-thre for every layer: all fully matched (A.6).
+    // β = 1 − exp(−d) < 1 = beta-thre for every layer: all fully matched
+    // (docs/mecta-norm.md#cache-stopping).
     const { mem, analytic, updated } = await step({ ...MECTA_BASE, forgetGate: true, betaThre: 1 });
     expect(model.normLayers.every((l) => l.last?.cached === false)).toBe(true);
     expect(updated).toBe(false);

@@ -256,7 +256,10 @@ export abstract class BaseClassifier implements Classifier {
     this.chooser = chooser;
   }
 
-  /** A.8: floor(C·q) removed channels per caching forward, from the chooser or the seeded Rng. */
+  /**
+   * floor(C·q) removed channels per caching forward, from the chooser or the seeded Rng
+   * (docs/mecta-norm.md#pruning).
+   */
   private removedChannels(layer: string, channels: number, count: number): Int32Array {
     if (this.chooser) return this.chooser(layer, channels);
     // Like torch.randperm(C)[:n_rm]: a fresh permutation per layer and forward.
@@ -277,7 +280,8 @@ export abstract class BaseClassifier implements Classifier {
 
   /**
    * Sets `trainable` on the layers selected by `filter` (all when omitted); other layers keep
-   * their flag. Configure like algorithms.md C.1 with setTrainable(false) then setTrainable(true, f).
+   * their flag. Configure like docs/methods.md#configuration with setTrainable(false) then
+   * setTrainable(true, f).
    */
   setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void {
     setNormTrainable(this.norms, trainable, filter);

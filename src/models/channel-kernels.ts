@@ -4,14 +4,14 @@
  * the unstack along the first axis that ViT's per-head products use.
  *
  * Why: grouped convolutions (tfjs has none: split → per-group conv → concat) and MECTA's channel
- * pruning (A.8: keep a random channel subset) move channels in every step. On the WASM backend
- * tf.split / tf.slice first copy the WHOLE input out of the heap (`readSync` = HEAPU8.slice) and
- * then copy one row of C/G floats at a time with `subarray`/`set`; tf.gather looks up an index per
- * element in C++. Here the input is read in place through a heap view and written straight into
- * the output's heap memory in one pass. Measured in a Tent step of ResNeXt-29 at b16 (WASM, 2
- * threads, `tf.profile`): SplitV + Concat took 236 ms (LOG.md, third session). On WASM the split,
- * concat and gather run as simd-kernels.wat functions (a bulk-memory row copy, an indexed gather):
- * JS loops and per-row subarray/set took 5× longer (LOG.md, fourth session).
+ * pruning (docs/mecta-norm.md#pruning: keep a random channel subset) move channels in every step.
+ * On the WASM backend tf.split / tf.slice first copy the WHOLE input out of the heap (`readSync` =
+ * HEAPU8.slice) and then copy one row of C/G floats at a time with `subarray`/`set`; tf.gather
+ * looks up an index per element in C++. Here the input is read in place through a heap view and
+ * written straight into the output's heap memory in one pass: in a ResNeXt-29 Tent step the stock
+ * SplitV + Concat were a visible share of the profile. On WASM the split, concat and gather run as
+ * simd-kernels.wat functions (a bulk-memory row copy, an indexed gather), which beat JS loops with
+ * per-row subarray/set by a wide margin (measurements: docs/porting.md#measurements).
  *
  * Registered as kernels for the 'wasm' and 'cpu' backends (both keep float32 data in typed arrays
  * this code can address); other backends (tfjs-node, WebGL) get the equivalent tf ops. Split,
@@ -215,7 +215,7 @@ const KERNELS = {
 
   /**
    * x [B, ...] → B tensors [...], each a contiguous block (= tf.unstack(x); on WASM that copies
-   * all of x out of the heap once per entry: 238 ms for [192, 197, 64]).
+   * all of x out of the heap once per entry; docs/porting.md#channel-moves).
    */
   CtaUnstackRows(inputs: Info[], _attrs: object, mem: Memory): Info[] {
     const [x] = inputs;

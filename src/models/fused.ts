@@ -1,8 +1,9 @@
 /**
  * Inference-only conv → eval-BN (→ ReLU) folding, for segments that need no backward (the Source
  * method; issue "Speed", item "fused conv + BN + ReLU"). Eval BN is the per-channel affine
- * y = a·x + c (algorithms.md C.2), so BN(conv(x, W)) = conv(x, W·a) + c: one FusedConv2D with bias
- * (and ReLU) replaces a conv plus a multiply, an add and a ReLU pass over the activation.
+ * y = a·x + c (docs/methods.md#source), so BN(conv(x, W)) = conv(x, W·a) + c: one FusedConv2D
+ * with bias (and ReLU) replaces a conv plus a multiply, an add and a ReLU pass over the activation
+ * (docs/porting.md#folded-inference).
  *
  * The folded filters are cached, because XNNPACK packs a filter once per filter tensor and
  * re-packing every forward costs more than the fusion saves at small spatial sizes; they are

@@ -2,12 +2,12 @@
  * LayerNorm over the last axis (PyTorch nn.LayerNorm(D)), the norm layer of the Vision Transformer.
  *
  * It fits the NormLayer contract as far as a LayerNorm can: the affine weight/bias are the adapted
- * parameters (Tent / ETA / EATA on a ViT adapt the LayerNorms' affine parameters, data-formats.md
- * Table E: ViT-B/16 has 25 LayerNorms, 38,400 affine parameters), `kind` is 'layer', and there
- * are no running statistics (`runningMean`/`runningVar` are null): a LayerNorm always normalises
- * each token with that token's own mean and variance, in training and in evaluation alike, so the
- * BN modes 'source' and 'batch' behave identically here and MECTA's statistic modes do not apply
- * (the model refuses them).
+ * parameters (Tent / ETA / EATA on a ViT adapt the LayerNorms' affine parameters,
+ * docs/data-formats.md#vit-b16: ViT-B/16 has 25 LayerNorms, 38,400 affine parameters), `kind` is
+ * 'layer', and there are no running statistics (`runningMean`/`runningVar` are null): a LayerNorm
+ * always normalises each token with that token's own mean and variance, in training and in
+ * evaluation alike, so the BN modes 'source' and 'batch' behave identically here and MECTA's
+ * statistic modes do not apply (the model refuses them).
  *
  * Like the BN layer, the forward is one custom op with a hand-written backward that keeps only
  * what the backward needs: the normalised input x̂ and the per-token 1/σ.
@@ -99,8 +99,9 @@ export class LayerNormLayer implements NormLayer {
     if (x.rank < 1 || x.shape[x.rank - 1] !== this.numFeatures) {
       throw new CtaError(`${this.name}: expected ${this.numFeatures} features on the last axis, got [${x.shape.join(',')}]`);
     }
-    // What a backward would need (x̂, the size of the input) is what A.9-style accounting counts
-    // for BN: report it the same way, cached while the affine parameters adapt.
+    // What a backward would need (x̂, the size of the input) is what the analytic accounting
+    // (docs/memory.md#analytic) counts for BN: report it the same way, cached while the affine
+    // parameters adapt.
     const bytes = x.size * 4;
     this.record = { name: this.name, beta: null, cached: this.trainableFlag, forwardBytes: bytes, backwardBytes: this.trainableFlag ? bytes : 0 };
     return this.op(x, this.weight, this.bias) as T;

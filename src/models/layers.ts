@@ -1,7 +1,7 @@
 /**
  * Building blocks shared by the CIFAR models: a convolution with PyTorch padding whose input
- * gradient is a forward convolution (backends.md §2/§3), a linear layer, global average pooling,
- * lean-tape elementwise ops, and the per-channel primitives of the norm layer.
+ * gradient is a forward convolution (docs/porting.md#input-gradients), a linear layer, global
+ * average pooling, lean-tape elementwise ops, and the per-channel primitives of the norm layer.
  *
  * For adaptation, conv filters and linear weights are constants: only the norm layers' affine
  * parameters are adapted. `cta-train` builds them with `{ trainable: true }` (tf.Variables); their
@@ -82,8 +82,8 @@ const returnedGrads = new WeakMap<object, Map<number, tf.Tensor[]>>();
 /**
  * Memory-economic backward. tfjs-core's `backpropagateGradients` keeps every tensor's accumulated
  * gradient, every summand folded into a sum after the first, and every node's saved tensors alive
- * until the whole backward ends (backends.md §5): about one extra copy of all activations. Once a
- * custom op's gradient has run, three things are dead and are freed here:
+ * until the whole backward ends (docs/porting.md#tape-memory): about one extra copy of all
+ * activations. Once a custom op's gradient has run, three things are dead and are freed here:
  * - its saved tensors (the engine disposes them again at the end: a no-op);
  * - dy, the gradient of its output: the tape reads it only when it calls this node (the node that
  *   produced a tensor runs after all of that tensor's consumers);
@@ -126,10 +126,20 @@ export interface Conv2dSpec {
 /**
  * Zero-dilates dy by `stride` (stride − 1 zeros after every row/column) and trims it to `rows` ×
  * `cols`, the size a stride-1 convolution with padding k−1−p needs to reproduce the input size.
- * This turns the stride-s transposed convolution into a plain forward conv (backends.md §2 item 1).
+ * This turns the stride-s transposed convolution into a plain forward conv
+ * (docs/porting.md#input-gradients).
  */
 function dilate(dy: tf.Tensor4D, stride: number, rows: number, cols: number): tf.Tensor4D {
   const [n, ho, wo, c] = dy.shape;
+  if (tf.getBackend() === 'webgpu') {
+    // tfjs-webgpu's Pad shader does not compile for rank 6 (it indexes a 'vec6' struct): the
+    // same dilation as two rank-4 pads, columns first.
+    const z: [number, number][] = [[0, 0], [0, 0], [0, stride - 1], [0, 0]];
+    const wide = tf.pad(tf.reshape(dy, [n * ho, wo, 1, c]), z);
+    const tall = tf.pad(tf.reshape(wide, [n, ho, 1, wo * stride * c]), z);
+    const full = tf.reshape(tall, [n, ho * stride, wo * stride, c]) as tf.Tensor4D;
+    return rows === ho * stride && cols === wo * stride ? full : tf.slice(full, [0, 0, 0, 0], [n, rows, cols, c]);
+  }
   const expanded = tf.pad(tf.reshape(dy, [n, ho, 1, wo, 1, c]), [
     [0, 0],
     [0, 0],
@@ -184,8 +194,8 @@ export interface WeightOptions {
 
 /**
  * dL/dW of a (grouped) convolution with PyTorch stride/padding, as HWIO [k, k, in/G, out], without
- * the `Conv2DBackpropFilter` kernel that WASM lacks (backends.md §2). Two forms, whichever was
- * fastest on WASM (measured at [64,32,32,C], groups of 8–128 channels):
+ * the `Conv2DBackpropFilter` kernel that WASM lacks (docs/porting.md#filter-gradients). Two forms,
+ * whichever was fastest on WASM (measured at [64,32,32,C], groups of 8–128 channels):
  * - 1×1, no padding: dW = xsᵀ·dy, one matMul per group of the transposed input [Cin, M] against
  *   dy [M, Cout] (M = N·Ho·Wo); a stride is a window-1 average pool (an exact subsample) first.
  *   The transpose is explicit: WASM's matMul with transposeA falls back to a slow loop (~5–10×).
@@ -247,9 +257,8 @@ export function convFilterGrad(
  * returns dL/dW (`convFilterGrad`) and saves its input for that, the only case in which it saves
  * anything. A grouped trainable conv runs as ONE dense conv with the block-diagonal filter (zeros
  * off the group blocks) and takes the diagonal blocks of the dense filter gradient: at the narrow
- * widths trained here, splitting the channels costs more than the G× extra multiply-adds (WASM,
- * [128,32,32,16], G = 4: split + 4 convs + concat 320 ms against 137 ms dense; filter gradient 250
- * against 175 ms).
+ * widths trained here, splitting the channels costs more than the G× extra multiply-adds
+ * (measured on WASM: docs/porting.md#measurements).
  */
 export class Conv2d {
   readonly inChannels: number;
@@ -332,9 +341,10 @@ export class Conv2d {
 
   private run(x: tf.Tensor4D, filters: tf.Tensor4D[], stride: number, pad: number): tf.Tensor4D {
     // Numeric padding = PyTorch's symmetric padding; 'same' would pad (0, 1) at stride 2
-    // (backends.md §2 pitfall).
+    // (docs/porting.md#padding).
     if (filters.length === 1) return tf.conv2d(x, filters[0], stride, pad);
-    // tfjs has no grouped conv: split the channels, convolve each group, concatenate (§3 "split").
+    // tfjs has no grouped conv: split the channels, convolve each group, concatenate
+    // (docs/porting.md#grouped-convolution).
     const xs = splitChannels(x, filters.length);
     return concatChannels(xs.map((xi, i) => tf.conv2d(xi, filters[i], stride, pad)));
   }
@@ -362,9 +372,9 @@ export class Conv2d {
       return dilate(this.run(dy, flipped, 1, 0), this.stride, rows, cols);
     }
     if (!this.variable) {
-      // Sub-pixel phases; measured on WASM (2 threads): 7×7/2 stem 192 vs 431 ms, 3×3/2 even. Grouped
-      // 3×3/2 lost (463 vs 384 ms) while the per-group split and 4·G-piece concat were tf.split /
-      // tf.concat; with the heap channel kernels it wins (LOG.md, third session).
+      // Sub-pixel phases: faster than the dilated form for the 7×7/2 stem, even for 3×3/2. Grouped
+      // 3×3/2 lost while the per-group split and 4·G-piece concat were tf.split / tf.concat; with
+      // the heap channel kernels it wins (timings: docs/porting.md#measurements).
       const sub = this.subPixelInputGrad(dy, h, w);
       if (sub) return sub;
     }

@@ -121,7 +121,10 @@ describe('MECTA mode against the float64 reference fixtures (A.3–A.8)', () => 
     });
   }
 
-  /** Float64 A.3/A.7/A.8 reference on NHWC data (gate on, 'skl'), independent of the tf code. */
+  /**
+   * Float64 reference of docs/mecta-norm.md#forward, #preg and #refill on NHWC data (gate on,
+   * 'skl'), independent of the tf code.
+   */
   function reference(x: Float32Array, g: Float32Array, c: number, w: number[], b: number[], rm: number[], rv: number[], removed: Set<number>) {
     const m = x.length / c;
     const eps = 1e-5;

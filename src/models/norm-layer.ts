@@ -1,13 +1,16 @@
 /**
  * The one BatchNorm2d replacement used by every model, covering the four `NormMode`s:
  *
- * - 'source'       eval BN with the running statistics (algorithms.md C.2);
- * - 'batch'        train-mode BN with batch statistics, running stats untouched (C.3, Tent, EATA);
- * - 'train-update' PyTorch train-mode BN that also updates the running stats (A.10);
- * - 'mecta'        MectaNorm2d in 'exp' mode (A.3–A.8).
+ * - 'source'       eval BN with the running statistics (docs/methods.md#source);
+ * - 'batch'        train-mode BN with batch statistics, running stats untouched (Norm, Tent, EATA;
+ *                  docs/methods.md#norm);
+ * - 'train-update' PyTorch train-mode BN that also updates the running stats
+ *                  (docs/mecta-norm.md#standard-bn-mode);
+ * - 'mecta'        MectaNorm2d in 'exp' mode (docs/mecta-norm.md#forward to #refill).
  *
  * Each forward is a single custom op with inputs (x, weight, bias) and a hand-written backward, so
- * the tape holds exactly what the backward needs (A.6/A.8 memory semantics) and no tf.tile /
+ * the tape holds exactly what the backward needs (docs/mecta-norm.md#cache-stopping and
+ * docs/mecta-norm.md#pruning for MECTA's memory semantics) and no tf.tile /
  * tf.moments gradient is ever built. The per-element passes (batch statistics, the affine output,
  * the input/affine gradients) are simd-kernels.ts: WebAssembly SIMD on the WASM backend, tf ops
  * elsewhere. The custom op's `save` is a no-op when no gradient tape is recording, so a plain
@@ -21,15 +24,18 @@ import type { DistMetric, MectaOptions, NormLayer, NormMode, NormRecord } from '
 import { channelMean, customOp } from './layers.js';
 import { bnBackward, channelAffine, channelAffineKeep, channelStats } from './simd-kernels.js';
 
-/** Supplies the channels MECTA removes from the cache for one forward (A.8). */
+/** Supplies the channels MECTA removes from the cache for one forward (docs/mecta-norm.md#pruning). */
 export type RemovedChannelSource = (layer: string, channels: number, count: number) => Int32Array;
 
-/** ε of the distance measures (A.4): hard-coded 1e-3, not the BN ε. */
+/** ε of the distance measures (docs/mecta-norm.md#distances): hard-coded 1e-3, not the BN ε. */
 const DIST_EPS = 1e-3;
-/** PyTorch BatchNorm2d momentum used by 'train-update' (A.10). */
+/** PyTorch BatchNorm2d momentum used by 'train-update' (docs/mecta-norm.md#standard-bn-mode). */
 const TORCH_MOMENTUM = 0.1;
 
-/** Per-channel distance between batch (1) and accumulated (2) statistics, averaged over C (A.4). */
+/**
+ * Per-channel distance between batch (1) and accumulated (2) statistics, averaged over C
+ * (docs/mecta-norm.md#distances).
+ */
 export function meanDistance(
   metric: DistMetric,
   mu1: ArrayLike<number>,
@@ -58,10 +64,10 @@ function vec(values: ArrayLike<number>): tf.Tensor1D {
 }
 
 /**
- * The kept/removed channel split of one pruned forward (A.8). The kept channels are gathered in the
- * output's pass and read back through this list in the backward (simd-kernels.ts); the earlier
- * one-hot matMul formulation cost M·C·K multiply-adds and took ~0.5 s of a ResNeXt-29 b16
- * EATA+MECTA step (LOG.md, third session).
+ * The kept/removed channel split of one pruned forward (docs/mecta-norm.md#pruning). The kept
+ * channels are gathered in the output's pass and read back through this list in the backward
+ * (simd-kernels.ts); the earlier one-hot matMul formulation cost M·C·K multiply-adds and was a
+ * large part of an EATA+MECTA step (docs/porting.md#channel-moves).
  */
 class ChannelSplit {
   readonly kept: Int32Array;
@@ -112,9 +118,9 @@ export class BatchNormLayer implements NormLayer {
   private record: NormRecord | null = null;
   private normMode: NormMode = 'source';
   private mectaOpts: MectaOptions | null = null;
-  /** MECTA's past_size: samples seen since the last reset (A.1). */
+  /** MECTA's past_size: samples seen since the last reset (docs/mecta-norm.md#options). */
   pastSize = 0;
-  /** MECTA's full_matched flag of the last forward (A.6). */
+  /** MECTA's full_matched flag of the last forward (docs/mecta-norm.md#cache-stopping). */
   private fullMatched = false;
   private readonly removedSource: RemovedChannelSource;
 
@@ -197,8 +203,9 @@ export class BatchNormLayer implements NormLayer {
   }
 
   /**
-   * Eval BN as the per-channel affine y = a·x + c, a = γ/σ_r, c = β − μ_r·a (C.2), for folding
-   * into the preceding conv (models/fused.ts, inference without a tape in 'source' mode only).
+   * Eval BN as the per-channel affine y = a·x + c, a = γ/σ_r, c = β − μ_r·a
+   * (docs/methods.md#source), for folding into the preceding conv (models/fused.ts, inference
+   * without a tape in 'source' mode only).
    */
   sourceAffine(): [tf.Tensor1D, tf.Tensor1D] {
     if (this.normMode !== 'source') throw new CtaError(`${this.name}: sourceAffine() needs norm mode 'source', not '${this.normMode}'`);
@@ -217,11 +224,14 @@ export class BatchNormLayer implements NormLayer {
 
   private setRecord(x: tf.Tensor4D | readonly number[], keptChannels: number, beta: number | null, cached: boolean): void {
     const [n, h, w] = x instanceof tf.Tensor ? x.shape : x;
-    const forwardBytes = n * keptChannels * h * w * 4; // A.9
+    const forwardBytes = n * keptChannels * h * w * 4; // docs/memory.md#analytic
     this.record = { name: this.name, beta, cached, forwardBytes, backwardBytes: cached ? forwardBytes : 0 };
   }
 
-  /** Eval BN: y = γ(x − μ_r)/σ_r + β (C.2). Backward: dx = g·γ/σ_r, dγ = Σ g·x̂_r, dβ = Σ g. */
+  /**
+   * Eval BN: y = γ(x − μ_r)/σ_r + β (docs/methods.md#source). Backward: dx = g·γ/σ_r,
+   * dγ = Σ g·x̂_r, dβ = Σ g.
+   */
   private forwardSource(x: tf.Tensor4D, tapeOn: boolean): tf.Tensor4D {
     this.setRecord(x, this.numFeatures, null, false);
     const eps = this.eps;
@@ -246,7 +256,8 @@ export class BatchNormLayer implements NormLayer {
 
   /**
    * Train-mode BN with batch statistics (biased variance). With `update`, also PyTorch's running
-   * update: r ← (1 − 0.1)·r + 0.1·batch, using the UNBIASED variance for running_var (A.10).
+   * update: r ← (1 − 0.1)·r + 0.1·batch, using the UNBIASED variance for running_var
+   * (docs/mecta-norm.md#standard-bn-mode).
    * Backward (standard BN): dβ = Σg, dγ = Σ g·x̂, dx = (γ/σ_b)(g − mean g − x̂·mean(g·x̂)).
    * Saved: x (the input itself, no copy) and three [C] vectors.
    */
@@ -276,7 +287,7 @@ export class BatchNormLayer implements NormLayer {
     return op(x, this.weight, this.bias);
   }
 
-  /** β for this forward (A.3 step 3). */
+  /** β for this forward (docs/mecta-norm.md#forward, step 3). */
   private chooseBeta(opts: MectaOptions, muB: Float32Array, varB: Float32Array, muR: Float32Array, varR: Float32Array): number {
     if (opts.forgetGate) {
       return 1 - Math.exp(-opts.distScale * meanDistance(opts.distMetric, muB, varB, muR, varR));
@@ -285,13 +296,14 @@ export class BatchNormLayer implements NormLayer {
   }
 
   /**
-   * MectaNorm2d 'exp' forward (A.3), in order: batch stats without grad; β from the forget gate or
-   * the constant/init β; in-place update of the accumulated stats (copy when β ≥ 1); cache decision
-   * (A.6); output with the UPDATED stats; past_size += N; then what to keep for backward:
+   * MectaNorm2d 'exp' forward (docs/mecta-norm.md#forward), in order: batch stats without grad; β
+   * from the forget gate or the constant/init β; in-place update of the accumulated stats (copy
+   * when β ≥ 1); cache decision (docs/mecta-norm.md#cache-stopping); output with the UPDATED stats;
+   * past_size += N; then what to keep for backward:
    * - matched layer: nothing; backward passes g through unchanged, and γ/β are not inputs of its
-   *   op, so they get no gradient (A.6);
-   * - caching layer: only the kept channels of x and their batch stats (A.8); backward = PreG (A.7)
-   *   for kept channels, the refill for removed ones.
+   *   op, so they get no gradient (docs/mecta-norm.md#cache-stopping);
+   * - caching layer: only the kept channels of x and their batch stats (docs/mecta-norm.md#pruning);
+   *   backward = PreG (docs/mecta-norm.md#preg) for kept channels, the refill for removed ones.
    * The statistics update happens exactly once per forward, outside any gradient.
    */
   private forwardMecta(x: tf.Tensor4D, tapeOn: boolean): tf.Tensor4D {
@@ -300,16 +312,17 @@ export class BatchNormLayer implements NormLayer {
     const c = this.numFeatures;
     const n = x.shape[0];
     const q = opts.pruneQ;
-    // A.9 accounts floor((1 − q)·C) channels, which may differ by one from the C − floor(q·C)
-    // actually kept (A.9 note a); both formulas are the reference code's.
+    // The analytic count uses floor((1 − q)·C) channels, which may differ by one from the
+    // C − floor(q·C) actually kept (docs/memory.md#analytic); both formulas are the reference code's.
     const accountedChannels = Math.floor((1 - q) * c);
     const eps = this.eps;
 
-    // A.3 steps 1–5, decided before the output op is built: batch statistics (no grad), β, the
-    // accumulated-statistics update (in float64, stored as float32; copy when β ≥ 1) and the cache
-    // decision. Knowing `matched` first lets a matched layer's op leave γ/β out of its inputs, so
-    // the tape has no path through the network to layers below the lowest caching one and the
-    // backward stops there instead of carrying g down to layers that take no update.
+    // Steps 1–5 of docs/mecta-norm.md#forward, decided before the output op is built: batch
+    // statistics (no grad), β, the accumulated-statistics update (in float64, stored as float32;
+    // copy when β ≥ 1) and the cache decision. Knowing `matched` first lets a matched layer's op
+    // leave γ/β out of its inputs, so the tape has no path through the network to layers below the
+    // lowest caching one and the backward stops there instead of carrying g down to layers that
+    // take no update.
     statsOp ??= customOp<tf.Tensor1D>(([xi]) => {
       const { mean, variance } = channelStats(xi as tf.Tensor4D);
       // never on a path to the loss (only read back below): the gradient is never asked for
@@ -335,14 +348,15 @@ export class BatchNormLayer implements NormLayer {
       this.runningMean.assign(vec(newMu));
       this.runningVar.assign(vec(newVar));
     });
-    const matched = opts.forgetGate && beta <= opts.betaThre; // A.6: only with the gate
+    // Cache stopping only with the gate (docs/mecta-norm.md#cache-stopping).
+    const matched = opts.forgetGate && beta <= opts.betaThre;
     this.fullMatched = matched;
     this.pastSize += n;
 
     let y: tf.Tensor4D;
     if (matched) {
-      // A.3 step 6 with the updated statistics; backward passes g through unchanged and the affine
-      // parameters get nothing (A.6).
+      // docs/mecta-norm.md#forward step 6 with the updated statistics; backward passes g through
+      // unchanged and the affine parameters get nothing (docs/mecta-norm.md#cache-stopping).
       const op = customOp<tf.Tensor4D>(([xi]) => {
         const [s, shiftOut] = foldAffine(this.weight, this.bias, vec(newMu), vec(rstdR));
         return { value: channelAffine(xi as tf.Tensor4D, s, shiftOut), gradFunc: (g) => [g.clone()] };
@@ -351,7 +365,7 @@ export class BatchNormLayer implements NormLayer {
     } else {
       const op = customOp<tf.Tensor4D>(([xi, w, b], save) => {
         const x4 = xi as tf.Tensor4D;
-        // A.3 step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
+        // Forward step 6: eval-style BN with the UPDATED statistics; s = γ/σ_r is also PreG's dx scale.
         const [s, shiftOut] = foldAffine(w, b, vec(newMu), vec(rstdR));
 
         // Channels removed from the cache are drawn for every caching forward, tape or not, so the
@@ -362,8 +376,9 @@ export class BatchNormLayer implements NormLayer {
         const [value, xKept] = tapeOn && sp ? channelAffineKeep(x4, s, shiftOut, sp.kept) : [channelAffine(x4, s, shiftOut), null];
 
         if (tapeOn) {
-          // PreG coefficients (A.7): dγ = Σ g·(x − μ_r)/σ_r = ratio·Σ g·x̂_b + shift·Σ g with
-          // ratio = σ_b/σ_r and shift = (μ_b − μ_r)/σ_r (updated μ_r, σ_r), computed without grad.
+          // PreG coefficients (docs/mecta-norm.md#preg): dγ = Σ g·(x − μ_r)/σ_r
+          // = ratio·Σ g·x̂_b + shift·Σ g with ratio = σ_b/σ_r and shift = (μ_b − μ_r)/σ_r (updated
+          // μ_r, σ_r), computed without grad.
           const rstdB = new Float64Array(c);
           const ratio = new Float64Array(c);
           const shift = new Float64Array(c);
@@ -373,7 +388,8 @@ export class BatchNormLayer implements NormLayer {
             shift[i] = (muB[i] - newMu[i]) * rstdR[i];
           }
           if (sp && xKept) {
-            // A.8: removed channels get no weight gradient; only kept channels' x and stats are saved.
+            // Removed channels get no weight gradient; only kept channels' x and stats are saved
+            // (docs/mecta-norm.md#pruning).
             const kept = new Uint8Array(c);
             for (const k of sp.kept) kept[k] = 1;
             for (let i = 0; i < c; i++) if (!kept[i]) ratio[i] = shift[i] = 0;
@@ -387,9 +403,10 @@ export class BatchNormLayer implements NormLayer {
           value,
           gradFunc: (g, [xs, meanB, rstdB, scale, ratio, shift]) => {
             // With pruning xs and meanB hold only the kept channels; bnBackward gives the removed
-            // ones the A.8 refill.
+            // ones the refill (docs/mecta-norm.md#refill).
             const { dx, S, sumG } = bnBackward(g as tf.Tensor4D, xs as tf.Tensor4D, meanB as tf.Tensor1D, rstdB as tf.Tensor1D, scale as tf.Tensor1D, sp ? sp.kept : null);
-            // dγ = ratio·S + shift·Σg (A.7); ratio and shift are 0 at removed channels (A.8).
+            // dγ = ratio·S + shift·Σg (docs/mecta-norm.md#preg); ratio and shift are 0 at removed
+            // channels (docs/mecta-norm.md#refill).
             return [dx, tf.add(tf.mul(ratio, S), tf.mul(shift, sumG)), sumG];
           },
         };

@@ -24,7 +24,7 @@ export interface ExpectedArch {
 }
 
 export interface BuildOptions {
-  /** Seeded generator for MECTA's channel pruning (A.8). */
+  /** Seeded generator for MECTA's channel pruning (docs/mecta-norm.md#pruning). */
   rng: Rng;
   expect?: ExpectedArch;
   /**

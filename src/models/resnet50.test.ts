@@ -153,7 +153,7 @@ describe('ResNet-50 at full size (torchvision resnet50() key names and shapes)',
     let params = 0;
     for (const [k, s] of expected) if (!/running_(mean|var)$/.test(k)) params += s.reduce((x, y) => x * y, 1);
     expect(params).toBe(full.num_parameters);
-    expect(full.num_entries + 53).toBe(320); // data-formats.md Table E: 320 entries incl. 53 counters
+    expect(full.num_entries + 53).toBe(320); // docs/data-formats.md#resnet-50: 320 entries incl. 53 counters
   });
 
   it('builds from a random state dict and runs one 224×224 forward (source and batch modes)', () => {

@@ -1,5 +1,6 @@
 /**
- * torchvision ResNet-50 (IMAGENET1K_V1 key names; data-formats.md Table E, algorithms.md D.4), NHWC:
+ * torchvision ResNet-50 (IMAGENET1K_V1 key names; docs/data-formats.md#resnet-50,
+ * docs/protocol.md#models), NHWC:
  *
  *   (x − mean)/std → conv1 7×7/2 pad 3 → bn1 → relu → max-pool 3×3/2 pad 1
  *   → layer1..4 × Bottleneck (torchvision "v1.5": the stride sits in the 3×3 conv2, as in EATA's

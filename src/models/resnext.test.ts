@@ -153,7 +153,7 @@ describe('CifarResNeXt against PyTorch (resnext_small fixture)', () => {
       step();
       expect(tf.memory().numTensors, mode).toBe(before);
     }
-    // MECTA records per layer (A.9): pruned channel count, β in [0, 1].
+    // MECTA records per layer (docs/memory.md#analytic): pruned channel count, β in [0, 1].
     for (const l of model.normLayers) {
       const r = l.last!;
       expect(r.beta).toBeGreaterThanOrEqual(0);

@@ -1,6 +1,6 @@
 /**
  * RobustBench CifarResNeXt (`Hendrycks2020AugMix_ResNeXt` = depth 29, cardinality 4, base width 32;
- * data-formats.md Table E, algorithms.md D.4), NHWC on tfjs:
+ * docs/data-formats.md#resnext-29, docs/protocol.md#models), NHWC on tfjs:
  *
  *   [(x − mu)/sigma] → conv_1_3x3 → bn_1 → relu
  *   → stage_1..3 × ResNeXtBottleneck:

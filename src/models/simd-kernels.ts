@@ -1,7 +1,8 @@
 /**
  * The per-element work of a BatchNorm layer as whole-layer passes: batch statistics, the affine
- * output, and the input/affine gradients (standard BN and MECTA's pruned PreG, A.7/A.8), each a
- * tf op that a test or another backend can run as the reference.
+ * output, and the input/affine gradients (standard BN and MECTA's pruned PreG,
+ * docs/mecta-norm.md#preg and #refill), each a tf op that a test or another backend can run as
+ * the reference.
  *
  * Why: as tf ops a train-mode BN is ~13 elementwise kernels per step (two average-pool sums and a
  * squared difference for the statistics, a multiply and an add for the output, and
@@ -11,7 +12,7 @@
  * wasm-heap.ts) that read and write tfjs's own heap: statistics in two read passes, the output in
  * one, the gradient in one read pass and one write pass, and a pruned cache is read compactly
  * through its channel list instead of being scattered. ReLU likewise writes its output and a
- * 1-bit mask in one pass. Measured in LOG.md (fourth session).
+ * 1-bit mask in one pass (docs/porting.md#batchnorm).
  *
  * The kernels run on the calling thread. Sums accumulate in float32 over 64-row blocks and in
  * float64 across blocks. Other backends, channel counts that are not a multiple of 4, and
@@ -25,11 +26,11 @@ type Info = tf.TensorInfo;
 
 /**
  * Per-channel mean over every other axis of an NHWC tensor, as a [C] vector: ONE average pool over
- * the whole [N·H, W] plane (XNNPACK's NHWC pooling streams the data once). backends.md §2 found
- * tf.sum/tf.moments slow on WASM and suggested matMul with a ones vector; measured here, that matMul
- * is fast only while its right operand is a constant (XNNPACK caches the packed weights), and the
- * activations are fresh tensors every call: 10–25 ms against ~1 ms for this pool at [16,32,32,128],
- * with the same float32 accuracy (≈5e-6 relative against float64).
+ * the whole [N·H, W] plane (XNNPACK's NHWC pooling streams the data once). tf.sum/tf.moments are
+ * slow on WASM, and a matMul with a ones vector is fast only while its right operand is a constant
+ * (XNNPACK caches the packed weights), while the activations are fresh tensors every call; this
+ * pool is an order of magnitude faster with the same float32 accuracy (≈5e-6 relative against
+ * float64). See docs/porting.md#reductions.
  */
 export function channelMean(x: tf.Tensor): tf.Tensor1D {
   const c = x.shape[x.shape.length - 1];
@@ -89,7 +90,8 @@ const KERNELS = {
 
   /**
    * (g, x, μ_b, r_b, s) → dx, S = Σ g·x̂, Σ g, with x̂ = (x − μ_b)·r_b (bnBackward's formula). With
-   * `kept`, x and μ_b hold only those channels and every other channel has x̂ = 0 (A.8 refill).
+   * `kept`, x and μ_b hold only those channels and every other channel has x̂ = 0
+   * (docs/mecta-norm.md#refill).
    */
   CtaBnBackward(h: Heap, [g, x, mu, rstd, s]: Info[], attrs: BackwardAttrs): Info[] {
     const c = lastDim(g);
@@ -229,8 +231,9 @@ export function channelAffine(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D): t
 }
 
 /**
- * MECTA's caching forward with pruning (A.8): the output x·a + b and the kept channels of x to
- * save, both from one pass on the WASM kernels (`kept`: K ≥ 1 distinct channels).
+ * MECTA's caching forward with pruning (docs/mecta-norm.md#pruning): the output x·a + b and the
+ * kept channels of x to save, both from one pass on the WASM kernels (`kept`: K ≥ 1 distinct
+ * channels).
  */
 export function channelAffineKeep(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D, kept: Int32Array): [tf.Tensor4D, tf.Tensor4D] {
   if (native(x, a, b) && kept.length > 0) {
@@ -241,14 +244,15 @@ export function channelAffineKeep(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D
 }
 
 /**
- * The shared BN input gradient (A.7 with the batch statistics μ_b, σ_b = 1/r):
+ * The shared BN input gradient (docs/mecta-norm.md#preg, with the batch statistics μ_b, σ_b = 1/r):
  *   dx = s·(g − mean g − x̂·mean(g·x̂)),  x̂ = t·r,  t = x − μ_b
  * with s = γ/σ (σ = σ_b for train-mode BN; σ = σ_r for MECTA's PreG), evaluated as
  * dx = g·s − (t·k + s·mean g) with k = r²·s·mean(g·t), so x̂ is never materialised.
  * Returns dx, S = Σ g·x̂ and Σ g, from which the callers form the affine gradients.
  *
- * `kept` (MECTA pruning, A.8): x and `mean` hold only those channels of g's C; every other
- * channel has t = 0, which gives exactly the refill dx = s·(g − mean g) and S = 0 there.
+ * `kept` (MECTA pruning, docs/mecta-norm.md#pruning): x and `mean` hold only those channels of g's
+ * C; every other channel has t = 0, which gives exactly the refill dx = s·(g − mean g) and S = 0
+ * there.
  */
 export function bnBackward(
   g: tf.Tensor4D,

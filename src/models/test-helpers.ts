@@ -72,7 +72,8 @@ export function expectClose(
 
 /**
  * How many norm parameters the last forward connected to the loss: γ and β of every layer,
- * except MECTA layers that stopped caching, whose op leaves γ/β out (A.6).
+ * except MECTA layers that stopped caching, whose op leaves γ/β out
+ * (docs/mecta-norm.md#cache-stopping).
  */
 export function connectedNormParams(model: Classifier): number {
   const layers = model.normMode === 'mecta' ? model.normLayers.filter((l) => l.last?.cached) : model.normLayers;

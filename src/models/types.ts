@@ -6,7 +6,7 @@
 import type { tf } from '../tf.js';
 
 /**
- * How every norm layer normalises (algorithms.md C.2, C.3, A.3, A.10):
+ * How every norm layer normalises (docs/mecta-norm.md#norm-modes):
  * - 'source': eval-mode BN with the stored running statistics.
  * - 'batch': train-mode BN with the current batch's statistics (Norm, Tent, EATA without MECTA);
  *   running statistics are neither used nor updated.
@@ -19,7 +19,7 @@ export type NormMode = 'source' | 'batch' | 'mecta' | 'train-update';
 export const DIST_METRICS = ['skl', 'kl', 'simple'] as const;
 export type DistMetric = (typeof DIST_METRICS)[number];
 
-/** MectaNorm2d options (algorithms.md A.1). */
+/** MectaNorm2d options (docs/mecta-norm.md#options). */
 export interface MectaOptions {
   beta: number; // constant accumulation rate when the gate is off (default 0.1)
   initBeta: number | null; // β of the first batch when the gate is off (null → beta)
@@ -30,14 +30,14 @@ export interface MectaOptions {
   pruneQ: number; // fraction of channels not cached per batch, default 0
 }
 
-/** What one norm layer did in its last forward (for logging and memory accounting, A.9). */
+/** What one norm layer did in its last forward (logging, accounting: docs/memory.md#analytic). */
 export interface NormRecord {
   name: string;
   beta: number | null; // β used (mecta mode), null otherwise
   cached: boolean; // kept anything for backprop (false: fully matched layer, or not trainable)
-  /** Analytic forward cache bytes: N·floor((1−q)·C)·H·W·4 (A.9). */
+  /** Analytic forward cache bytes: N·floor((1−q)·C)·H·W·4 (docs/memory.md#analytic). */
   forwardBytes: number;
-  /** Analytic backward cache bytes: forwardBytes when the layer caches, else 0 (A.9). */
+  /** Analytic backward cache bytes: forwardBytes when the layer caches, else 0 (docs/memory.md). */
   backwardBytes: number;
 }
 
@@ -61,7 +61,10 @@ export interface NormLayer {
   trainable: boolean;
   /** Record of the most recent forward, null before the first. */
   readonly last: NormRecord | null;
-  /** MECTA's past_size: samples seen since the last reset (decides init_beta vs beta, A.3); checkpointed. */
+  /**
+   * MECTA's past_size: samples seen since the last reset (decides init_beta vs beta,
+   * docs/mecta-norm.md#forward); checkpointed.
+   */
   pastSize: number;
   /** Clears MECTA per-run state (past_size, matched flag, last record); statistics are kept. */
   reset(): void;

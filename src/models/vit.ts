@@ -1,6 +1,6 @@
 /**
- * Vision Transformer with timm's `vit_base_patch16_224` key names (data-formats.md Table E, ViT
- * notes), NHWC input in [0, 1]:
+ * Vision Transformer with timm's `vit_base_patch16_224` key names (docs/data-formats.md#vit-b16),
+ * NHWC input in [0, 1]:
  *
  *   (x − mean)/std → patch_embed.proj (conv k = s = patch, bias) → tokens [N, g², D]
  *   → prepend cls_token, + pos_embed
@@ -125,13 +125,12 @@ export function gelu<T extends tf.Tensor>(x: T): T {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Matrix products the WASM backend runs fast. Measured on this machine (tfjs-wasm 4.22, one
-// thread): a 2-D matMul with transposeB = true is ~14× slower than the same product with an
-// explicitly transposed right operand (788×2304·2304×768: 1,963 ms against 140 ms), and a batched
-// (rank-3, batch > 1) matMul ~13× slower than the same products as one 2-D matMul per batch entry
-// (12 heads of 197×64·64×197: 36 ms against 2.7 ms). tfjs's own matMul gradient uses both slow
-// forms, so the linear layers and the attention core below have hand-written backwards that use
-// only plain 2-D products.
+// Matrix products the WASM backend runs fast (docs/porting.md#matrix-products): a 2-D matMul with
+// transposeB = true is ~14× slower than the same product with an explicitly transposed right
+// operand, and a batched (rank-3, batch > 1) matMul ~13× slower than the same products as one 2-D
+// matMul per batch entry (timings: docs/porting.md#measurements). tfjs's own matMul gradient uses
+// both slow forms, so the linear layers and the attention core below have hand-written backwards
+// that use only plain 2-D products.
 
 /** A per-entry 2-D product of [B, m, k] and [B, k, n] (see above). */
 function batchedMatMul(a: tf.Tensor3D, b: tf.Tensor3D): tf.Tensor3D {
@@ -366,7 +365,8 @@ export class VisionTransformer implements Classifier {
     const hd = this.headDim;
     const qkv = b.qkv.apply(reshape<tf.Tensor2D>(x, [n * t, d]));
     // [N·T, 3D] (columns ordered 3, H, hd) → q, k, v [N·T, D] → [N, T, H, hd] → [N, H, T, hd].
-    // Split first: WASM's Transpose takes ~0.8 s on the rank-5 [N, T, 3, H, hd] form at b16.
+    // Split first: WASM's Transpose is slow on the rank-5 [N, T, 3, H, hd] form
+    // (docs/porting.md#matrix-products).
     const [q, k, v] = splitChannels(qkv, 3).map(
       (p) => reshape<tf.Tensor3D>(tf.transpose(reshape(p, [n, t, h, hd]), [0, 2, 1, 3]), [n * h, t, hd]),
     );

@@ -1,5 +1,5 @@
 /**
- * RobustBench WideResNet (`Standard` = WRN-28-10; data-formats.md Table E), NHWC on tfjs:
+ * RobustBench WideResNet (`Standard` = WRN-28-10; docs/data-formats.md#wrn-28-10), NHWC on tfjs:
  *
  *   conv1 3×3 → block1/2/3 (strides 1, 2, 2) of BasicBlocks → bn1 → relu → global avg pool → fc
  *

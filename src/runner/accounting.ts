@@ -1,7 +1,7 @@
 /**
- * Analytic backprop-cache accounting, identical to MECTA's `get_bn_cache_size` (algorithms.md
- * A.9): per norm layer the forward cache is its (channel-pruned) input in float32, the backward
- * cache the same for layers that cache in this batch; the batch figure is
+ * Analytic backprop-cache accounting, identical to MECTA's `get_bn_cache_size`
+ * (docs/memory.md#analytic): per norm layer the forward cache is its (channel-pruned) input in
+ * float32, the backward cache the same for layers that cache in this batch; the batch figure is
  * max(largest forward, sum of backward), in MB = 1e6 bytes.
  */
 import type { NormRecord } from '../models/types.js';

@@ -5,17 +5,39 @@
  * and Fisher), every random generator, the stream position and the results so far. Resuming from
  * it gives the same numbers as an uninterrupted run.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
-import { readSafetensors, serializeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { parseSafetensorsWithMetadata, readWeightBytes, serializeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import type { Classifier } from '../models/types.js';
 import type { Algorithm } from '../algorithms/types.js';
 import type { Summary } from './output.js';
 
 const STATE_FILE = 'checkpoint.safetensors';
 const META_FILE = 'checkpoint.json';
+/** What an atomic write (tmp + rename) leaves behind when it fails or the process dies mid-write. */
+const TEMP_FILES = [STATE_FILE, META_FILE, 'summary.json', 'manifest.json'].map((f) => `${f}.tmp`);
+
+export function hasCheckpoint(dir: string): boolean {
+  return existsSync(join(dir, META_FILE));
+}
+
+/** A fresh run in an old folder: an earlier run's checkpoint must never be resumed with it. */
+export function clearCheckpoint(dir: string): void {
+  for (const f of [STATE_FILE, META_FILE]) rmSync(join(dir, f), { force: true });
+}
+
+/**
+ * Removes the `.tmp` files of writes that did not finish, returning their paths. They are never
+ * read (the rename that would have published them did not happen), so the files they would have
+ * replaced are still the last complete ones.
+ */
+export function removeStaleTemps(dir: string): string[] {
+  const found = TEMP_FILES.map((f) => join(dir, f)).filter((p) => existsSync(p));
+  for (const p of found) rmSync(p, { force: true });
+  return found;
+}
 
 export interface CheckpointMeta {
   version: 1;
@@ -38,20 +60,31 @@ async function toWritable(tensors: Map<string, tf.Tensor>): Promise<Map<string, 
   return out;
 }
 
-/** Writes both files atomically (tmp + rename), tensors first, so a crash leaves the last good pair. */
+/**
+ * Writes both files atomically (tmp + rename), tensors first. The tensors file records which
+ * domain boundary it belongs to, so a process killed between the two renames leaves a pair that
+ * restoreCheckpoint refuses instead of mixing two boundaries. A failed write removes its `.tmp`.
+ */
 export async function saveCheckpoint(dir: string, meta: CheckpointMeta, model: Classifier, alg: Algorithm): Promise<void> {
   const tensors = new Map<string, tf.Tensor>();
   for (const [k, t] of model.stateDict()) tensors.set(`model.${k}`, t);
   for (const [k, t] of alg.saveState()) tensors.set(`alg.${k}`, t);
   try {
-    const bytes = serializeSafetensors(await toWritable(tensors));
+    const bytes = serializeSafetensors(await toWritable(tensors), boundaryTag(meta));
     writeFileSync(join(dir, STATE_FILE + '.tmp'), bytes);
     renameSync(join(dir, STATE_FILE + '.tmp'), join(dir, STATE_FILE));
     writeFileSync(join(dir, META_FILE + '.tmp'), JSON.stringify(meta));
     renameSync(join(dir, META_FILE + '.tmp'), join(dir, META_FILE));
+  } catch (e) {
+    for (const f of [STATE_FILE, META_FILE]) rmSync(join(dir, f + '.tmp'), { force: true });
+    throw e;
   } finally {
     tf.dispose([...tensors.values()]);
   }
+}
+
+function boundaryTag(meta: Pick<CheckpointMeta, 'nextDomain' | 'batchIndex'>): Record<string, string> {
+  return { next_domain: String(meta.nextDomain), batch_index: String(meta.batchIndex) };
 }
 
 export function readCheckpointMeta(dir: string): CheckpointMeta {
@@ -65,8 +98,19 @@ export function readCheckpointMeta(dir: string): CheckpointMeta {
 }
 
 /** Restores model and algorithm tensors; rngs and past_size are restored by the runner. */
-export async function restoreCheckpoint(dir: string, model: Classifier, alg: Algorithm): Promise<void> {
-  const raw = await readSafetensors(join(dir, STATE_FILE));
+export async function restoreCheckpoint(dir: string, model: Classifier, alg: Algorithm, meta?: CheckpointMeta): Promise<void> {
+  const path = join(dir, STATE_FILE);
+  const { tensors: raw, metadata } = parseSafetensorsWithMetadata(await readWeightBytes(path), path);
+  // Checkpoints written before the tag existed carry none: nothing to compare.
+  if (meta && metadata.next_domain !== undefined) {
+    const want = boundaryTag(meta);
+    if (metadata.next_domain !== want.next_domain || metadata.batch_index !== want.batch_index) {
+      throw new CtaError(
+        `--resume ${dir}: ${STATE_FILE} (before domain ${Number(metadata.next_domain) + 1}) and ${META_FILE} (before domain ${meta.nextDomain + 1}) ` +
+          'are from different domain boundaries (the run was killed while writing them): start the run again',
+      );
+    }
+  }
   const modelState = new Map<string, tf.Tensor>();
   const algState = new Map<string, tf.Tensor>();
   for (const [k, t] of raw) {

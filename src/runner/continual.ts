@@ -1,6 +1,6 @@
 /**
- * The continual test-time adaptation loop (algorithms.md D): one model and one algorithm state
- * carried across every domain in order — never reset between domains — with the prediction of
+ * The continual test-time adaptation loop (docs/protocol.md#stream): one model and one algorithm
+ * state carried across every domain in order — never reset between domains — with the prediction of
  * each batch taken from the forward before that batch's update. Streaming, timing, logging and
  * memory accounting live here; algorithms only see batches.
  */
@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tf, initBackend, type BackendInfo } from '../tf.js';
-import { CtaError } from '../util/errors.js';
+import { CtaError, Interrupted } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import type { CtaConfig } from '../config/schema.js';
 import { loadStateDict } from '../io/state-dict.js';
@@ -20,8 +20,8 @@ import { batchOrder, openDomain, streamFingerprint, type DomainSource, type Doma
 import { openDataSource } from '../data/registry.js';
 import { accountCache, MB } from './accounting.js';
 import { MeasuredDomain, runnerProbe, type StepMemory } from '../memory/probe.js';
-import { readCheckpointMeta, restoreCheckpoint, saveCheckpoint } from './checkpoint.js';
-import { RunWriter, meanErrors, type DomainResult, type Summary } from './output.js';
+import { clearCheckpoint, hasCheckpoint, readCheckpointMeta, removeStaleTemps, restoreCheckpoint, saveCheckpoint, type CheckpointMeta } from './checkpoint.js';
+import { RunWriter, meanErrors, readCompleteSummary, type DomainResult, type Summary } from './output.js';
 import { domainProgress } from './progress.js';
 
 export interface RunHooks {
@@ -29,6 +29,27 @@ export interface RunHooks {
   log: (line: string) => void;
   /** Label prefix for progress lines (e.g. the algorithm when two runs share a terminal). */
   label?: string;
+  /** Polled at safe points (start-up steps, every batch): a signal there stops the run (RunInterrupted). */
+  stopRequested?: () => NodeJS.Signals | null;
+}
+
+/** Where a run stood when a signal stopped it; the CLI turns it into its one line. */
+export interface RunPosition {
+  dir: string;
+  /** Domains finished (results in summary.json, resumable from the checkpoint). */
+  finished: number;
+  /** Domains in the stream, once the data is open. */
+  total: number | null;
+  /** The domain being adapted on (1-based index and name), if one had started. */
+  current: { index: number; name: string } | null;
+  /** The folder holds this run's manifest, so `--resume` can continue it. */
+  resumable: boolean;
+}
+
+export class RunInterrupted extends Interrupted {
+  constructor(signal: NodeJS.Signals, readonly position: RunPosition) {
+    super(`interrupted (${signal})`, signal);
+  }
 }
 
 /** Streams a file through sha256 (weights can be hundreds of MB: never read them twice in memory). */
@@ -67,7 +88,8 @@ export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Pr
     rng: pruneRng,
     expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined },
   });
-  // E0 = 0.4·ln C (algorithms.md C.5) needs the class count, which comes from the weights.
+  // E0 = 0.4·ln C (docs/methods.md#reliable-samples) needs the class count, which comes from the
+  // weights.
   if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
   return { model, weightsSha256, backend, pruneRng };
 }
@@ -88,7 +110,7 @@ export function adaptOptions(cfg: CtaConfig): AdaptOptions {
   };
 }
 
-/** A random `size`-sample subset of the clean domain, batched (EATA's Fisher data, C.5). */
+/** A random `size`-sample subset of the clean domain, batched (docs/methods.md#fisher-estimation). */
 function fisherBatches(clean: () => Promise<DomainStream>, size: number, batchSize: number, seed: number) {
   return async function* (): AsyncIterable<tf.Tensor4D> {
     const d = await clean();
@@ -122,6 +144,8 @@ function checkModelFitsRun(cfg: CtaConfig, model: Classifier, source: DomainSour
 export interface RunResult {
   summary: Summary;
   dir: string;
+  /** `--resume` of a folder whose run had already finished: nothing was run. */
+  alreadyComplete?: boolean;
 }
 
 /**
@@ -130,11 +154,34 @@ export interface RunResult {
  */
 export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHooks, opts: { resume?: boolean } = {}): Promise<RunResult> {
   const started = new Date();
-  // Resuming: the finished domains' results, rngs and model/algorithm state come from the checkpoint.
-  const ckpt = opts.resume ? readCheckpointMeta(outDir) : null;
-  if (ckpt?.summary.complete) throw new CtaError(`--resume ${outDir}: the run is already complete`);
+  if (opts.resume) {
+    // The checkpoint is that of the last domain boundary, not of the end: summary.json says
+    // whether the run finished.
+    const done = readCompleteSummary(outDir);
+    if (done) {
+      hooks.log(`${outDir}: the run is already complete, nothing to resume (results: ${join(outDir, 'summary.json')})`);
+      return { summary: done, dir: outDir, alreadyComplete: true };
+    }
+  }
+  for (const p of removeStaleTemps(outDir)) hooks.log(`notice: removed ${p}, left by a write that did not finish (the file it was to replace is intact)`);
+  const position: RunPosition = { dir: outDir, finished: 0, total: null, current: null, resumable: opts.resume === true };
+  const stopIfAsked = () => {
+    const sig = hooks.stopRequested?.();
+    if (sig) throw new RunInterrupted(sig, { ...position });
+  };
+  // Resuming: the finished domains' results, rngs and model/algorithm state come from the
+  // checkpoint; a run stopped before its first domain finished has none and starts over.
+  let ckpt: CheckpointMeta | null = null;
+  if (opts.resume && hasCheckpoint(outDir)) ckpt = readCheckpointMeta(outDir);
+  else if (opts.resume) hooks.log(`notice: ${outDir} has no checkpoint (no domain had finished): running it from the first domain`);
+  else clearCheckpoint(outDir);
+  if (ckpt) position.finished = ckpt.nextDomain;
+  stopIfAsked();
   const { model, weightsSha256, backend, pruneRng } = await prepareModel(cfg, hooks.log);
+  stopIfAsked();
   const source = await openDataSource(cfg);
+  position.total = source.names.length;
+  stopIfAsked();
   const spec = ALGORITHMS[cfg.alg];
   checkModelFitsRun(cfg, model, source);
   if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
@@ -169,6 +216,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     Object.assign(manifest, prev, { resumed: [...((prev.resumed as string[]) ?? []), started.toISOString()] });
   }
   writer.writeJson('manifest.json', manifest);
+  position.resumable = true;
 
   const ctx = {
     rng: new Rng(cfg.seed + 3),
@@ -192,7 +240,7 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   let batchIndex = 0;
   const first = ckpt?.nextDomain ?? 0;
   if (ckpt) {
-    await restoreCheckpoint(outDir, model, alg);
+    await restoreCheckpoint(outDir, model, alg, ckpt);
     for (const [k, r] of Object.entries(rngs)) r.setState(ckpt.rngs[k]);
     model.normLayers.forEach((l, i) => (l.pastSize = ckpt.pastSizes[i] ?? 0));
     batchIndex = ckpt.batchIndex;
@@ -203,6 +251,8 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   let next = openDomain(source, source.names[first]);
   for (let di = first; di < source.names.length; di++) {
     const name = source.names[di];
+    position.current = { index: di + 1, name };
+    stopIfAsked();
     const domain = await next;
     // Decode the next domain while this one adapts (no data stall at domain boundaries).
     if (di + 1 < source.names.length) {
@@ -281,6 +331,12 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
         ...(cfg.accumBn ? { beta: layerBetas, cached: records.map((r) => r?.cached ?? false) } : {}),
         ms: Math.round(ms * 10) / 10,
       });
+      // The lines of an unfinished domain are dropped by --resume, which re-runs it from the
+      // checkpoint. A bar is closed first: it hides the terminal's cursor while it runs.
+      if (hooks.stopRequested?.()) {
+        progress.stop();
+        stopIfAsked();
+      }
       const secs = (performance.now() - t0) / 1000;
       progress.update(batches, seen, (100 * (seen - correct)) / seen, seen / secs);
     }
@@ -309,6 +365,8 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
     summary.domains.push(result);
     Object.assign(summary, meanErrors(summary.domains));
     writer.writeJson('summary.json', summary);
+    position.finished = di + 1;
+    position.current = null;
     if (di + 1 < source.names.length) {
       await saveCheckpoint(
         outDir,

@@ -24,6 +24,8 @@ export interface DomainResult {
   measured_max_backprop_mb?: number | null;
   measured_avg_backprop_mb?: number | null;
   measured_max_peak_mb?: number | null;
+  /** webgpu: peak live GPU buffer bytes per step, MB. */
+  measured_max_gpu_peak_mb?: number | null;
   mean_beta?: number | null;
 }
 
@@ -58,6 +60,16 @@ export class RunWriter {
     const path = join(this.dir, name);
     writeFileSync(path + '.tmp', JSON.stringify(value, null, 2) + '\n');
     renameSync(path + '.tmp', path);
+  }
+}
+
+/** The folder's summary.json when it says the run finished, else null (missing, partial, unreadable). */
+export function readCompleteSummary(dir: string): Summary | null {
+  try {
+    const s = JSON.parse(readFileSync(join(dir, 'summary.json'), 'utf8')) as Summary;
+    return s?.complete === true ? s : null;
+  } catch {
+    return null;
   }
 }
 

@@ -4,8 +4,9 @@
  * from the default, so it is self-contained: it does not depend on the config files still reading
  * the same when the job finally runs, and it reproduces exactly the config that was hashed.
  *
- * Both scripts skip a run whose summary.json says `"complete": true` and restart any other run from
- * scratch, so running a script twice (or resubmitting the array) only does the missing work.
+ * Both scripts skip a run whose summary.json says `"complete": true`, resume an unfinished one from
+ * its domain-boundary checkpoint and restart any other from scratch, so running a script twice (or
+ * resubmitting the array) only does the missing work.
  */
 import { FIELDS, defaultConfig, toKebab, type CtaConfig, type FieldKey } from '../config/schema.js';
 import { CtaError } from '../util/errors.js';

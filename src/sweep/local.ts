@@ -1,13 +1,14 @@
 /**
  * Runs a planned sweep on this machine with a pool of N workers, one cta-eval process per run.
  *
- * - A run whose summary.json says complete is skipped; any other existing run folder is cleared of
- *   its previous outputs and started afresh (cta-eval rewrites its folder from the first batch).
+ * - A run whose summary.json says complete is skipped; an unfinished one with a domain-boundary
+ *   checkpoint continues with `cta-eval --resume`; any other existing run folder is cleared of its
+ *   previous outputs and started afresh (cta-eval rewrites its folder from the first batch).
  * - Each child writes its own stdout/stderr to <run>/cta-eval.log; this process prints one line per
  *   start, finish and failure.
  * - On abort (Ctrl-C in the CLI) no new run starts and running children get SIGTERM. A folder only
  *   ever becomes complete by cta-eval's atomic rename of summary.json, so finished runs are never
- *   touched and interrupted ones are simply restarted next time.
+ *   touched and interrupted ones are resumed (or restarted) next time.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync } from 'node:fs';
@@ -127,12 +128,13 @@ export async function runLocal(runs: readonly PlannedRun[], opts: LocalOptions):
           result.ran.push(run.id);
           const err = typeof summary.mean_error === 'number' ? `, mean error ${summary.mean_error.toFixed(2)}%` : '';
           opts.log(`cta-sweep: done  ${run.id} [${finished}/${total}] ${secs} s${err}`);
-        } else if (aborted || sig === 'SIGINT') {
-          // A child killed by SIGINT means Ctrl-C reached the process group, possibly before our
-          // own handler ran: stop starting runs either way.
+        } else if (aborted || sig === 'SIGINT' || code === 130) {
+          // A child killed by SIGINT (or, catching it, exiting 130 after saving what it finished)
+          // means Ctrl-C reached the process group, possibly before our own handler ran: stop
+          // starting runs either way.
           aborted = true;
           result.interrupted.push(run.id);
-          opts.log(`cta-sweep: stopped ${run.id} (interrupted; it restarts next time)`);
+          opts.log(`cta-sweep: stopped ${run.id} (interrupted; it resumes or restarts next time)`);
         } else {
           const reason = spawnError
             ? (spawnError as Error).message

@@ -20,7 +20,7 @@ import { basename, dirname, extname, isAbsolute, resolve } from 'node:path';
 import yaml from 'js-yaml';
 import { CtaError } from '../util/errors.js';
 import { FIELDS, defaultConfig, toKebab, type CtaConfig, type FieldKey } from '../config/schema.js';
-import { coerce, fieldKey, readYamlConfig, validateConfig } from '../config/load.js';
+import { coerce, configKey, readYamlConfig, validateConfig } from '../config/load.js';
 import { runId } from './hash.js';
 
 /** One axis of the product: a single grid key, or a zip group (several keys, same length). */
@@ -75,7 +75,7 @@ function isMapping(v: unknown): v is Record<string, unknown> {
 }
 
 function keyOf(file: string, section: string, raw: string): FieldKey {
-  const key = fieldKey(raw);
+  const key = configKey(raw, `${file}${section ? `: ${section.replace(/: $/, '')}` : ''}`);
   if (!key) {
     throw new CtaError(`${file}: ${section}${raw}: unknown key (known keys: ${Object.keys(FIELDS).map(toKebab).join(', ')})`);
   }

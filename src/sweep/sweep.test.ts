@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { CtaError } from '../util/errors.js';
@@ -332,5 +332,37 @@ fs.writeFileSync(out + '/args.json', JSON.stringify(a)); fs.writeFileSync(out + 
     expect(runStatus(runs[0].dir)).toBe('complete');
     expect(runStatus(runs[1].dir)).toBe('partial');
     expect(runStatus(runs[3].dir)).toBe('new');
+  });
+
+  it('a child that caught Ctrl-C (exit 130) counts as interrupted and stops the sweep', async () => {
+    const runs = fakePlan(3);
+    // cta-eval catches SIGINT, saves what finished and exits 130 instead of dying by the signal.
+    const res = await runLocal(runs, {
+      jobs: 1,
+      command: (r) => (r === runs[1] ? { file: process.execPath, args: ['-e', 'process.exit(130)'] } : cmd(() => 0)(r)),
+      log: () => undefined,
+    });
+    expect(res.ran).toEqual([runs[0].id]);
+    expect(res.failed).toEqual([]);
+    // the run it cut short, and the one never started
+    expect(res.interrupted).toEqual([runs[1].id, runs[2].id]);
+    expect(runStatus(runs[2].dir)).toBe('new');
+  });
+});
+
+describe('sweep booleans', () => {
+  it('base keys, grid and zip values take true/false/1/0/yes/no in any case; others name the file and section', () => {
+    const dir = tmp();
+    try {
+      const f = sweepFile('accum-bn: "Yes"\nforget-gate: 1\ngrid:\n  clean-last: [True, "NO", 0]\nzip:\n  - { shuffle: ["yes", "false"], seed: [1, 2] }\n', dir);
+      const spec = readSweep(f);
+      expect(spec.base).toMatchObject({ accumBn: true, forgetGate: true });
+      expect(spec.axes[0].rows).toEqual([[true], [false], [false]]);
+      expect(spec.axes[1].rows).toEqual([[true, 1], [false, 2]]);
+      const bad = sweepFile('grid:\n  accum-bn: [true, maybe]\n', dir, 'bad.yaml');
+      expect(errorOf(() => readSweep(bad))).toBe(`${bad}: grid: accum-bn: expected true or false (also 1/0, yes/no), got "maybe"`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

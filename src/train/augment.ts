@@ -1,7 +1,8 @@
 /**
  * Batches for source training: uint8 NHWC images → float32 in [0, 1], with torchvision's
  * RandomCrop(size, padding=p) (zero padding, offsets uniform in [0, 2p]) and
- * RandomHorizontalFlip(0.5) when augmenting. Plain JS loops: a 128×32×32×3 batch takes ~1 ms.
+ * RandomHorizontalFlip(0.5) when augmenting. Plain JS loops are fast enough here: negligible next
+ * to a training step (docs/porting.md#measurements).
  */
 import type { Rng } from '../util/rng.js';
 

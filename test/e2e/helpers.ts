@@ -68,7 +68,7 @@ const WATCHDOG_MS = Number(process.env.CTA_E2E_WATCHDOG_MS ?? 100_000);
 
 /**
  * Runs a built bin (`bin/<name>.js`) in the repository root (or `cwd`). Two fresh-clone CI runs
- * (LOG.md, third and fourth sessions) saw an ImageNet-C e2e run hang until the 120 s test timeout,
+ * (recorded in LOG.md) saw an ImageNet-C e2e run hang until the 120 s test timeout,
  * never reproduced since; so a run past WATCHDOG_MS is sent SIGUSR2 (`--report-on-signal`), and
  * the report's JavaScript stack and active libuv handles are appended to its stderr before it is
  * killed. (No report comes from a main thread blocked in Atomics.wait: then stderr says so.)

@@ -1,7 +1,7 @@
 /**
  * Severity tables of the 19 corruptions, transcribed from Hendrycks & Dietterich's generators:
  * `make_cifar_c.py` (32×32 CIFAR-10/100-C) and `make_imagenet_c.py` (224×224 ImageNet-C), as listed
- * in the project notes (data-formats.md, Table B). Images whose longer side is ≤ 64 px get the CIFAR
+ * in docs/data-formats.md#corruption-parameters. Images whose longer side is ≤ 64 px get the CIFAR
  * table, larger ones the ImageNet table.
  *
  * Values that the scripts write as expressions (e.g. elastic's `IMSIZE*0.08`, the ImageNet elastic's
