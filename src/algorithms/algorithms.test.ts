@@ -10,6 +10,7 @@ import type { Classifier, MectaOptions, NormLayer, NormMode, NormRecord } from '
 import type { AdaptOptions, Algorithm, AlgorithmContext } from './types.js';
 import { ALGORITHMS, ALGORITHM_NAMES } from './registry.js';
 import { softmaxEntropy } from './losses.js';
+import { GradientAdapter, disposeGrads } from './common.js';
 import { Rng } from '../util/rng.js';
 
 beforeAll(async () => {
@@ -528,4 +529,84 @@ describe('tensor hygiene', () => {
       });
     }
   }
+});
+
+describe('GradientAdapter: grads / apply', () => {
+  const entropyLoss = (z: tf.Tensor2D) => tf.mean(softmaxEntropy(z)) as tf.Scalar;
+
+  it('step = grads then apply, bit for bit (MECTA, matched layers, momentum), and grads alone moves nothing', () => {
+    const a = new Toy();
+    const b = new Toy();
+    for (const m of [a, b]) m.setNormMode('mecta', MECTA);
+    const sa = new GradientAdapter(a, options(), 'test');
+    const sb = new GradientAdapter(b, options(), 'test');
+    const xs = [batch(61), batch(62), batch(63), batch(64)];
+    xs.forEach((x, i) => {
+      for (const m of [a, b]) {
+        m.normLayers[0].mectaCaches = i !== 2; // batch 2: layer a matched (momentum-only step)
+        m.normLayers[1].mectaCaches = i !== 3; // batch 3: layer b matched
+      }
+      const r = sa.step(x, entropyLoss);
+      const p0 = flatParams(b);
+      const g = sb.grads(x, entropyLoss);
+      expect(flatParams(b)).toEqual(p0); // no update before apply
+      expect(g.matched).toEqual([i === 2, i === 3]);
+      expect(sb.apply(g)).toBe(r.updated);
+      disposeGrads(g.grads);
+      expect(vals(g.logits)).toEqual(vals(r.logits));
+      expect(flatParams(b)).toEqual(flatParams(a));
+      tf.dispose([r.logits, g.logits]);
+    });
+    // no step wanted: grads is null, apply is a no-op
+    const p1 = flatParams(b);
+    const none = sb.grads(xs[0], () => null);
+    expect(none.grads).toBeNull();
+    expect(sb.apply(none)).toBe(false);
+    expect(flatParams(b)).toEqual(p1);
+    none.logits.dispose();
+    tf.dispose(xs);
+    for (const s of [sa, sb]) s.dispose();
+    for (const m of [a, b]) m.dispose();
+  });
+
+  it('several passes per batch (SAM: perturb, second gradient, restore, apply) leak no tensor', () => {
+    const m = new Toy();
+    m.setNormMode('batch');
+    const xs = [batch(71), batch(72), batch(73)];
+    const before = tf.memory().numTensors;
+    const ad = new GradientAdapter(m, options({ momentum: 0 }), 'test');
+    const rho = 0.05;
+    let steady = -1;
+    for (let s = 0; s < 12; s++) {
+      const x = xs[s % 3];
+      const first = ad.grads(x, entropyLoss);
+      first.logits.dispose();
+      const g1 = first.grads!.map((g, i) => g ?? tf.zerosLike(ad.params[i]));
+      // e = ρ·g/‖g‖ (Foret et al., ICLR 2021, Eq. 2), added to θ, removed after the second pass
+      const e = tf.tidy(() => {
+        const norm = tf.sqrt(tf.addN(g1.map((g) => tf.sum(tf.square(g)))));
+        return g1.map((g) => tf.mul(g, tf.div(rho, norm)));
+      });
+      tf.dispose(g1);
+      const theta = ad.params.map((p) => p.clone());
+      ad.params.forEach((p, i) => tf.tidy(() => p.assign(tf.add(p, e[i]))));
+      let want: number[][] | null = null;
+      if (s === 0) want = affineGrads(m, () => entropyLoss(m.forward(x)));
+      const second = ad.grads(x, entropyLoss);
+      second.logits.dispose();
+      ad.params.forEach((p, i) => p.assign(theta[i]));
+      const p0 = flatParams(m);
+      expect(ad.apply(second)).toBe(true);
+      disposeGrads(second.grads);
+      tf.dispose([...e, ...theta]);
+      // plain SGD from θ with the gradient taken at θ + e
+      if (want) flatParams(m).forEach((p, i) => expectClose(p, p0[i].map((v, k) => v - 0.05 * want![i][k])));
+      if (s === 3) steady = tf.memory().numTensors;
+    }
+    expect(tf.memory().numTensors).toBe(steady);
+    ad.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose(xs);
+    m.dispose();
+  });
 });

@@ -1,18 +1,20 @@
 /**
- * Machinery shared by the gradient-based methods (Tent, ETA, EATA): model configuration (C.1),
- * the one-forward adaptation step with MECTA's cache-stopping rules (A.6), optimizer wiring
- * (H) and the configure-time snapshot used by `reset()` / `episodic`.
+ * Machinery shared by the gradient-based methods (Tent, ETA, EATA): model configuration
+ * (docs/methods.md#configuration), the one-forward adaptation step with MECTA's cache-stopping
+ * rules (docs/mecta-norm.md#cache-stopping), optimizer wiring (docs/methods.md#optimiser) and the
+ * configure-time snapshot used by `reset()` / `episodic`.
  */
 import { tf } from '../tf.js';
 import type { Classifier, MectaOptions, NormLayer } from '../models/types.js';
 import type { AdaptOptions } from './types.js';
-import { createOptimizer, type Optimizer } from './optim.js';
+import { createOptimizer, type Optimizer, type OptimizerOptions } from './optim.js';
 import { CtaError } from '../util/errors.js';
 
 /**
- * C.1 / C.3: without MECTA the norm layers normalise with the current batch statistics ('batch',
- * running buffers unused); when the runner already switched the model to 'mecta' (--accum-bn, set
- * before `create()`), that mode is kept because the accumulated statistics replace the buffers.
+ * docs/methods.md#configuration: without MECTA the norm layers normalise with the current batch
+ * statistics ('batch', running buffers unused); when the runner already switched the model to
+ * 'mecta' (--accum-bn, set before `create()`), that mode is kept because the accumulated
+ * statistics replace the buffers.
  */
 export function useAdaptiveNorm(model: Classifier): void {
   if (model.normMode !== 'mecta') model.setNormMode('batch');
@@ -20,8 +22,9 @@ export function useAdaptiveNorm(model: Classifier): void {
 
 /**
  * The MECTA options the model currently runs with, needed to switch back to 'mecta' after a
- * temporary mode change (EATA's Fisher, A.10). The Classifier contract has no getter, so this
- * reads an optional `mectaOptions` property when the implementation exposes one.
+ * temporary mode change (EATA's Fisher, docs/mecta-norm.md#standard-bn-mode). The Classifier
+ * contract has no getter, so this reads an optional `mectaOptions` property when the
+ * implementation exposes one.
  */
 export function currentMectaOptions(model: Classifier): MectaOptions {
   const opts = model.mectaOptions;
@@ -29,6 +32,20 @@ export function currentMectaOptions(model: Classifier): MectaOptions {
     throw new CtaError('cannot restore MECTA mode: the model does not expose its MECTA options', 1);
   }
   return opts;
+}
+
+/** The optimizer hyper-parameters of AdaptOptions (unset ones are PyTorch's defaults). */
+export function optimizerOptions(opts: AdaptOptions): OptimizerOptions {
+  return {
+    lr: opts.lr,
+    momentum: opts.momentum,
+    dampening: opts.dampening,
+    nesterov: opts.nesterov,
+    weightDecay: opts.weightDecay,
+    beta1: opts.adamBeta1,
+    beta2: opts.adamBeta2,
+    eps: opts.adamEps,
+  };
 }
 
 /** Key of a parameter in saved state: its PyTorch name. */
@@ -48,9 +65,32 @@ export interface AdaptStepOutput {
  */
 export type LossFn = (logits: tf.Tensor2D) => tf.Scalar | null;
 
+/** Outcome of {@link GradientAdapter.grads}: one forward and, when a step is wanted, its backward. */
+export interface AdaptGrads {
+  /** Logits of the forward (computed before any update); the caller disposes them. */
+  logits: tf.Tensor2D;
+  /**
+   * d loss / d params[i] (null: the loss does not reach the parameter, a zero gradient), or null
+   * when no step should happen (the loss function returned null, or no MECTA layer caches). The
+   * caller disposes them ({@link disposeGrads}); `apply` does not.
+   */
+  grads: (tf.Tensor | null)[] | null;
+  /**
+   * Per trainable layer: fully matched in this forward (MECTA mode, no cache kept,
+   * docs/mecta-norm.md#matched-updates), so `apply` gives its parameters no gradient.
+   */
+  matched: boolean[];
+}
+
+export function disposeGrads(grads: ReadonlyArray<tf.Tensor | null> | null): void {
+  if (grads) for (const g of grads) g?.dispose();
+}
+
 /**
  * Owns the trainable norm parameters of a model and their optimizer. One `step` = one forward,
- * the prediction from that forward (pre-update, C.4), and at most one optimizer step.
+ * the prediction from that forward (pre-update, docs/methods.md#configuration), and at most one
+ * optimizer step. `step` is `grads` then `apply`; a method that needs several forward/backward
+ * passes per batch (e.g. SAM's perturbed second gradient) calls the two itself.
  */
 export class GradientAdapter {
   /** Trainable norm layers, module order; params are [w0, b0, w1, b1, …]. */
@@ -62,7 +102,8 @@ export class GradientAdapter {
   /**
    * Whether parameter i has ever received a gradient. Models PyTorch 1.12, where `.grad` stays
    * None until the first backward that reaches the parameter and is zero-filled (not None) by
-   * `zero_grad()` afterwards: only then does a matched layer take a momentum-only step (A.6).
+   * `zero_grad()` afterwards: only then does a matched layer take a momentum-only step
+   * (docs/mecta-norm.md#matched-updates).
    */
   private hadGrad: boolean[];
   private initialModel: Map<string, tf.Tensor>;
@@ -78,7 +119,7 @@ export class GradientAdapter {
     }
     this.params = this.layers.flatMap((l) => [l.weight, l.bias]);
     this.keys = paramKeys(this.layers);
-    this.optimizer = createOptimizer(opts.optimizer, this.params, { lr: opts.lr, momentum: opts.momentum });
+    this.optimizer = createOptimizer(opts.optimizer, this.params, optimizerOptions(opts));
     this.hadGrad = this.params.map(() => false);
     this.initialModel = model.stateDict();
   }
@@ -95,8 +136,9 @@ export class GradientAdapter {
   }
 
   /**
-   * MECTA A.6: in 'mecta' mode, whether any trainable layer kept a cache in the last forward
-   * (`has_accum_bn_grad`). Outside 'mecta' every trainable layer back-propagates.
+   * MECTA cache stopping (docs/mecta-norm.md#cache-stopping): in 'mecta' mode, whether any
+   * trainable layer kept a cache in the last forward (`has_accum_bn_grad`). Outside 'mecta' every
+   * trainable layer back-propagates.
    */
   anyLayerCaches(): boolean {
     if (this.model.normMode !== 'mecta') return true;
@@ -104,11 +146,13 @@ export class GradientAdapter {
   }
 
   /**
-   * Forward `x`, build the loss, back-propagate and step — or skip the backward entirely when the
-   * loss function returns null or no MECTA layer caches. The backward is skipped by returning a
-   * scalar that is not connected to the tape, so the engine finds no path and runs nothing.
+   * Forward `x`, build the loss and back-propagate, without touching the parameters — or skip the
+   * backward entirely when the loss function returns null or no MECTA layer caches. The backward
+   * is skipped by returning a scalar that is not connected to the tape, so the engine finds no
+   * path and runs nothing. A backward that runs sets the PyTorch `.grad` of every parameter of a
+   * non-matched layer (`hadGrad`), whether or not the gradients are applied.
    */
-  step(x: tf.Tensor4D, lossFn: LossFn): AdaptStepOutput {
+  grads(x: tf.Tensor4D, lossFn: LossFn): AdaptGrads {
     // filled inside the taped function (a holder object, because TS does not track closures)
     const out: { logits?: tf.Tensor2D; wantStep: boolean } = { wantStep: false };
     let value: tf.Tensor;
@@ -132,30 +176,38 @@ export class GradientAdapter {
       throw err;
     }
     value.dispose();
-    try {
-      if (out.wantStep) this.apply(grads);
-    } catch (err) {
-      out.logits?.dispose();
-      throw err;
-    } finally {
+    const mecta = this.model.normMode === 'mecta';
+    const matched = this.layers.map((l) => mecta && l.last?.cached !== true);
+    if (!out.wantStep) {
       for (const g of grads) g?.dispose();
+      return { logits: out.logits!, grads: null, matched };
     }
-    return { logits: out.logits!, updated: out.wantStep };
+    matched.forEach((m, li) => {
+      if (!m) this.hadGrad[2 * li] = this.hadGrad[2 * li + 1] = true;
+    });
+    // undefined = no path from the loss, i.e. a zero gradient
+    return { logits: out.logits!, grads: grads.map((g) => g ?? null), matched };
   }
 
-  /** Optimizer step with MECTA's matched-layer rule (A.6, `matchedUpdate`). */
-  private apply(grads: ReadonlyArray<tf.Tensor | undefined>): void {
-    const mecta = this.model.normMode === 'mecta';
+  /**
+   * Optimizer step from `grads` with MECTA's matched-layer rule (docs/mecta-norm.md#matched-updates):
+   * a matched layer's parameters get no gradient and move only by momentum ('momentum', once they
+   * had a gradient) or not at all ('skip'). Returns whether a step ran (not when `grads.grads` is
+   * null). Does not dispose the gradients.
+   */
+  apply(grads: Pick<AdaptGrads, 'grads' | 'matched'>): boolean {
+    const g = grads.grads;
+    if (!g) return false;
+    if (g.length !== this.params.length || grads.matched.length !== this.layers.length) {
+      throw new Error(`apply: ${g.length} gradients / ${grads.matched.length} layers for ${this.params.length} parameters / ${this.layers.length} layers`);
+    }
     const stepGrads: (tf.Tensor | null)[] = [];
     const mask: boolean[] = [];
     for (let li = 0; li < this.layers.length; li++) {
-      const matched = mecta && this.layers[li].last?.cached !== true;
       for (const i of [2 * li, 2 * li + 1]) {
-        if (!matched) {
-          // a connected parameter; undefined would mean no path, i.e. a zero gradient
-          stepGrads.push(grads[i] ?? null);
+        if (!grads.matched[li]) {
+          stepGrads.push(g[i]);
           mask.push(true);
-          this.hadGrad[i] = true;
         } else {
           // requires_grad=False in the reference: no new gradient, even from EATA's Fisher term.
           stepGrads.push(null);
@@ -164,6 +216,21 @@ export class GradientAdapter {
       }
     }
     this.optimizer.step(stepGrads, mask);
+    return true;
+  }
+
+  /** `grads` then `apply`: one forward, at most one optimizer step. */
+  step(x: tf.Tensor4D, lossFn: LossFn): AdaptStepOutput {
+    const r = this.grads(x, lossFn);
+    try {
+      this.apply(r);
+    } catch (err) {
+      r.logits.dispose();
+      throw err;
+    } finally {
+      disposeGrads(r.grads);
+    }
+    return { logits: r.logits, updated: r.grads !== null };
   }
 
   /**

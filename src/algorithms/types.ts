@@ -7,15 +7,26 @@
 import type { tf } from '../tf.js';
 import type { Classifier } from '../models/types.js';
 import type { Rng } from '../util/rng.js';
+import type { CottaAugmentOptions } from './augment.js';
 
-export const OPTIMIZERS = ['sgd', 'adam'] as const;
+export const OPTIMIZERS = ['sgd', 'adam', 'adamw'] as const;
 export type OptimizerName = (typeof OPTIMIZERS)[number];
 
 /** Options shared by the gradient-based methods (names = config keys). */
 export interface AdaptOptions {
   lr: number;
-  momentum: number; // SGD momentum (PyTorch semantics, no dampening, no nesterov)
+  momentum: number; // SGD momentum (PyTorch semantics)
   optimizer: OptimizerName;
+  /**
+   * The remaining torch.optim hyper-parameters (src/algorithms/optim.ts); unset = PyTorch's
+   * defaults (dampening 0, nesterov false, weight decay 0, betas (0.9, 0.999), eps 1e-8).
+   */
+  dampening?: number; // SGD
+  nesterov?: boolean; // SGD
+  weightDecay?: number; // SGD, Adam: L2 on the gradient; AdamW: decoupled
+  adamBeta1?: number; // Adam, AdamW
+  adamBeta2?: number;
+  adamEps?: number;
   episodic: boolean; // reset model + optimizer before each batch
   /** EATA/ETA */
   eMargin: number; // entropy threshold E0 (absolute, already resolved from 0.4·ln C)
@@ -23,7 +34,7 @@ export interface AdaptOptions {
   fisherAlpha: number;
   fisherSize: number;
   /**
-   * What a fully matched MECTA layer's parameters do in a step (algorithms.md A.6):
+   * What a fully matched MECTA layer's parameters do in a step (docs/mecta-norm.md#matched-updates):
    * 'momentum' = PyTorch 1.12 (zero grad, momentum still moves them), 'skip' = PyTorch ≥ 2.0.
    */
   matchedUpdate: 'momentum' | 'skip';
@@ -46,6 +57,17 @@ export interface AlgorithmContext {
    * size, already shuffled by the runner). Only called by algorithms that need it.
    */
   fisherData?: () => AsyncIterable<tf.Tensor4D>;
+  /**
+   * A deep copy of the model the algorithm was created with, in its current state
+   * (Classifier.clone: CoTTA's teacher and anchor, RoTTA's EMA model); the caller disposes it.
+   * Only called by algorithms that need it.
+   */
+  cloneModel?: () => Classifier;
+  /**
+   * One CoTTA augmentation of a batch (src/algorithms/augment.ts), drawing its parameters and noise
+   * from `rng`; a new tensor the caller disposes. Only called by algorithms that need it.
+   */
+  augment?: (x: tf.Tensor4D, opts?: CottaAugmentOptions) => tf.Tensor4D;
 }
 
 export interface Algorithm {

@@ -89,6 +89,15 @@ describe('config', () => {
     expect(resolveConfig(null, { accumBn: true, forgetGate: true, betaThre: '0.00125', pruneQ: '0.7' }).pruneQ).toBe(0.7);
   });
 
+  it('optimizer options torch.optim would refuse or Adam would ignore are errors', () => {
+    expect(errorOf(() => resolveConfig(null, { nesterov: true, momentum: '0' }))).toContain('--nesterov needs --momentum > 0');
+    expect(errorOf(() => resolveConfig(null, { nesterov: true, dampening: '0.1' }))).toContain('--dampening 0');
+    expect(errorOf(() => resolveConfig(null, { optimizer: 'adam', nesterov: true }))).toContain('--nesterov only takes effect with --optimizer sgd');
+    expect(errorOf(() => resolveConfig(null, { optimizer: 'adamw', adamBeta2: '1' }))).toContain('--adam-beta2: expected a number ≥ 0 and < 1');
+    const cfg = resolveConfig(null, { nesterov: true, weightDecay: '1e-4' });
+    expect([cfg.nesterov, cfg.weightDecay, cfg.dampening, cfg.adamBeta1, cfg.adamBeta2, cfg.adamEps]).toEqual([true, 1e-4, 0, 0.9, 0.999, 1e-8]);
+  });
+
   it('shipped CIFAR-10 configs load and carry the published settings', () => {
     const cfg = resolveConfig('configs/cifar10/eata-mecta.yaml', {});
     expect(cfg).toMatchObject({ alg: 'eata', lr: 0.0025, momentum: 0.9, batchSize: 16, dMargin: 0.4, fisherAlpha: 1, accumBn: true, forgetGate: true, betaThre: 0.00125, pruneQ: 0.7, bnDistMetric: 'skl', seed: 2020 });

@@ -166,6 +166,16 @@ export function validateConfig(cfg: CtaConfig): CtaConfig {
     throw new CtaError('--beta-thre only takes effect with --forget-gate (β is constant otherwise); add --forget-gate or drop it');
   }
   if (cfg.pruneQ >= 1) throw new CtaError('--prune-q: expected a number ≥ 0 and < 1 (1 would cache no channel)');
+  // torch.optim's constructor checks, and SGD-only options that Adam would silently ignore
+  for (const k of ['adamBeta1', 'adamBeta2'] as const) {
+    if (cfg[k] >= 1) throw new CtaError(`--${toKebab(k)}: expected a number ≥ 0 and < 1`);
+  }
+  if (cfg.optimizer !== 'sgd' && (cfg.nesterov || cfg.dampening !== 0)) {
+    throw new CtaError(`--${cfg.nesterov ? 'nesterov' : 'dampening'} only takes effect with --optimizer sgd; drop it or use sgd`);
+  }
+  if (cfg.nesterov && (cfg.momentum === 0 || cfg.dampening !== 0)) {
+    throw new CtaError('--nesterov needs --momentum > 0 and --dampening 0 (as torch.optim.SGD)');
+  }
   return cfg;
 }
 

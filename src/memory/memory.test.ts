@@ -63,7 +63,7 @@ function normShapes(model: Classifier, x: tf.Tensor4D): { n: number; h: number; 
   });
 }
 
-describe('analytic cache (A.9) for the RobustBench ResNeXt-29 shape', () => {
+describe('analytic cache (docs/memory.md) for the RobustBench ResNeXt-29 shape', () => {
   it('batch 16: 228.589568 MB without pruning, 68.01408 MB with prune-q 0.7 (all layers caching)', () => {
     const model = buildModel('resnext29', randomStateDict('resnext29'), { rng: new Rng(1) });
     try {

@@ -223,6 +223,12 @@ export abstract class BaseClassifier implements Classifier {
 
   abstract forward(x: tf.Tensor4D): tf.Tensor2D;
 
+  /**
+   * A new model of the same class and constructor options (the same Rng included) built from
+   * `sd`, which has this model's stateDict() keys and layouts (used by clone()).
+   */
+  protected abstract rebuild(sd: StateDict): BaseClassifier;
+
   // ------------------------------------------------------------------------------------------
   // Classifier contract
   // ------------------------------------------------------------------------------------------
@@ -299,6 +305,23 @@ export abstract class BaseClassifier implements Classifier {
     writeEntries(this.entries, sd, this.arch);
   }
 
+  /**
+   * Classifier.clone: the subclass rebuilds itself from the current stateDict() (every parameter
+   * and buffer, input normalisation included) with its own constructor options, so the copy gets
+   * fresh variables, folded filters and input-normalisation tensors; then the copy takes over the
+   * model-level and per-layer state that is not in a state_dict.
+   */
+  clone(): BaseClassifier {
+    if (this.disposed) throw new CtaError(`${this.arch}: model used after dispose()`, 1);
+    const copy = this.rebuild(toRawStateDict(this.stateDict()));
+    copy.mode = this.mode;
+    copy.mecta = this.mecta ? { ...this.mecta } : null;
+    copy.chooser = this.chooser;
+    this.norms.forEach((layer, i) => copy.norms[i].copyStateFrom(layer));
+    this.weightVars.forEach((w, i) => (copy.weightVars[i].variable.trainable = w.variable.trainable));
+    return copy;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
@@ -306,6 +329,22 @@ export abstract class BaseClassifier implements Classifier {
     this.inputMean?.dispose();
     this.inputInvStd?.dispose();
   }
+}
+
+/**
+ * A stateDict() result as the raw float32 state dict the model constructors read (PyTorch
+ * layouts, as a weight file would give them); disposes the tensors.
+ */
+export function toRawStateDict(sd: Map<string, tf.Tensor>): StateDict {
+  const out: StateDict = new Map();
+  try {
+    for (const [key, t] of sd) {
+      out.set(key, { dtype: 'float32', shape: t.shape.slice(), data: Float32Array.from(t.dataSync()) });
+    }
+  } finally {
+    for (const t of sd.values()) t.dispose();
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -94,6 +94,13 @@ export class LayerNormLayer implements NormLayer {
     this.record = null;
   }
 
+  /** Takes over `other`'s non-tensor state (trainable flag, past_size, last record) for a model copy. */
+  copyStateFrom(other: LayerNormLayer): void {
+    this.pastSize = other.pastSize;
+    this.record = other.record ? { ...other.record } : null;
+    this.trainable = other.trainable;
+  }
+
   /** Normalises over the last axis of `x` (any rank ≥ 1 whose last dimension is numFeatures). */
   apply<T extends tf.Tensor>(x: T): T {
     if (x.rank < 1 || x.shape[x.rank - 1] !== this.numFeatures) {

@@ -54,7 +54,7 @@ function forwardBackward(layer: BatchNormLayer, x: tf.Tensor4D, g: tf.Tensor4D):
   return [value, ...grads.map((d, i) => d ?? tf.zerosLike([x, layer.weight, layer.bias][i]))];
 }
 
-describe('meanDistance (A.4 test vectors)', () => {
+describe('meanDistance (docs/mecta-norm.md test vectors)', () => {
   it('matches the table', () => {
     const d = (m: DistMetric, a: number[]) => meanDistance(m, [a[0]], [a[1]], [a[2]], [a[3]]);
     expect(d('skl', [0.5, 2, 0, 1])).toBeCloseTo(0.436969, 6);
@@ -69,7 +69,7 @@ describe('meanDistance (A.4 test vectors)', () => {
   });
 });
 
-describe('MECTA mode against the float64 reference fixtures (A.3–A.8)', () => {
+describe('MECTA mode against the float64 reference fixtures (forward, gate, pruning, backward)', () => {
   for (const name of CASES) {
     it(name, async () => {
       const sd = await readSafetensors(join(FIX, `${name}.safetensors`));

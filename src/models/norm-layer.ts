@@ -177,6 +177,20 @@ export class BatchNormLayer implements NormLayer {
     this.record = null;
   }
 
+  /**
+   * Takes over `other`'s non-tensor state (mode, MECTA options, past_size, matched flag, last
+   * record, trainable flag), for a model copy (Classifier.clone) whose variables already hold
+   * `other`'s values.
+   */
+  copyStateFrom(other: BatchNormLayer): void {
+    this.normMode = other.normMode;
+    this.mectaOpts = other.mectaOpts ? { ...other.mectaOpts } : null;
+    this.pastSize = other.pastSize;
+    this.fullMatched = other.fullMatched;
+    this.record = other.record ? { ...other.record } : null;
+    this.trainable = other.trainable;
+  }
+
   dispose(): void {
     this.weight.dispose();
     this.bias.dispose();

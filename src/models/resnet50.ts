@@ -116,7 +116,7 @@ export class ResNet50 extends BaseClassifier {
   private normTensors: [tf.Tensor1D, tf.Tensor1D] | null = null;
 
   /** `sd` must already match `resnetExpectedKeys(arch)` (the registry checks it). */
-  constructor(sd: StateDict, arch: ResNetArch, opts: ResNetOptions) {
+  constructor(sd: StateDict, arch: ResNetArch, private readonly opts: ResNetOptions) {
     super(sd, opts.rng);
     this.architecture = arch;
     this.numClasses = arch.numClasses;
@@ -155,6 +155,11 @@ export class ResNet50 extends BaseClassifier {
     this.normTensors?.forEach((t) => t.dispose());
     this.normTensors = next;
     this.normValues = { mean: [...mean], std: [...std] };
+  }
+
+  /** `normalize.*` come with `sd` when the weights had them; otherwise `opts` gives the same fallback. */
+  protected rebuild(sd: StateDict): ResNet50 {
+    return new ResNet50(sd, this.architecture, this.opts);
   }
 
   /** The input normalisation (mean, std) the model applies. */

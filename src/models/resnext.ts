@@ -110,7 +110,7 @@ export class CifarResNeXt extends BaseClassifier {
   private readonly classifier: Linear;
 
   /** `sd` must already match `resnextExpectedKeys(arch)` (the registry checks it). */
-  constructor(sd: StateDict, arch: ResNeXtArch, opts: ResNeXtOptions) {
+  constructor(sd: StateDict, arch: ResNeXtArch, private readonly opts: ResNeXtOptions) {
     super(sd, opts.rng, { trainable: opts.trainWeights === true });
     this.architecture = arch;
     this.numClasses = arch.numClasses;
@@ -130,6 +130,10 @@ export class CifarResNeXt extends BaseClassifier {
       this.dispose(); // a half-built model must not leak its tensors
       throw e;
     }
+  }
+
+  protected rebuild(sd: StateDict): CifarResNeXt {
+    return new CifarResNeXt(sd, this.architecture, this.opts);
   }
 
   forward(x: tf.Tensor4D): tf.Tensor2D {

@@ -98,5 +98,15 @@ export interface Classifier {
   stateDict(): Map<string, tf.Tensor>;
   /** Loads values (same keys/shapes as stateDict) into the variables. */
   loadStateDict(sd: Map<string, tf.Tensor>): void;
+  /**
+   * A deep copy in the current state (the teacher and anchor of CoTTA, Wang et al., CVPR 2022; the
+   * EMA model of RoTTA, Yuan et al., CVPR 2023): its own variable for every parameter and buffer, and
+   * its own norm mode, MECTA options and per-layer state, and trainable flags, so updating either
+   * model leaves the other as it was. The copy draws MECTA's pruned channels from the same seeded
+   * generator as the original (the run's pruning stream, which checkpoints save and restore).
+   * Dispose the copy on its own; it frees everything it holds.
+   */
+  clone(): Classifier;
+  /** Frees every tensor the model holds (idempotent). */
   dispose(): void;
 }

@@ -21,7 +21,7 @@ import { CtaError } from '../util/errors.js';
 import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
 import type { InputNorm } from './base.js';
-import { readEntries, setNormTrainable, trainableNormParams, writeEntries, type StateEntry } from './base.js';
+import { readEntries, setNormTrainable, toRawStateDict, trainableNormParams, writeEntries, type StateEntry } from './base.js';
 import { Conv2d, Linear, add, customOp, rawToTensor, reshape, usingTemps } from './layers.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { UNKNOWN, childCount, dimOf } from './infer.js';
@@ -249,7 +249,7 @@ export class VisionTransformer implements Classifier {
   private readonly scale: number;
 
   /** `sd` must already match `vitExpectedKeys(arch)` (the registry checks it). */
-  constructor(sd: StateDict, arch: VitArch, opts: VitOptions = {}) {
+  constructor(sd: StateDict, arch: VitArch, private readonly opts: VitOptions = {}) {
     this.sd = sd;
     this.architecture = arch;
     this.config = { ...VIT_B16_CONFIG, ...opts.config };
@@ -458,6 +458,15 @@ export class VisionTransformer implements Classifier {
 
   loadStateDict(sd: Map<string, tf.Tensor>): void {
     writeEntries(this.entries, sd, this.arch);
+  }
+
+  /** Classifier.clone: rebuilt from the current stateDict() with the same options, then the mode and per-layer state. */
+  clone(): VisionTransformer {
+    if (this.disposed) throw new CtaError(`${this.arch}: model used after dispose()`, 1);
+    const copy = new VisionTransformer(toRawStateDict(this.stateDict()), this.architecture, this.opts);
+    copy.mode = this.mode;
+    this.norms.forEach((layer, i) => copy.norms[i].copyStateFrom(layer));
+    return copy;
   }
 
   dispose(): void {

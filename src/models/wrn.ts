@@ -103,7 +103,7 @@ export class WideResNet extends BaseClassifier {
   private readonly finalBn: BatchNormLayer;
   private readonly fc: Linear;
 
-  constructor(sd: StateDict, arch: WrnArch, opts: WrnOptions) {
+  constructor(sd: StateDict, arch: WrnArch, private readonly opts: WrnOptions) {
     super(sd, opts.rng);
     this.architecture = arch;
     this.numClasses = arch.numClasses;
@@ -131,6 +131,10 @@ export class WideResNet extends BaseClassifier {
       this.dispose(); // a half-built model must not leak its tensors
       throw e;
     }
+  }
+
+  protected rebuild(sd: StateDict): WideResNet {
+    return new WideResNet(sd, this.architecture, this.opts);
   }
 
   private block(b: BasicBlock, x: tf.Tensor4D): tf.Tensor4D {

@@ -16,6 +16,7 @@ import { buildModel } from '../models/registry.js';
 import type { Classifier, MectaOptions } from '../models/types.js';
 import { ALGORITHMS } from '../algorithms/registry.js';
 import type { AdaptOptions, Algorithm } from '../algorithms/types.js';
+import { copiesAndAugmentation } from '../algorithms/context.js';
 import { batchOrder, openDomain, streamFingerprint, type DomainSource, type DomainStream, type FingerprintEntry } from '../data/stream.js';
 import { openDataSource } from '../data/registry.js';
 import { accountCache, MB } from './accounting.js';
@@ -101,6 +102,12 @@ export function adaptOptions(cfg: CtaConfig): AdaptOptions {
     lr: cfg.lr,
     momentum: cfg.momentum,
     optimizer: cfg.optimizer,
+    dampening: cfg.dampening,
+    nesterov: cfg.nesterov,
+    weightDecay: cfg.weightDecay,
+    adamBeta1: cfg.adamBeta1,
+    adamBeta2: cfg.adamBeta2,
+    adamEps: cfg.adamEps,
     episodic: cfg.episodic,
     eMargin: cfg.eMargin ?? 0,
     dMargin: cfg.dMargin,
@@ -218,9 +225,11 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   writer.writeJson('manifest.json', manifest);
   position.resumable = true;
 
+  const algRng = new Rng(cfg.seed + 3);
   const ctx = {
-    rng: new Rng(cfg.seed + 3),
+    rng: algRng,
     fisherData: fisherBatches(() => openDomain(source, 'original'), cfg.fisherSize, cfg.batchSize, cfg.seed),
+    ...copiesAndAugmentation(model, algRng),
   };
   let alg: Algorithm;
   try {
