@@ -6,7 +6,7 @@
  * --warmup steps) and the step's peak tensor bytes (tf.profile peakBytes minus the bytes alive
  * before the step). Each measurement runs in its own process with a fresh model built from random
  * RobustBench-shaped weights. Prints one JSON line per measurement on stdout, then a summary table.
- * The PyTorch CPU reference (../shared/tools/pytorch-reference/, when Debian python3-torch is there)
+ * The PyTorch CPU reference (the --torch-dir folder, outside the repository; when Debian python3-torch is there)
  * adds the ratio TF.js / PyTorch where the reference has the model (ResNeXt-29 only);
  * --no-compare-torch skips it.
  */
@@ -38,7 +38,8 @@ const HELP = `npm run bench -- [flags]
   --modes LIST         default ${DEFAULT_MODES.join(',')} (also: ${Object.keys(MODES).filter((m) => !DEFAULT_MODES.includes(m)).join(',')})
   --reps N             timed steps per measurement (default 7; --quick 5)
   --warmup N           untimed steps first (default 2; --quick 1), then 1 profiled step
-  --backends LIST      tensorflow,wasm,cpu (default: tensorflow when tfjs-node(-gpu) is installed, and wasm)
+  --backends LIST      tensorflow,webgpu,wasm,cpu (default: tensorflow when tfjs-node(-gpu) is installed, and wasm;
+                       webgpu only when named: it takes a software adapter too, see README "GPU")
   --threads LIST       WASM thread counts to measure, 0 = one per CPU (default 0; e.g. 1,2 compares)
   --no-compare-torch   skip the PyTorch CPU reference (default: time it when available and print
                        TF.js / PyTorch)
@@ -117,6 +118,7 @@ function note(r) {
   if (r.mode.includes('mecta')) parts.push(`cached ${r.cachedLayersMean}/${r.normLayers} BN`);
   if (r.updatedSteps !== undefined && MODES[r.mode].alg !== 'source' && MODES[r.mode].alg !== 'norm' && r.updatedSteps < r.reps) parts.push(`updated ${r.updatedSteps}/${r.reps}`);
   if (r.leakedTensors) parts.push(`LEAK ${r.leakedTensors} tensors`);
+  if (typeof r.gpuStepPeakBytes === 'number') parts.push(`GPU step peak ${mb(r.gpuStepPeakBytes)} MB, pool ${mb(r.gpuPoolBytes)} MB`);
   if (r.torchError) parts.push(r.torchError);
   return parts.join('; ');
 }
@@ -272,7 +274,7 @@ async function main() {
   const native = nativeInstalled();
   const backends = list(values.backends) ?? (native ? ['tensorflow', 'wasm'] : ['wasm']);
   for (const b of backends) {
-    if (!['tensorflow', 'wasm', 'cpu'].includes(b)) throw new Error(`--backends: unknown '${b}' (tensorflow, wasm, cpu)`);
+    if (!['tensorflow', 'webgpu', 'wasm', 'cpu'].includes(b)) throw new Error(`--backends: unknown '${b}' (tensorflow, webgpu, wasm, cpu)`);
     if (b === 'tensorflow' && !native) throw new Error('--backends tensorflow: neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed (see README "Benchmarks")');
   }
   const threadList = list(values.threads)?.map((t) => {

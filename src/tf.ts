@@ -7,17 +7,18 @@ import '@tensorflow/tfjs-backend-wasm';
 import { createRequire } from 'node:module';
 import { CtaError } from './util/errors.js';
 import { MAX_WASM_THREADS, autoThreads, setWasmBackendThreaded } from './wasm-threads.js';
+import { startWebGpu, type WebGpuAdapter } from './webgpu.js';
 
 export { tf };
 
-export const BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKENDS = ['auto', 'tensorflow', 'webgpu', 'wasm', 'cpu'] as const;
 export type BackendName = (typeof BACKENDS)[number];
 
 const require = createRequire(import.meta.url);
 
 /** Tries the optional native bindings; returns the package name that loaded, or null. */
-function loadNative(): { pkg: string; gpu: boolean } | null {
-  for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+function loadNative(pkgs = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']): { pkg: string; gpu: boolean } | null {
+  for (const pkg of pkgs) {
     try {
       require(pkg);
       return { pkg, gpu: pkg.endsWith('-gpu') };
@@ -30,8 +31,9 @@ function loadNative(): { pkg: string; gpu: boolean } | null {
 
 export interface BackendInfo {
   requested: BackendName;
-  name: string; // tfjs backend name actually active: 'tensorflow' | 'wasm' | 'cpu'
+  name: string; // tfjs backend name actually active: 'tensorflow' | 'webgpu' | 'wasm' | 'cpu'
   nativePackage: string | null;
+  adapter?: WebGpuAdapter; // webgpu: the adapter in use
   notice: string | null; // one line to print when a faster backend was wanted but is absent
   threads: number; // WASM: XNNPACK threads in use (1 = the single-thread SIMD build); others: 0
 }
@@ -41,10 +43,11 @@ let active: BackendInfo | null = null;
 /**
  * WASM's Identity kernel copies the tensor's bytes, and tfjs-core runs it for every tensor a
  * custom gradient saves (`customGrad`'s save clones) and for every `clone()`: in a ResNeXt-29 b16
- * Tent step, 175 copies (each saved BN input is a whole activation), ~50 ms and one extra copy of
- * each saved activation while the forward runs. Tensors are immutable (variables swap their data
- * id on assign, no kernel writes into its inputs), so the clone can share the data with a
- * reference count, as tfjs's own cpu backend and WASM's Reshape do.
+ * Tent step, 175 copies (each saved BN input is a whole activation; timing in
+ * docs/porting.md#measurements) and one extra copy of each saved activation while the forward
+ * runs. Tensors are immutable (variables swap their data id on assign, no kernel writes into its
+ * inputs), so the clone can share the data with a reference count, as tfjs's own cpu backend and
+ * WASM's Reshape do (docs/porting.md#identity-copies).
  */
 function shareIdentityOnWasm(): void {
   const stock = tf.getKernel('Identity', 'wasm');
@@ -65,7 +68,8 @@ function shareIdentityOnWasm(): void {
 }
 
 /**
- * auto: tfjs-node-gpu (GPU visible) > tfjs-node > wasm > cpu. An explicit choice that cannot be
+ * auto: tfjs-node-gpu (GPU visible) > webgpu on a hardware adapter (src/webgpu.ts) > tfjs-node >
+ * wasm > cpu; `webgpu` by name also takes a software adapter. An explicit choice that cannot be
  * honoured is an error, never a silent switch. `threads` (WASM only): 0 = `autoThreads()`, 1 = the
  * single-thread SIMD build, n > 1 = the threaded-SIMD build with n XNNPACK threads. The first call
  * in a process decides; later calls return the same backend.
@@ -78,9 +82,20 @@ export async function initBackend(requested: BackendName = 'auto', threads = 0):
   let notice: string | null = null;
   let nativePackage: string | null = null;
   let target: string;
-  if (requested === 'tensorflow' || requested === 'auto') {
-    const native = loadNative();
-    if (native) {
+  let adapter: WebGpuAdapter | undefined;
+  if (requested === 'webgpu') {
+    const gpu = await startWebGpu(tf, { allowSoftware: true });
+    if (!gpu.ok) throw new CtaError(`--backend webgpu: ${gpu.reason}`);
+    ({ adapter, notice } = gpu);
+    target = 'webgpu';
+  } else if (requested === 'tensorflow' || requested === 'auto') {
+    let native = loadNative(['@tensorflow/tfjs-node-gpu']);
+    const gpu = !native && requested === 'auto' ? await startWebGpu(tf, { allowSoftware: false }) : null;
+    if (gpu?.ok) ({ adapter, notice } = gpu);
+    else native ??= loadNative(['@tensorflow/tfjs-node']);
+    if (adapter) {
+      target = 'webgpu';
+    } else if (native) {
       nativePackage = native.pkg;
       target = 'tensorflow';
     } else if (requested === 'tensorflow') {
@@ -126,6 +141,6 @@ export async function initBackend(requested: BackendName = 'auto', threads = 0):
   }
   await tf.ready();
   if (tf.getBackend() === 'wasm') shareIdentityOnWasm();
-  active = { requested, name: tf.getBackend(), nativePackage, notice, threads: tf.getBackend() === 'wasm' ? wasmThreads : 0 };
+  active = { requested, name: tf.getBackend(), nativePackage, notice, threads: tf.getBackend() === 'wasm' ? wasmThreads : 0, ...(adapter ? { adapter } : {}) };
   return active;
 }

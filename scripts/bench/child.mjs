@@ -15,8 +15,9 @@ import { tf, initBackend } from '../../dist/tf.js';
 import { buildModel } from '../../dist/models/registry.js';
 import { ALGORITHMS } from '../../dist/algorithms/registry.js';
 import { resolveConfig } from '../../dist/config/load.js';
-import { adaptOptions, mectaOptions } from '../../dist/runner/continual.js';
+import { adaptOptions, configureRunNorm } from '../../dist/runner/continual.js';
 import { Rng } from '../../dist/util/rng.js';
+import { MemoryProbe } from '../../dist/memory/probe.js';
 import { MODES } from './modes.mjs';
 import { benchStateDict } from './weights.mjs';
 
@@ -75,6 +76,7 @@ async function measure(spec) {
     backend: info.name,
     threads: info.threads,
     nativePackage: info.nativePackage,
+    ...(info.adapter ? { adapter: info.adapter } : {}),
     tfjs: tf.version.tfjs,
     model: spec.model,
     batch: spec.batch,
@@ -108,8 +110,7 @@ async function measure(spec) {
   }
   if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
   try {
-    if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
-    else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
+    configureRunNorm(cfg, model);
   } catch (e) {
     model.dispose();
     return { ...out, status: 'unsupported', error: e.message }; // e.g. MECTA on a LayerNorm model
@@ -128,13 +129,17 @@ async function measure(spec) {
   const alg = await ALGORITHMS[cfg.alg].create(model, adaptOptions(cfg), ctx);
   out.createMs = Math.round(performance.now() - tCreate);
 
-  const stepOnce = async (profile) => {
+  // webgpu: the GPU's live buffer bytes of one timed step. Not under tf.profile, where the backend
+  // holds every disposed buffer until the profiled function ends.
+  const gpuProbe = info.name === 'webgpu' ? new MemoryProbe(false) : null;
+  const stepOnce = async (profile, measureGpu = false) => {
     const x = randomBatch(dataRng, spec.batch, model.inputShape);
     let res;
     let ms = 0;
     let cpuMs = 0;
     let peak = null;
     let kernels = null;
+    let gpu = null;
     if (profile) {
       const before = tf.memory().numBytes;
       const prof = await tf.profile(() => {
@@ -145,18 +150,22 @@ async function measure(spec) {
       kernels = topKernels(prof.kernels);
       await res.logits.data();
     } else {
+      const probe = measureGpu ? gpuProbe : null;
+      probe?.begin();
       const c0 = process.cpuUsage();
       const t0 = performance.now();
       res = alg.step(x);
       await res.logits.data(); // the step is done when its logits can be read
       ms = performance.now() - t0;
+      const mem = probe?.end();
+      if (mem?.gpuPeakBytes !== undefined) gpu = { peak: mem.gpuPeakBytes - mem.gpuStartBytes, pool: mem.gpuAllocatedBytes };
       const c = process.cpuUsage(c0); // this process only: less sensitive to other jobs than wall time
       cpuMs = (c.user + c.system) / 1000;
     }
     res.logits.dispose();
     x.dispose();
     const cached = model.normLayers.filter((l) => l.last && l.last.cached).length;
-    return { ms, cpuMs, peak, kernels, updated: res.updated, used: res.used, cached };
+    return { ms, cpuMs, peak, gpu, kernels, updated: res.updated, used: res.metrics?.used, cached };
   };
 
   const tWarm = performance.now();
@@ -175,7 +184,11 @@ async function measure(spec) {
   let usedCount = 0;
   let cached = 0;
   for (let i = 0; i < spec.reps; i++) {
-    const r = await stepOnce(false);
+    const r = await stepOnce(false, i === 0);
+    if (r.gpu) {
+      out.gpuStepPeakBytes = r.gpu.peak;
+      out.gpuPoolBytes = r.gpu.pool;
+    }
     times.push(r.ms);
     cpuTimes.push(r.cpuMs);
     if (r.updated) updated++;

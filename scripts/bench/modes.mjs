@@ -1,6 +1,6 @@
 /**
  * Benchmark modes → the runner configuration they use (configs/cifar10/*.yaml) and the matching
- * PyTorch reference mode of ../shared/tools/pytorch-reference/bench_torch.py (null: none there).
+ * PyTorch reference mode of bench_torch.py in the --torch-dir folder (null: none there).
  */
 export const MODES = {
   // Eval-mode BN (running statistics), forward only: the Source model.

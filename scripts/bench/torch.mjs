@@ -1,5 +1,5 @@
 /**
- * The PyTorch CPU reference (../shared/tools/pytorch-reference/): the same RobustBench ResNeXt-29
+ * The PyTorch CPU reference (bench.mjs --torch-dir, outside the repository): the same RobustBench ResNeXt-29
  * (cardinality 4, base width 32) timed by bench_torch.py and profiled by mem_torch.py. Only the
  * ResNeXt exists there; other models get no ratio.
  */

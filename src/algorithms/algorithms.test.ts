@@ -198,7 +198,7 @@ const flatParams = (m: Toy) => m.normLayers.flatMap((l) => [vals(l.weight), vals
 
 describe('registry', () => {
   it('lists the five methods', () => {
-    expect(ALGORITHM_NAMES).toEqual(['source', 'norm', 'tent', 'eta', 'eata']);
+    expect(ALGORITHM_NAMES).toEqual(['source', 'norm', 'tent', 'eta', 'eata', 'sar', 'deyo']);
     expect(ALGORITHMS.tent.usesGradients).toBe(true);
     expect(ALGORITHMS.norm.usesGradients).toBe(false);
   });
@@ -298,7 +298,8 @@ describe('tent', () => {
       r = alg.step(x2);
       r.logits.dispose();
       const st = alg.saveState();
-      const buf = [vals(st.get('optim.sgd.momentum_buffer.0')!), vals(st.get('optim.sgd.momentum_buffer.1')!)];
+      // saved optimizer state is keyed by PyTorch names (GradientAdapter.saveState)
+      const buf = [vals(st.get('optim.sgd.momentum_buffer.a.weight')!), vals(st.get('optim.sgd.momentum_buffer.a.bias')!)];
       tf.dispose([...st.values()]);
       const pa1 = flatParams(m).slice(0, 2);
       const pb1 = flatParams(m).slice(2);
@@ -367,7 +368,7 @@ describe('eta / eata', () => {
     const x = batch(21);
     const p0 = flatParams(m);
     const r = alg.step(x);
-    expect(r).toMatchObject({ updated: false, reliable: 0, used: 0 });
+    expect(r).toMatchObject({ updated: false, metrics: { reliable: 0, used: 0 } });
     expect(flatParams(m)).toEqual(p0);
     const st = alg.saveState();
     expect(st.has('eta.probs')).toBe(false);
@@ -390,7 +391,7 @@ describe('eta / eata', () => {
     const p0 = flatParams(m);
     const alg = await ALGORITHMS.eta.create(m, options({ eMargin: e0, dMargin: 1.5 }), ctxWith());
     const r1 = alg.step(x1);
-    expect(r1).toMatchObject({ updated: true, reliable: 6, used: 6 });
+    expect(r1).toMatchObject({ updated: true, metrics: { reliable: 6, used: 6 } });
     flatParams(m).forEach((p, i) => expectClose(p, p0[i].map((v, k) => v - 0.05 * g[i][k]), 1e-4));
     const probs1 = tf.mean(tf.softmax(r1.logits), 0);
     let st = alg.saveState();
@@ -398,7 +399,7 @@ describe('eta / eata', () => {
     tf.dispose([...st.values()]);
     // everything passes |cos| < 1.5: m ← 0.9·m + 0.1·mean(p)
     const r2 = alg.step(x2);
-    expect(r2).toMatchObject({ updated: true, reliable: 6, used: 6 });
+    expect(r2).toMatchObject({ updated: true, metrics: { reliable: 6, used: 6 } });
     const probs2 = tf.add(tf.mul(probs1, 0.9), tf.mul(tf.mean(tf.softmax(r2.logits), 0), 0.1));
     st = alg.saveState();
     expectClose(vals(st.get('eta.probs')!), vals(probs2), 1e-6);
@@ -408,9 +409,9 @@ describe('eta / eata', () => {
     // dMargin 0: all reliable samples are redundant → no step, m unchanged
     const alg2 = await ALGORITHMS.eta.create(m, options({ eMargin: e0, dMargin: 0 }), ctxWith());
     const r3 = alg2.step(x1);
-    expect(r3).toMatchObject({ updated: true, used: 6 }); // first batch: no m yet
+    expect(r3).toMatchObject({ updated: true, metrics: { used: 6 } }); // first batch: no m yet
     const r4 = alg2.step(x2);
-    expect(r4).toMatchObject({ updated: false, reliable: 6, used: 0 });
+    expect(r4).toMatchObject({ updated: false, metrics: { reliable: 6, used: 0 } });
     tf.dispose([x1, x2, z1, coeff, probs1, probs2, r1.logits, r2.logits, r3.logits, r4.logits]);
     alg2.dispose();
     m.dispose();
@@ -444,7 +445,7 @@ describe('eta / eata', () => {
     const x2 = batch(32);
     alg.step(x1).logits.dispose();
     st = alg.saveState();
-    const buf = keys.map((_, i) => vals(st.get(`optim.sgd.momentum_buffer.${i}`)!));
+    const buf = keys.map((k) => vals(st.get(`optim.sgd.momentum_buffer.${k}`)!));
     tf.dispose([...st.values()]);
     const p1 = flatParams(m);
     const z2 = m.forward(x2);
@@ -497,7 +498,11 @@ describe('eta / eata', () => {
 
 describe('tensor hygiene', () => {
   for (const name of ALGORITHM_NAMES) {
+    // deyo shuffles a 4 × 4 grid of patches, which the Toy's 2 × 2 images lack (deyo.test.ts)
+    if (name === 'deyo') continue;
     for (const mecta of [false, true]) {
+      // sar's model resets free the momentum buffers until the next step (sar.test.ts checks it)
+      if (name === 'sar' && !mecta) continue;
       it(`${name}${mecta ? ' + MECTA' : ''}: 20 steps leak no tensor`, async () => {
         const m = new Toy();
         if (mecta) m.setNormMode('mecta', MECTA);

@@ -176,7 +176,7 @@ async function run(leg: Leg, alg: 'tent' | 'eata', mecta: MectaOptions | null, s
       x.dispose();
       out.logits.push(r.logits.dataSync() as Float32Array);
       r.logits.dispose();
-      out.counts.push([Number(r.updated), r.reliable, r.used]);
+      out.counts.push([Number(r.updated), r.metrics?.reliable, r.metrics?.used]);
       out.betas.push(model.normLayers.map((l) => l.last?.beta ?? NaN));
       out.matched.push(model.normLayers.map((l) => l.last?.cached === false));
       if (s === 0) read(out.first, ['weight', 'bias']);

@@ -9,16 +9,7 @@ import type { Classifier, MectaOptions, NormLayer } from '../models/types.js';
 import type { AdaptOptions } from './types.js';
 import { createOptimizer, type Optimizer, type OptimizerOptions } from './optim.js';
 import { CtaError } from '../util/errors.js';
-
-/**
- * docs/methods.md#configuration: without MECTA the norm layers normalise with the current batch
- * statistics ('batch', running buffers unused); when the runner already switched the model to
- * 'mecta' (--accum-bn, set before `create()`), that mode is kept because the accumulated
- * statistics replace the buffers.
- */
-export function useAdaptiveNorm(model: Classifier): void {
-  if (model.normMode !== 'mecta') model.setNormMode('batch');
-}
+import { moduleOf, nLayerFilter, trainingParameters } from './param-select.js';
 
 /**
  * The MECTA options the model currently runs with, needed to switch back to 'mecta' after a
@@ -48,10 +39,8 @@ export function optimizerOptions(opts: AdaptOptions): OptimizerOptions {
   };
 }
 
-/** Key of a parameter in saved state: its PyTorch name. */
-function paramKeys(layers: readonly NormLayer[]): string[] {
-  return layers.flatMap((l) => [`${l.name}.weight`, `${l.name}.bias`]);
-}
+/** Optimizer state keys end in the flat parameter index (optim.ts); saved state uses the name. */
+const INDEX_SUFFIX = /^(.*)\.(\d+)$/;
 
 /** Per-batch outcome of {@link GradientAdapter.step}. */
 export interface AdaptStepOutput {
@@ -76,8 +65,9 @@ export interface AdaptGrads {
    */
   grads: (tf.Tensor | null)[] | null;
   /**
-   * Per trainable layer: fully matched in this forward (MECTA mode, no cache kept,
-   * docs/mecta-norm.md#matched-updates), so `apply` gives its parameters no gradient.
+   * Per trainable norm layer (`GradientAdapter.layers`): fully matched in this forward (MECTA
+   * mode, no cache kept, docs/mecta-norm.md#matched-updates), so `apply` gives its parameters no
+   * gradient.
    */
   matched: boolean[];
 }
@@ -87,17 +77,24 @@ export function disposeGrads(grads: ReadonlyArray<tf.Tensor | null> | null): voi
 }
 
 /**
- * Owns the trainable norm parameters of a model and their optimizer. One `step` = one forward,
+ * Owns the parameters of a model that `requiresGrad` selected (norm-layer affines by default,
+ * docs/methods.md#configuration; the last N BatchNorm layers with `nLayer`, MECTA's filter=N;
+ * any conv/linear/embedding the method chose) and their optimizer. One `step` = one forward,
  * the prediction from that forward (pre-update, docs/methods.md#configuration), and at most one
  * optimizer step. `step` is `grads` then `apply`; a method that needs several forward/backward
  * passes per batch (e.g. SAM's perturbed second gradient) calls the two itself.
  */
 export class GradientAdapter {
-  /** Trainable norm layers, module order; params are [w0, b0, w1, b1, …]. */
+  /** Trainable norm layers, module order (MECTA's matched-layer rule and cache stopping). */
   readonly layers: readonly NormLayer[];
+  /** The trained variables, state_dict order (norm-only: [w0, b0, w1, b1, …] as before). */
   readonly params: readonly tf.Variable[];
-  /** PyTorch names of `params` ('<layer>.weight' / '<layer>.bias'). */
+  /** PyTorch names of `params` (`Classifier.parameters()` names). */
   readonly keys: readonly string[];
+  /** Per parameter: index into `layers` of its norm layer, or −1 (not a norm-layer parameter). */
+  readonly layerOf: readonly number[];
+  /** Whether anything but norm-layer affines trains (those always back-propagate). */
+  private readonly nonNorm: boolean;
   readonly optimizer: Optimizer;
   /**
    * Whether parameter i has ever received a gradient. Models PyTorch 1.12, where `.grad` stays
@@ -113,12 +110,17 @@ export class GradientAdapter {
     readonly opts: AdaptOptions,
     algName: string,
   ) {
-    this.layers = model.normLayers.filter((l) => l.trainable);
-    if (this.layers.length === 0) {
-      throw new CtaError(`${algName} needs trainable norm-layer parameters, but no norm layer is trainable`);
+    if (opts.nLayer !== undefined && opts.nLayer !== null) model.requiresGrad(nLayerFilter(model, opts.nLayer));
+    const selected = trainingParameters(model);
+    if (selected.length === 0) {
+      throw new CtaError(`${algName} needs trainable parameters, but no norm layer is trainable and no other parameter requires grad`);
     }
-    this.params = this.layers.flatMap((l) => [l.weight, l.bias]);
-    this.keys = paramKeys(this.layers);
+    this.layers = model.normLayers.filter((l) => l.trainable);
+    const layerIndex = new Map(this.layers.map((l, i) => [l.name, i]));
+    this.params = selected.map((p) => p.variable!);
+    this.keys = selected.map((p) => p.name);
+    this.layerOf = selected.map((p) => (p.kind === 'norm' ? (layerIndex.get(moduleOf(p.name)) ?? -1) : -1));
+    this.nonNorm = selected.some((p) => p.kind !== 'norm');
     this.optimizer = createOptimizer(opts.optimizer, this.params, optimizerOptions(opts));
     this.hadGrad = this.params.map(() => false);
     this.initialModel = model.stateDict();
@@ -141,7 +143,7 @@ export class GradientAdapter {
    * trainable layer back-propagates.
    */
   anyLayerCaches(): boolean {
-    if (this.model.normMode !== 'mecta') return true;
+    if (this.model.normMode !== 'mecta' || this.nonNorm) return true;
     return this.layers.some((l) => l.last?.cached === true);
   }
 
@@ -182,8 +184,8 @@ export class GradientAdapter {
       for (const g of grads) g?.dispose();
       return { logits: out.logits!, grads: null, matched };
     }
-    matched.forEach((m, li) => {
-      if (!m) this.hadGrad[2 * li] = this.hadGrad[2 * li + 1] = true;
+    this.layerOf.forEach((li, i) => {
+      if (li < 0 || !matched[li]) this.hadGrad[i] = true;
     });
     // undefined = no path from the loss, i.e. a zero gradient
     return { logits: out.logits!, grads: grads.map((g) => g ?? null), matched };
@@ -203,18 +205,16 @@ export class GradientAdapter {
     }
     const stepGrads: (tf.Tensor | null)[] = [];
     const mask: boolean[] = [];
-    for (let li = 0; li < this.layers.length; li++) {
-      for (const i of [2 * li, 2 * li + 1]) {
-        if (!grads.matched[li]) {
-          stepGrads.push(g[i]);
-          mask.push(true);
-        } else {
-          // requires_grad=False in the reference: no new gradient, even from EATA's Fisher term.
-          stepGrads.push(null);
-          mask.push(this.opts.matchedUpdate === 'momentum' && this.hadGrad[i]);
-        }
+    this.layerOf.forEach((li, i) => {
+      if (li < 0 || !grads.matched[li]) {
+        stepGrads.push(g[i]);
+        mask.push(true);
+      } else {
+        // requires_grad=False in the reference: no new gradient, even from EATA's Fisher term.
+        stepGrads.push(null);
+        mask.push(this.opts.matchedUpdate === 'momentum' && this.hadGrad[i]);
       }
-    }
+    });
     this.optimizer.step(stepGrads, mask);
     return true;
   }
@@ -248,14 +248,31 @@ export class GradientAdapter {
     for (const l of this.model.normLayers) l.reset();
   }
 
+  /**
+   * Optimizer slots keyed by parameter name, `optim.<slot>.<PyTorch name>` (e.g.
+   * `optim.sgd.momentum_buffer.stage_1.0.bn.weight`), so saved state does not depend on which
+   * other parameters train; `optim.had_grad` is per parameter in `keys` order.
+   */
   saveState(out: Map<string, tf.Tensor>): void {
-    for (const [k, t] of this.optimizer.saveState()) out.set(`optim.${k}`, t);
+    for (const [k, t] of this.optimizer.saveState()) {
+      const m = INDEX_SUFFIX.exec(k);
+      out.set(`optim.${m ? `${m[1]}.${this.keys[Number(m[2])]}` : k}`, t);
+    }
     out.set('optim.had_grad', tf.tensor1d(this.hadGrad.map((h) => (h ? 1 : 0)), 'float32'));
   }
 
   loadState(state: Map<string, tf.Tensor>): void {
     const optim = new Map<string, tf.Tensor>();
-    for (const [k, t] of state) if (k.startsWith('optim.') && k !== 'optim.had_grad') optim.set(k.slice(6), t);
+    const index = new Map(this.keys.map((k, i) => [k, i]));
+    for (const [k, t] of state) {
+      if (!k.startsWith('optim.') || k === 'optim.had_grad') continue;
+      const key = k.slice(6);
+      // `<slot>.<name>` → `<slot>.<index>`; older state saved the index itself.
+      // The longest name that ends the key: 'bn1.weight' is also the tail of 'block1.layer.0.bn1.weight'.
+      let name: string | undefined;
+      for (const n of this.keys) if (key.endsWith(`.${n}`) && n.length > (name?.length ?? -1)) name = n;
+      optim.set(name !== undefined ? `${key.slice(0, -name.length - 1)}.${index.get(name)}` : key, t);
+    }
     this.optimizer.loadState(optim);
     const had = state.get('optim.had_grad');
     if (had) {

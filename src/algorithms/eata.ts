@@ -7,8 +7,10 @@
  * (docs/mecta-norm.md#cache-stopping).
  */
 import { tf } from '../tf.js';
-import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';
-import { GradientAdapter, useAdaptiveNorm } from './common.js';
+import type { AdaptOptions, Algorithm, AlgorithmSpec, StepResult } from './types.js';
+import { GradientAdapter } from './common.js';
+import { GRADIENT_OPTIONS } from './options.js';
+import type { FieldSpec } from '../config/schema.js';
 import { estimateFisher, type FisherInfo } from './fisher.js';
 import { softmaxEntropy } from './losses.js';
 import { CtaError } from '../util/errors.js';
@@ -16,14 +18,45 @@ import { CtaError } from '../util/errors.js';
 /** EMA rate of the moving-average probability vector (the reference's update_model_probs). */
 const PROBS_MOMENTUM = 0.9;
 
-function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
+/** ETA's options: the sample selection (Eqns. 3 and 8, docs/methods.md#reliable-samples). */
+const ETA_OPTIONS = {
+  ...GRADIENT_OPTIONS,
+  // E0 = 0.4·ln C (docs/methods.md#reliable-samples) needs the class count, from the weights.
+  eMargin: { type: 'number', min: 0, exclusiveMin: true, nullable: true, default: null, defaultText: '0.4·ln(classes)', fromModel: (m) => 0.4 * Math.log(m.numClasses), group: 'algorithm', description: 'EATA entropy threshold E0' },
+  dMargin: { type: 'number', min: 0, default: 0.4, group: 'algorithm', description: 'EATA redundancy threshold on cosine similarity (CIFAR-10 0.4; CIFAR-100/ImageNet 0.05)' },
+} as const satisfies Record<string, FieldSpec>;
+
+/** EATA adds the Fisher regulariser (Eqn. 9, docs/methods.md#fisher-estimation). */
+const EATA_OPTIONS = {
+  ...ETA_OPTIONS,
+  fisherAlpha: { type: 'number', min: 0, default: 1, group: 'algorithm', description: 'EATA Fisher regulariser weight (CIFAR-10 1; CIFAR-100/ImageNet 2000)' },
+  fisherSize: { type: 'int', min: 1, default: 2000, group: 'algorithm', description: 'clean samples for the Fisher estimate' },
+} as const satisfies Record<string, FieldSpec>;
+
+/** The values of those fields. */
+export interface EataOptions {
+  eMargin: number; // entropy threshold E0 (absolute: a null default is resolved by the runner)
+  dMargin: number; // cosine redundancy threshold ε_d
+  fisherAlpha: number; // EATA only
+  fisherSize: number; // EATA only (the runner draws the Fisher data: AlgorithmContext.fisherData)
+}
+
+/** Per batch; summed per domain as `reliable` and `updated` (summary.json). */
+const METRICS = {
+  reliable: { summary: 'reliable', description: 'samples with entropy below E0 (Eqn. 3)' },
+  used: { summary: 'updated', description: 'reliable and non-redundant samples in the loss (Eqn. 8)' },
+};
+
+function makeEata<O extends Record<string, FieldSpec>>(name: 'eata' | 'eta', withFisher: boolean, options: O) {
   return {
     description: withFisher
       ? 'EATA: sample-efficient entropy minimisation (reliable, non-redundant samples) + Fisher anti-forgetting'
       : 'ETA: EATA without the Fisher regulariser',
     usesGradients: true,
-    async create(model, opts, ctx) {
-      useAdaptiveNorm(model);
+    norm: 'adaptive', // test-batch statistics (docs/methods.md#configuration)
+    options,
+    metrics: METRICS,
+    async create(model, opts: AdaptOptions & EataOptions, ctx) {
       const adapter = new GradientAdapter(model, opts, name);
       let fisher: FisherInfo | null = null;
       if (withFisher) {
@@ -102,7 +135,7 @@ function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
             if (reg) loss = tf.add(loss, reg) as tf.Scalar;
             return loss;
           });
-          return { ...res, reliable: counts.reliable, used: counts.used };
+          return { ...res, metrics: { reliable: counts.reliable, used: counts.used } };
         },
         reset() {
           adapter.resetAll();
@@ -150,7 +183,7 @@ function makeEata(name: 'eata' | 'eta', withFisher: boolean): AlgorithmSpec {
       };
       return alg;
     },
-  };
+  } satisfies AlgorithmSpec;
 }
 
 /**
@@ -181,5 +214,5 @@ function addMany(terms: tf.Tensor[]): tf.Tensor {
   return tf.addN(t);
 }
 
-export const eata = makeEata('eata', true);
-export const eta = makeEata('eta', false);
+export const eata = makeEata('eata', true, EATA_OPTIONS);
+export const eta = makeEata('eta', false, ETA_OPTIONS);

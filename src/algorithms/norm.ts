@@ -5,13 +5,13 @@
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec } from './types.js';
-import { useAdaptiveNorm } from './common.js';
 
-export const norm: AlgorithmSpec = {
+export const norm = {
   description: 'Norm: test-batch statistics in the norm layers (MECTA accumulation with --accum-bn), no gradients',
   usesGradients: false,
+  norm: 'adaptive', // the current batch's statistics, or MECTA's accumulated ones
+  options: {},
   async create(model) {
-    useAdaptiveNorm(model);
     // BN parameters frozen. Note: the reference leaves requires_grad on under MECTA's forget gate
     // and so reports a non-zero backward cache for `bn`; here it is zero (docs/methods.md#norm).
     model.setTrainable(false);
@@ -39,4 +39,4 @@ export const norm: AlgorithmSpec = {
     };
     return alg;
   },
-};
+} satisfies AlgorithmSpec;

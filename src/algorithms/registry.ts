@@ -1,11 +1,36 @@
-/** The adaptation methods the runner can select (--alg). */
+/**
+ * The adaptation methods the runner can select (--alg). Adding one: its file, a line here. Every
+ * `create()` first sets the norm mode the method declares (src/algorithms/norm-mode.ts), so the
+ * method files never choose it.
+ */
 import type { AlgorithmSpec } from './types.js';
+import { configureNorm } from './norm-mode.js';
 import { source } from './source.js';
 import { norm } from './norm.js';
 import { tent } from './tent.js';
 import { eata, eta } from './eata.js';
+import { sar } from './sar.js';
+import { deyo } from './deyo.js';
 
-export const ALGORITHMS = { source, norm, tent, eta, eata } satisfies Record<string, AlgorithmSpec>;
+function withNormMode<S extends AlgorithmSpec>(spec: S): S {
+  return {
+    ...spec,
+    create(model, opts, ctx) {
+      configureNorm(model, spec.norm);
+      return spec.create(model, opts, ctx);
+    },
+  };
+}
+
+export const ALGORITHMS = {
+  source: withNormMode(source),
+  norm: withNormMode(norm),
+  tent: withNormMode(tent),
+  eta: withNormMode(eta),
+  eata: withNormMode(eata),
+  sar: withNormMode(sar),
+  deyo: withNormMode(deyo),
+} satisfies Record<string, AlgorithmSpec>;
 
 export type AlgorithmName = keyof typeof ALGORITHMS;
 

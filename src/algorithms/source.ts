@@ -5,11 +5,12 @@
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec } from './types.js';
 
-export const source: AlgorithmSpec = {
+export const source = {
   description: 'Source: no adaptation (eval-mode norm layers with the training statistics)',
   usesGradients: false,
+  norm: 'source', // eval mode: the stored running statistics
+  options: {},
   async create(model) {
-    model.setNormMode('source');
     // No parameter is adapted; also keeps the analytic backward cache at zero
     // (docs/memory.md#analytic).
     model.setTrainable(false);
@@ -33,4 +34,4 @@ export const source: AlgorithmSpec = {
     };
     return alg;
   },
-};
+} satisfies AlgorithmSpec;

@@ -5,38 +5,23 @@
  * caches (docs/mecta-norm.md#cache-stopping).
  */
 import { tf } from '../tf.js';
-import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';
-import { GradientAdapter, useAdaptiveNorm } from './common.js';
+import type { AlgorithmSpec } from './types.js';
+import { GradientAdapter } from './common.js';
+import { adapterMethod } from './adapter-method.js';
+import { GRADIENT_OPTIONS } from './options.js';
 import { softmaxEntropy } from './losses.js';
 
-export const tent: AlgorithmSpec = {
+export const tent = {
   description: 'Tent: entropy minimisation on the norm-layer affine parameters (one step per batch)',
   usesGradients: true,
+  norm: 'adaptive', // test-batch statistics (docs/methods.md#configuration)
+  options: GRADIENT_OPTIONS,
   async create(model, opts) {
-    useAdaptiveNorm(model);
     const adapter = new GradientAdapter(model, opts, 'tent');
-    const alg: Algorithm = {
-      name: 'tent',
-      step(x): StepResult {
-        // episodic: reload model + optimizer before every batch (the reference's reset()).
-        if (opts.episodic) adapter.restore();
-        return adapter.step(x, (z) => tf.mean(softmaxEntropy(z)) as tf.Scalar);
-      },
-      reset() {
-        adapter.resetAll();
-      },
-      saveState() {
-        const out = new Map<string, tf.Tensor>();
-        adapter.saveState(out);
-        return out;
-      },
-      loadState(state) {
-        adapter.loadState(state);
-      },
-      dispose() {
-        adapter.dispose();
-      },
-    };
-    return alg;
+    return adapterMethod('tent', adapter, (x) => {
+      // episodic: reload model + optimizer before every batch (the reference's reset()).
+      if (opts.episodic) adapter.restore();
+      return adapter.step(x, (z) => tf.mean(softmaxEntropy(z)) as tf.Scalar);
+    });
   },
-};
+} satisfies AlgorithmSpec;

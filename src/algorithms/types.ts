@@ -6,13 +6,18 @@
  */
 import type { tf } from '../tf.js';
 import type { Classifier } from '../models/types.js';
+import type { FieldSpec } from '../config/schema.js';
+import type { NormNeed } from './norm-mode.js';
 import type { Rng } from '../util/rng.js';
 import type { CottaAugmentOptions } from './augment.js';
 
 export const OPTIMIZERS = ['sgd', 'adam', 'adamw'] as const;
 export type OptimizerName = (typeof OPTIMIZERS)[number];
 
-/** Options shared by the gradient-based methods (names = config keys). */
+/**
+ * Options shared by the gradient-based methods (names = config keys; fields in
+ * src/algorithms/options.ts). A method's own options are its file's (e.g. EataOptions).
+ */
 export interface AdaptOptions {
   lr: number;
   momentum: number; // SGD momentum (PyTorch semantics)
@@ -28,16 +33,16 @@ export interface AdaptOptions {
   adamBeta2?: number;
   adamEps?: number;
   episodic: boolean; // reset model + optimizer before each batch
-  /** EATA/ETA */
-  eMargin: number; // entropy threshold E0 (absolute, already resolved from 0.4·ln C)
-  dMargin: number; // cosine redundancy threshold ε_d
-  fisherAlpha: number;
-  fisherSize: number;
   /**
    * What a fully matched MECTA layer's parameters do in a step (docs/mecta-norm.md#matched-updates):
    * 'momentum' = PyTorch 1.12 (zero grad, momentum still moves them), 'skip' = PyTorch ≥ 2.0.
    */
   matchedUpdate: 'momentum' | 'skip';
+  /**
+   * MECTA's `--n_layer` (`filter=N`): train the affines of the last N BatchNorm layers
+   * (src/algorithms/param-select.ts); null/absent = what the model selects (all norm layers).
+   */
+  nLayer?: number | null;
 }
 
 export interface StepResult {
@@ -45,9 +50,17 @@ export interface StepResult {
   logits: tf.Tensor2D;
   /** True when backward + optimizer step ran for this batch. */
   updated: boolean;
-  /** EATA/ETA: samples passing the reliability filter, and those used in the loss. */
-  reliable?: number;
-  used?: number;
+  /**
+   * Per-batch counters the method declares in `AlgorithmSpec.metrics` (EATA/ETA: reliable, used);
+   * the runner writes them to batches.jsonl and sums them per domain.
+   */
+  metrics?: Record<string, number>;
+}
+
+/** A per-batch counter of a method, summed per domain into summary.json as `summary`. */
+export interface MetricSpec {
+  readonly summary: string;
+  readonly description: string;
 }
 
 export interface AlgorithmContext {
@@ -87,5 +100,16 @@ export interface AlgorithmSpec {
   readonly description: string;
   /** Whether the method optimises norm-layer affine parameters (needs gradients). */
   readonly usesGradients: boolean;
+  /** The normalisation statistics the method needs (src/algorithms/norm-mode.ts). */
+  readonly norm: NormNeed;
+  /**
+   * The config fields the method reads (flags, YAML, --help, README come from them: the schema
+   * merges every method's fields, src/config/schema.ts). Methods sharing an option share its
+   * field object (src/algorithms/options.ts).
+   */
+  readonly options: Readonly<Record<string, FieldSpec>>;
+  /** The counters `step` returns in `StepResult.metrics`, by name. */
+  readonly metrics?: Readonly<Record<string, MetricSpec>>;
+  /** Configures `model` (its norm mode already set from `norm`) and returns the method. */
   create(model: Classifier, opts: AdaptOptions, ctx: AlgorithmContext): Promise<Algorithm>;
 }

@@ -93,6 +93,7 @@ export async function main(argv: string[]): Promise<void> {
     }
     log('');
     log(`backend ${report.backend}; MB = 1e6 bytes; peaks are engine tensor bytes including the weights; timings on a shared machine are noisy`);
+    if (report.adapter) log('GPU columns: the webgpu backend\'s live GPU buffers (tensors, uniforms, staging copies); pool = live + kept for reuse');
     if (args.json) {
       // checkOutFile allowed a folder still to be created.
       mkdirSync(dirname(String(args.json)), { recursive: true });

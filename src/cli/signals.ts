@@ -1,8 +1,8 @@
 /**
  * Ctrl-C / SIGTERM for long runs. The first signal is only recorded: the run polls `requested()`
  * at safe points (between batches, after start-up steps) and stops there by throwing, so every
- * `finally` runs — the threaded-WASM start-up removes its temporary folder, no file is left half
- * written — and the bin prints one line saying what finished. A second signal quits at once, for a
+ * `finally` runs — no file is left half written — and the bin prints one line saying what
+ * finished. A second signal quits at once, for a
  * run stuck where it does not poll.
  */
 import { signalExitCode } from '../util/errors.js';

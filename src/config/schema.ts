@@ -6,8 +6,7 @@
 import { BACKENDS } from '../tf.js';
 import { MAX_WASM_THREADS } from '../wasm-threads.js';
 import { DIST_METRICS } from '../models/types.js';
-import { OPTIMIZERS } from '../algorithms/types.js';
-import { ALGORITHM_NAMES } from '../algorithms/registry.js';
+import { ALGORITHMS, ALGORITHM_NAMES, type AlgorithmName } from '../algorithms/registry.js';
 import { MODEL_NAMES } from '../models/registry.js';
 import { CORRUPTIONS_15, EXTRA_CORRUPTIONS } from '../data/stream.js';
 
@@ -24,11 +23,39 @@ interface Base<T> {
   defaultText?: string;
 }
 export type FieldSpec =
-  | (Base<number | null> & { type: 'number' | 'int'; min?: number; max?: number; exclusiveMin?: boolean; nullable?: boolean })
+  | (Base<number | null> & {
+      type: 'number' | 'int';
+      min?: number;
+      max?: number;
+      exclusiveMin?: boolean;
+      nullable?: boolean;
+      /** The value of a null default once the model is built (e.g. EATA's E0 = 0.4·ln C). */
+      fromModel?: (model: { numClasses: number }) => number;
+    })
   | (Base<boolean> & { type: 'bool' })
   | (Base<string | null> & { type: 'string'; nullable?: boolean })
   | (Base<string> & { type: 'enum'; choices: readonly string[] })
   | (Base<string[]> & { type: 'list'; choices: readonly string[] });
+
+type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends (i: infer I) => void ? I : never;
+type MethodFields = UnionToIntersection<(typeof ALGORITHMS)[AlgorithmName]['options']>;
+
+/**
+ * Every method's option fields (AlgorithmSpec.options), by key in registry order. Methods sharing
+ * an option share its field object (src/algorithms/options.ts); two different fields under one
+ * key are a programming error.
+ */
+function methodFields(): MethodFields {
+  const out: Record<string, FieldSpec> = {};
+  for (const [alg, spec] of Object.entries(ALGORITHMS)) {
+    for (const [key, field] of Object.entries(spec.options as Readonly<Record<string, FieldSpec>>)) {
+      if (key in out && out[key] !== field) throw new Error(`algorithm ${alg}: option ${key} is declared differently by another method`);
+      out[key] = field;
+    }
+  }
+  return out as MethodFields;
+}
+const METHOD_FIELDS = methodFields();
 
 /** Field table. Keys are the camelCase config keys; flags are their kebab-case form. */
 export const FIELDS = {
@@ -57,20 +84,8 @@ export const FIELDS = {
   threads: { type: 'int', min: 0, max: MAX_WASM_THREADS, default: 0, group: 'model', description: 'WASM: XNNPACK threads (0 = one per CPU, 1 = the single-thread build); results are identical for any count' },
   // --- algorithm ------------------------------------------------------------------------------
   alg: { type: 'enum', choices: ALGORITHM_NAMES, default: 'source', group: 'algorithm', description: 'adaptation method' },
-  lr: { type: 'number', min: 0, exclusiveMin: true, default: 0.0025, group: 'algorithm', description: 'learning rate (tent/eta/eata)' },
-  momentum: { type: 'number', min: 0, max: 1, default: 0.9, group: 'algorithm', description: 'SGD momentum (PyTorch semantics)' },
-  optimizer: { type: 'enum', choices: OPTIMIZERS, default: 'sgd', group: 'algorithm', description: 'optimizer for the norm-layer affine parameters' },
-  dampening: { type: 'number', min: 0, max: 1, default: 0, group: 'algorithm', description: 'SGD dampening (PyTorch semantics)' },
-  nesterov: { type: 'bool', default: false, group: 'algorithm', description: 'SGD Nesterov momentum (needs momentum > 0 and dampening 0)' },
-  weightDecay: { type: 'number', min: 0, default: 0, group: 'algorithm', description: 'weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)' },
-  adamBeta1: { type: 'number', min: 0, max: 1, default: 0.9, group: 'algorithm', description: 'Adam/AdamW β1 (< 1)' },
-  adamBeta2: { type: 'number', min: 0, max: 1, default: 0.999, group: 'algorithm', description: 'Adam/AdamW β2 (< 1)' },
-  adamEps: { type: 'number', min: 0, default: 1e-8, group: 'algorithm', description: 'Adam/AdamW ε' },
-  episodic: { type: 'bool', default: false, group: 'algorithm', description: 'reset model and optimizer before every batch' },
-  eMargin: { type: 'number', min: 0, exclusiveMin: true, nullable: true, default: null, defaultText: '0.4·ln(classes)', group: 'algorithm', description: 'EATA entropy threshold E0' },
-  dMargin: { type: 'number', min: 0, default: 0.4, group: 'algorithm', description: 'EATA redundancy threshold on cosine similarity (CIFAR-10 0.4; CIFAR-100/ImageNet 0.05)' },
-  fisherAlpha: { type: 'number', min: 0, default: 1, group: 'algorithm', description: 'EATA Fisher regulariser weight (CIFAR-10 1; CIFAR-100/ImageNet 2000)' },
-  fisherSize: { type: 'int', min: 1, default: 2000, group: 'algorithm', description: 'clean samples for the Fisher estimate' },
+  // the methods' own options (AlgorithmSpec.options, merged above), in registry order
+  ...METHOD_FIELDS,
   // --- MECTA ----------------------------------------------------------------------------------
   accumBn: { type: 'bool', default: false, group: 'mecta', description: 'MECTA norm: normalise with statistics accumulated across batches' },
   beta: { type: 'number', min: 0, max: 1, default: 0.1, group: 'mecta', description: 'accumulation rate when the forget gate is off' },
@@ -80,6 +95,7 @@ export const FIELDS = {
   bnDistScale: { type: 'number', min: 0, default: 1, group: 'mecta', description: 'scale inside the forget gate' },
   betaThre: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'layers with β ≤ threshold stop caching (gate only)' },
   pruneQ: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'fraction of channels not cached per batch and layer' },
+  nLayer: { type: 'int', min: 0, nullable: true, default: null, defaultText: 'all', group: 'mecta', description: "gradient methods: train only the affines of the last N BatchNorm layers (downsample BNs not counted; MECTA's --n_layer)" },
   matchedUpdate: { type: 'enum', choices: MATCHED_UPDATES, default: 'momentum', group: 'mecta', description: "matched layers' params: 'momentum' (zero grad, PyTorch 1.12) or 'skip' (PyTorch ≥ 2.0)" },
   compareWith: { type: 'enum', choices: ['none', ...ALGORITHM_NAMES], default: 'none', group: 'algorithm', description: 'also run this method on the same stream (fresh model) and print both side by side' },
   // --- output ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import { addRelu, relu } from '../models/layers.js';
 import { tent } from '../algorithms/tent.js';
 import type { AdaptOptions } from '../algorithms/types.js';
 import { accountCache, analyticCache } from '../runner/accounting.js';
-import { MB, MemoryProbe, accountTape } from './probe.js';
+import { MB, MeasuredDomain, MemoryProbe, accountTape } from './probe.js';
 import { randomResNeXt, randomStateDict } from './random-weights.js';
 import { layerTable, parseBatchSizes, summaryTable, type ProfileReport } from './profile.js';
 
@@ -280,5 +280,21 @@ describe('profile-mem helpers', () => {
     expect(t).toMatch(/16\s+16\.8\s+228\.6\s+241\.3\s+1\.06\s+380\.0\s+216\.3\s+5000\s+4900/);
     expect(t).toContain('failed: RuntimeError');
     expect(layerTable(report.rows[0])).toMatch(/bn_1\s+16×32×32×64\s+–\s+yes/);
+    expect(t).not.toContain('GPU');
+  });
+
+  it('adds the GPU columns and fields when the rows come from the webgpu backend', () => {
+    const row = { batch_size: 16, analytic_forward_mb: 1, analytic_backward_mb: 2, measured_backprop_mb: 2, ratio: 1, step_peak_mb: 5, inference_peak_mb: 3, step_ms: 9, step_cpu_ms: 8 };
+    const report = { rows: [{ ...row, gpu_step_peak_mb: 413, gpu_inference_peak_mb: 249.6, gpu_allocated_mb: 794.7 }] } as unknown as ProfileReport;
+    const t = summaryTable(report);
+    expect(t).toContain('GPU step peak MB');
+    expect(t).toMatch(/9\s+8\s+413\.0\s+249\.6\s+794\.7$/m);
+    const dom = new MeasuredDomain();
+    const mem = { backpropBytes: 2e6, tapeBytes: 2e6, peakBytes: 5e6, startBytes: 1e6, backwards: 1 };
+    expect(dom.add({ ...mem, gpuPeakBytes: 7e6, gpuStartBytes: 1e6, gpuAllocatedBytes: 9e6 })).toEqual({ measured_backprop_mb: 2, measured_peak_mb: 5, measured_gpu_peak_mb: 7 });
+    expect(dom.summary().measured_max_gpu_peak_mb).toBe(7);
+    const cpu = new MeasuredDomain();
+    expect(cpu.add(mem)).not.toHaveProperty('measured_gpu_peak_mb');
+    expect(cpu.summary()).not.toHaveProperty('measured_max_gpu_peak_mb');
   });
 });

@@ -1,6 +1,7 @@
 /**
- * Measured backprop-memory accounting (the engine-side counterpart of the analytic A.9 figures in
- * runner/accounting.ts). Two hooks on the tfjs engine, installed once per process:
+ * Measured backprop-memory accounting (docs/memory.md#measured; the engine-side counterpart of the
+ * analytic figures in runner/accounting.ts). Two hooks on the tfjs engine, installed once per
+ * process:
  *
  * - `engine.gradients` is wrapped so that, at the end of the taped forward (inside the gradient
  *   function, just before the loss is returned), the tape is measured: the bytes of the distinct
@@ -16,6 +17,7 @@
  * comparison per tensor allocation, and one walk over the tape (a few hundred nodes) per step.
  */
 import { tf } from '../tf.js';
+import { gpuBytes } from '../webgpu.js';
 
 export const MB = 1e6;
 
@@ -132,6 +134,14 @@ export interface StepMemory {
   peakBytes: number | null;
   /** Engine tensor bytes when the step began. */
   startBytes: number;
+  /**
+   * webgpu only (else absent): the highest bytes of live GPU buffers during the step (tensors,
+   * uniforms and staging copies; a disposed tensor's buffer until the queue is next submitted),
+   * the same when the step began, and the backend's buffer pool (live + kept for reuse) at its end.
+   */
+  gpuPeakBytes?: number;
+  gpuStartBytes?: number;
+  gpuAllocatedBytes?: number;
   /** Number of gradient computations in the step (Tent/EATA: 1, or 0 when none ran). */
   backwards: number;
   /** Saved bytes before the first norm layer (input normalisation, stem), with `layers`. */
@@ -174,6 +184,8 @@ export function installMemoryHooks(): boolean {
   eng.trackTensor = (a, backend) => {
     trackTensor(a, backend);
     if (active && eng.state.numBytes > active.peak) active.peak = eng.state.numBytes;
+    // A kernel's output buffer exists by the time its tensor is tracked.
+    if (active?.onGpu) active.gpuPeak = Math.max(active.gpuPeak, gpuBytes(tf)?.inUse ?? 0);
   };
   return (supported = true);
 }
@@ -184,7 +196,10 @@ export function installMemoryHooks(): boolean {
  */
 export class MemoryProbe {
   peak = 0;
+  gpuPeak = 0;
+  onGpu = false;
   private start = 0;
+  private gpuStart = 0;
   private account: TapeAccount | null = null;
   private backwards = 0;
   private marks: LayerMark[] = [];
@@ -201,6 +216,9 @@ export class MemoryProbe {
   begin(): void {
     const eng = engine();
     this.start = this.peak = eng.state.numBytes;
+    const gpu = gpuBytes(tf);
+    this.onGpu = gpu !== null;
+    this.gpuStart = this.gpuPeak = gpu?.inUse ?? 0;
     this.account = null;
     this.backwards = 0;
     this.marks = [];
@@ -217,6 +235,12 @@ export class MemoryProbe {
       startBytes: this.start,
       backwards: this.backwards,
     };
+    const gpu = this.onGpu ? gpuBytes(tf) : null;
+    if (gpu) {
+      out.gpuPeakBytes = Math.max(this.gpuPeak, gpu.inUse);
+      out.gpuStartBytes = this.gpuStart;
+      out.gpuAllocatedBytes = gpu.allocated;
+    }
     if (this.perLayer && this.layerResult) {
       out.preambleBytes = this.layerResult.preamble;
       out.layers = this.layerResult.layers;
@@ -296,6 +320,8 @@ export function runnerProbe(): MemoryProbe {
 export interface MeasuredBatchFields {
   measured_backprop_mb?: number;
   measured_peak_mb?: number;
+  /** webgpu: the step's peak live GPU buffer bytes. */
+  measured_gpu_peak_mb?: number;
 }
 
 /** Per-domain measured fields of summary.json. */
@@ -303,19 +329,27 @@ export interface MeasuredDomainFields {
   measured_max_backprop_mb?: number | null;
   measured_avg_backprop_mb?: number | null;
   measured_max_peak_mb?: number | null;
+  /** webgpu only. */
+  measured_max_gpu_peak_mb?: number | null;
 }
 
 /** Collects one domain's measured figures for the continual runner. */
 export class MeasuredDomain {
   private readonly backprop: number[] = [];
   private readonly peak: number[] = [];
+  private readonly gpuPeak: number[] = [];
 
   /** Records one step and returns its batches.jsonl fields. */
   add(mem: StepMemory | null): MeasuredBatchFields {
     if (!mem || mem.backpropBytes === null || mem.peakBytes === null) return {};
     this.backprop.push(mem.backpropBytes / MB);
     this.peak.push(mem.peakBytes / MB);
-    return { measured_backprop_mb: mem.backpropBytes / MB, measured_peak_mb: mem.peakBytes / MB };
+    const out: MeasuredBatchFields = { measured_backprop_mb: mem.backpropBytes / MB, measured_peak_mb: mem.peakBytes / MB };
+    if (mem.gpuPeakBytes !== undefined) {
+      this.gpuPeak.push(mem.gpuPeakBytes / MB);
+      out.measured_gpu_peak_mb = mem.gpuPeakBytes / MB;
+    }
+    return out;
   }
 
   summary(): MeasuredDomainFields {
@@ -324,6 +358,7 @@ export class MeasuredDomain {
       measured_max_backprop_mb: Math.max(...this.backprop),
       measured_avg_backprop_mb: this.backprop.reduce((a, v) => a + v, 0) / this.backprop.length,
       measured_max_peak_mb: Math.max(...this.peak),
+      ...(this.gpuPeak.length ? { measured_max_gpu_peak_mb: Math.max(...this.gpuPeak) } : {}),
     };
   }
 }

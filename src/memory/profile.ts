@@ -1,8 +1,9 @@
 /**
- * profile-mem's logic (algorithms.md E, with measurement added): build the model and algorithm
+ * profile-mem's logic (docs/memory.md#the-profile-mem-command): build the model and algorithm
  * from a cta-eval config, and for each batch size run one forward without a tape (inference peak)
  * and one adaptation step on the first batch of a domain (or random input), reporting the
- * analytic MECTA cache (A.9), the measured bytes held for backprop, the step's peak and its time.
+ * analytic MECTA cache (docs/memory.md#analytic), the measured bytes held for backprop, the step's
+ * peak and its time.
  * The model state is restored before every measurement, so each batch size starts from the same
  * weights and statistics (MECTA's forget gate sees the same "first batch" situation).
  */
@@ -14,10 +15,11 @@ import { buildModel } from '../models/registry.js';
 import type { Classifier, NormRecord } from '../models/types.js';
 import { ALGORITHMS } from '../algorithms/registry.js';
 import type { Algorithm, AlgorithmContext } from '../algorithms/types.js';
+import { copiesAndAugmentation } from '../algorithms/context.js';
 import { openDataSource } from '../data/registry.js';
 import { openDomain, type DomainSource } from '../data/stream.js';
 import { accountCache } from '../runner/accounting.js';
-import { adaptOptions, mectaOptions, prepareModel } from '../runner/continual.js';
+import { adaptOptions, configureRunNorm, prepareModel } from '../runner/continual.js';
 import { MB, MemoryProbe, type StepMemory } from './probe.js';
 import { randomStateDict } from './random-weights.js';
 
@@ -49,11 +51,11 @@ export interface LayerRow {
 
 export interface ProfileRow {
   batch_size: number;
-  /** A.9: the largest single layer's (pruned) input, MB. */
+  /** Analytic (docs/memory.md#analytic): the largest single layer's (pruned) input, MB. */
   analytic_forward_mb: number | null;
-  /** A.9: Σ inputs of the layers that cache in this step, MB. */
+  /** Analytic: Σ inputs of the layers that cache in this step, MB. */
   analytic_backward_mb: number | null;
-  /** A.9: max(forward, backward), the figure cta-eval logs as cache_mb. */
+  /** Analytic: max(forward, backward), the figure cta-eval logs as cache_mb. */
   analytic_cache_mb: number | null;
   /** Saved tensors the backward runs on, when it starts (distinct buffers), MB. */
   measured_backprop_mb: number | null;
@@ -67,6 +69,13 @@ export interface ProfileRow {
   step_start_mb: number | null;
   /** Same as step_peak for one forward without a tape, MB. */
   inference_peak_mb: number | null;
+  /**
+   * webgpu only: the highest live GPU buffer bytes during the step / the inference forward, and
+   * the backend's buffer pool (live + kept for reuse) after the step, MB.
+   */
+  gpu_step_peak_mb?: number;
+  gpu_inference_peak_mb?: number;
+  gpu_allocated_mb?: number;
   /** Wall time of the step (the fastest of --steps), ms. */
   step_ms: number | null;
   /** CPU time of this process during that step (user + system), ms: steadier on a shared machine. */
@@ -85,6 +94,8 @@ export interface ProfileReport {
   node: string;
   tfjs: string;
   backend: string;
+  /** webgpu: the adapter (vendor, architecture, device, description, software?). */
+  adapter?: BackendInfo['adapter'];
   wasm_threads: number;
   model: { arch: string; num_classes: number; input_shape: readonly number[]; norm_layers: number };
   weights: string;
@@ -149,8 +160,7 @@ function restore(model: Classifier, snap: Snapshot, cfg: CtaConfig): void {
     for (const t of sd.values()) t.dispose();
   }
   for (const l of model.normLayers) l.reset();
-  if (cfg.accumBn) model.setNormMode('mecta', mectaOptions(cfg));
-  else model.setNormMode(cfg.alg === 'source' ? 'source' : 'batch');
+  configureRunNorm(cfg, model);
 }
 
 /** Uniform [0, 1) images from a seeded generator. */
@@ -224,6 +234,7 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
     node: process.version,
     tfjs: tf.version.tfjs,
     backend: backend.name,
+    ...(backend.adapter ? { adapter: backend.adapter } : {}),
     wasm_threads: backend.threads,
     model: { arch: model.arch, num_classes: model.numClasses, input_shape: shape, norm_layers: model.normLayers.length },
     weights,
@@ -268,14 +279,18 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
       logits.dataSync();
       row.inference_ms = Math.round((performance.now() - t0) * 10) / 10;
       logits.dispose();
-      row.inference_peak_mb = mb(probe.end().peakBytes);
+      const inf = probe.end();
+      row.inference_peak_mb = mb(inf.peakBytes);
+      if (inf.gpuPeakBytes !== undefined) row.gpu_inference_peak_mb = inf.gpuPeakBytes / MB;
 
       // Adaptation: fresh state, the algorithm as cta-eval configures it.
       restore(model, snap, cfg);
       const fisherCount = fisherExplicit ? cfg.fisherSize : bs;
       const fisherRng = new Rng(cfg.seed + 1);
+      const algRng = new Rng(cfg.seed + 3);
       const ctx: AlgorithmContext = {
-        rng: new Rng(cfg.seed + 3),
+        rng: algRng,
+        ...copiesAndAugmentation(model, algRng),
         fisherData: async function* () {
           const clean = source ? await firstImages(source, 'original', fisherCount, shape) : null;
           for (let s = 0; s < fisherCount; s += bs) {
@@ -309,6 +324,10 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
           row.measured_tape_mb = mb(mem.tapeBytes);
           row.step_peak_mb = mb(mem.peakBytes);
           row.step_start_mb = mb(mem.startBytes);
+          if (mem.gpuPeakBytes !== undefined) {
+            row.gpu_step_peak_mb = mem.gpuPeakBytes / MB;
+            row.gpu_allocated_mb = (mem.gpuAllocatedBytes ?? 0) / MB;
+          }
           row.ratio = row.measured_backprop_mb !== null && row.analytic_backward_mb ? row.measured_backprop_mb / row.analytic_backward_mb : null;
           if (spec.perLayer) {
             row.preamble_mb = (mem.preambleBytes ?? 0) / MB;
@@ -318,7 +337,8 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
       } finally {
         undo();
       }
-      log(`profile-mem: batch ${bs}: step ${row.step_ms} ms, measured backprop ${fmt(row.measured_backprop_mb)} MB, peak ${fmt(row.step_peak_mb)} MB`);
+      const gpu = row.gpu_step_peak_mb === undefined ? '' : `, GPU peak ${fmt(row.gpu_step_peak_mb)} MB (pool ${fmt(row.gpu_allocated_mb)} MB)`;
+      log(`profile-mem: batch ${bs}: step ${row.step_ms} ms, measured backprop ${fmt(row.measured_backprop_mb)} MB, peak ${fmt(row.step_peak_mb)} MB${gpu}`);
     } catch (e) {
       const msg = (e as Error)?.message ?? String(e);
       row.error = msg.split('\n')[0];
@@ -353,9 +373,13 @@ export function textTable(headers: string[], rows: string[][]): string {
 /** The batch-size table. */
 export function summaryTable(report: ProfileReport): string {
   const headers = ['batch', 'analytic fwd MB', 'analytic bwd MB', 'measured backprop MB', 'meas/anal', 'step peak MB', 'infer peak MB', 'step ms', 'step cpu ms'];
+  // webgpu: the GPU's own bytes beside the engine's.
+  const gpu = report.rows.some((r) => r.gpu_step_peak_mb !== undefined);
+  if (gpu) headers.push('GPU step peak MB', 'GPU infer peak MB', 'GPU pool MB');
+  const gpuCells = (r: ProfileRow) => (gpu ? [fmt(r.gpu_step_peak_mb), fmt(r.gpu_inference_peak_mb), fmt(r.gpu_allocated_mb)] : []);
   const rows = report.rows.map((r) =>
     r.error && r.measured_backprop_mb === null
-      ? [String(r.batch_size), `failed: ${r.error}`, '', '', '', '', '', '', '']
+      ? [String(r.batch_size), `failed: ${r.error}`, ...headers.slice(2).map(() => '')]
       : [
           String(r.batch_size),
           fmt(r.analytic_forward_mb),
@@ -366,6 +390,7 @@ export function summaryTable(report: ProfileReport): string {
           fmt(r.inference_peak_mb),
           fmt(r.step_ms, 0),
           fmt(r.step_cpu_ms, 0),
+          ...gpuCells(r),
         ],
   );
   return textTable(headers, rows);

@@ -7,7 +7,7 @@ import { tf } from '../tf.js';
 import { CtaError, listSome } from '../util/errors.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
-import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
+import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, ParamFilter, ParamKind } from './types.js';
 import { BatchNormLayer } from './norm-layer.js';
 import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
 import type { Conv2dSpec, WeightOptions } from './layers.js';
@@ -38,6 +38,95 @@ export interface InputNorm {
 const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
 const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
 
+/** Something whose parameters train or not as one (a layer: its weight and bias switch together). */
+export interface GradSwitch {
+  get(): boolean;
+  set(on: boolean): void;
+}
+
+interface ParamSlot {
+  name: string;
+  kind: ParamKind;
+  shape: readonly number[];
+  owner: GradSwitch;
+  variable(): tf.Variable | null;
+  toTorch(t: tf.Tensor): tf.Tensor;
+}
+
+const sameLayout = (t: tf.Tensor) => t.clone();
+/** HWIO conv filter → PyTorch OIHW. */
+export const hwioToTorch = (t: tf.Tensor) => tf.transpose(t, [3, 2, 0, 1]);
+/** Linear weight [in, out] → PyTorch [out, in]. */
+export const inOutToTorch = (t: tf.Tensor) => tf.transpose(t);
+
+/**
+ * The model's parameters in state_dict order (Classifier.parameters / requiresGrad), each tied to
+ * the layer that owns it, so that choosing what trains switches the layer between its trainable
+ * form (weight as an op input, weight gradient returned, input saved) and its frozen,
+ * memory-economic form (docs/memory.md).
+ */
+export class ParamTable {
+  private readonly slots: ParamSlot[] = [];
+
+  add(slot: ParamSlot): void {
+    this.slots.push(slot);
+  }
+
+  /** A conv layer's filter (variable layout HWIO). */
+  addConv(name: string, conv: Conv2d, kind: ParamKind = 'conv'): void {
+    const owner = { get: () => conv.trainable, set: (on: boolean) => conv.setRequiresGrad(on) };
+    this.add({ name, kind, shape: conv.weightShape, owner, variable: () => conv.weightVariable, toTorch: hwioToTorch });
+  }
+
+  /** A norm layer's affine weight and bias (always variables; `trainable` is the switch). */
+  addNorm(layer: NormLayer): void {
+    const owner = { get: () => layer.trainable, set: (on: boolean) => (layer.trainable = on) };
+    const shape = [layer.numFeatures];
+    this.add({ name: `${layer.name}.weight`, kind: 'norm', shape, owner, variable: () => layer.weight, toTorch: sameLayout });
+    this.add({ name: `${layer.name}.bias`, kind: 'norm', shape, owner, variable: () => layer.bias, toTorch: sameLayout });
+  }
+
+  /** A Linear layer's weight (variable layout [in, out]) and bias. */
+  addLinear(prefix: string, lin: Linear, kind: ParamKind = 'linear'): void {
+    const owner = { get: () => lin.trainable, set: (on: boolean) => lin.setRequiresGrad(on) };
+    const vars = () => lin.variables;
+    this.add({ name: `${prefix}.weight`, kind, shape: [lin.outFeatures, lin.inFeatures], owner, variable: () => vars()?.weight ?? null, toTorch: inOutToTorch });
+    if (lin.hasBias) {
+      this.add({ name: `${prefix}.bias`, kind, shape: [lin.outFeatures], owner, variable: () => vars()?.bias ?? null, toTorch: sameLayout });
+    }
+  }
+
+  list(): ModelParameter[] {
+    return this.slots.map((s) => {
+      const on = s.owner.get();
+      return { name: s.name, kind: s.kind, shape: s.shape, requiresGrad: on, variable: s.variable(), toTorch: s.toTorch };
+    });
+  }
+
+  /** Every owner trains iff the filter selects one of its parameters (PyTorch requires_grad_). */
+  requiresGrad(filter: ParamFilter): void {
+    const want = new Map<GradSwitch, boolean>();
+    for (const s of this.slots) want.set(s.owner, (want.get(s.owner) ?? false) || filter({ name: s.name, kind: s.kind }));
+    for (const [owner, on] of want) owner.set(on);
+  }
+
+  /** The names of the parameters that train (clone() copies them). */
+  trainingNames(): Set<string> {
+    return new Set(this.slots.filter((s) => s.owner.get()).map((s) => s.name));
+  }
+
+  /** Conv/linear variables (what `trainableWeights()` lists), state_dict order. */
+  weightVariables(): TrainableWeight[] {
+    const out: TrainableWeight[] = [];
+    for (const s of this.slots) {
+      if (s.kind === 'norm') continue;
+      const v = s.variable();
+      if (v) out.push({ key: s.name, variable: v, isWeight: !s.name.endsWith('.bias') });
+    }
+    return out;
+  }
+}
+
 export function isBatchCounter(key: string): boolean {
   return key === 'num_batches_tracked' || key.endsWith('.num_batches_tracked');
 }
@@ -60,8 +149,8 @@ export abstract class BaseClassifier implements Classifier {
   private disposed = false;
   /** The raw weights while building; released by finishBuild(). */
   private sd: StateDict | null;
-  /** Conv/linear variables (source training only; empty for adaptation models). */
-  private readonly weightVars: TrainableWeight[] = [];
+  /** Every parameter, state_dict order (Classifier.parameters). */
+  private readonly params = new ParamTable();
 
   /** `weightOpts.trainable`: conv filters and linear weights become tf.Variables (source training). */
   protected constructor(
@@ -134,7 +223,7 @@ export abstract class BaseClassifier implements Classifier {
     const w = this.raw(key) as tf.Tensor4D;
     const conv = usingTemps([w], () => new Conv2d(w, spec, this.weightOpts));
     this.owned.push(conv);
-    if (conv.weightVariable) this.weightVars.push({ key, variable: conv.weightVariable, isWeight: true });
+    this.params.addConv(key, conv);
     this.entries.push({
       key,
       shape: conv.weightShape,
@@ -157,6 +246,7 @@ export abstract class BaseClassifier implements Classifier {
     );
     this.norms.push(layer);
     this.owned.push(layer);
+    this.params.addNorm(layer);
     const c = layer.numFeatures;
     const vars: [string, tf.Variable][] = [
       ['weight', layer.weight],
@@ -176,11 +266,7 @@ export abstract class BaseClassifier implements Classifier {
     const b = hasBias ? (this.raw(`${prefix}.bias`) as tf.Tensor1D) : null;
     const lin = usingTemps(b ? [w, b] : [w], () => new Linear(w, b, this.weightOpts));
     this.owned.push(lin);
-    const vars = lin.variables;
-    if (vars) {
-      this.weightVars.push({ key: `${prefix}.weight`, variable: vars.weight, isWeight: true });
-      if (vars.bias) this.weightVars.push({ key: `${prefix}.bias`, variable: vars.bias, isWeight: false });
-    }
+    this.params.addLinear(prefix, lin);
     this.entries.push({
       key: `${prefix}.weight`,
       shape: [lin.outFeatures, lin.inFeatures],
@@ -273,11 +359,19 @@ export abstract class BaseClassifier implements Classifier {
   }
 
   /**
-   * The conv/linear variables of a model built with trainable weights, in module order (empty
-   * otherwise). Not part of the Classifier contract: adaptation only ever trains norm layers.
+   * The conv/linear variables (a model built with trainable weights, or whose convs/linears
+   * `requiresGrad` selected), in module order. Source training (src/train) reads it.
    */
   trainableWeights(): readonly TrainableWeight[] {
-    return this.weightVars;
+    return this.params.weightVariables();
+  }
+
+  parameters(): readonly ModelParameter[] {
+    return this.params.list();
+  }
+
+  requiresGrad(filter: ParamFilter): void {
+    this.params.requiresGrad(filter);
   }
 
   trainableParams(): tf.Variable[] {
@@ -318,7 +412,10 @@ export abstract class BaseClassifier implements Classifier {
     copy.mecta = this.mecta ? { ...this.mecta } : null;
     copy.chooser = this.chooser;
     this.norms.forEach((layer, i) => copy.norms[i].copyStateFrom(layer));
-    this.weightVars.forEach((w, i) => (copy.weightVars[i].variable.trainable = w.variable.trainable));
+    const training = this.params.trainingNames();
+    copy.params.requiresGrad((p) => training.has(p.name));
+    const mine = this.trainableWeights();
+    copy.trainableWeights().forEach((w, i) => (w.variable.trainable = mine[i].variable.trainable));
     return copy;
   }
 

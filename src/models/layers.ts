@@ -267,16 +267,18 @@ export class Conv2d {
   readonly stride: number;
   readonly pad: number;
   readonly groups: number;
-  readonly trainable: boolean;
   /** Per-group HWIO filters [k, k, in/G, out/G] (frozen mode; empty when trainable). */
-  private filters: tf.Tensor4D[];
+  private filters: tf.Tensor4D[] = [];
   /** The whole HWIO filter [k, k, in/G, out] (trainable mode only). */
-  private readonly variable: tf.Variable<tf.Rank.R4> | null = null;
+  private variable: tf.Variable<tf.Rank.R4> | null = null;
   /** Per-group flipped, transposed filters [k, k, out/G, in/G] (lazy; frozen mode only). */
   private flipped: tf.Tensor4D[] | null = null;
   /** Per phase (ry, rx): sub-pixel filters [kfy, kfx, out, in] (lazy; frozen, strided, ungrouped). */
   private phaseFilters: { key: string; filters: tf.Tensor4D[] } | null = null;
-  private readonly op: (x: tf.Tensor4D, ...rest: tf.Tensor[]) => tf.Tensor4D;
+  /** The trainable op (input and weight in, both gradients out; saves its input). */
+  private readonly trainOp: (x: tf.Tensor4D, w: tf.Tensor) => tf.Tensor4D;
+  /** The frozen op (input gradient only; saves nothing). */
+  private readonly frozenOp: (x: tf.Tensor4D) => tf.Tensor4D;
 
   /** `weight`: PyTorch layout [out, in/groups, k, k]. */
   constructor(weight: tf.Tensor4D, spec: Conv2dSpec, opts: WeightOptions = {}) {
@@ -290,12 +292,8 @@ export class Conv2d {
     this.stride = spec.stride;
     this.pad = spec.pad;
     this.groups = spec.groups;
-    this.trainable = opts.trainable === true;
-    if (this.trainable) {
-      this.filters = [];
-      // Unnamed: tfjs registers variable names globally, and several models may coexist.
-      this.variable = tf.variable(tf.tidy(() => tf.transpose(weight, [2, 3, 1, 0]) as tf.Tensor4D), true);
-      this.op = customOp<tf.Tensor4D>(([x, wHwio], save) => {
+    // Both forms' ops exist from the start; setRequiresGrad switches which one apply() runs.
+    this.trainOp = customOp<tf.Tensor4D>(([x, wHwio], save) => {
         const x4 = x as tf.Tensor4D;
         const [, h, w] = x4.shape;
         save([x4]); // a no-op unless a gradient tape is recording
@@ -304,9 +302,7 @@ export class Conv2d {
           gradFunc: (dy, [xs]) => [this.inputGrad(dy, h, w), this.filterGrad(xs as tf.Tensor4D, dy)],
         };
       });
-    } else {
-      this.filters = this.splitFilter(weight);
-      this.op = customOp<tf.Tensor4D>(([x]) => {
+      this.frozenOp = customOp<tf.Tensor4D>(([x]) => {
         const x4 = x as tf.Tensor4D;
         const [, h, w] = x4.shape;
         return {
@@ -315,6 +311,36 @@ export class Conv2d {
           gradFunc: (dy) => [this.inputGrad(dy, h, w)],
         };
       });
+    if (opts.trainable === true) {
+      // Unnamed: tfjs registers variable names globally, and several models may coexist.
+      this.variable = tf.variable(tf.tidy(() => tf.transpose(weight, [2, 3, 1, 0]) as tf.Tensor4D), true);
+    } else {
+      this.filters = this.splitFilter(weight);
+    }
+  }
+
+  /** Whether the weight is a variable whose gradient the op returns. */
+  get trainable(): boolean {
+    return this.variable !== null;
+  }
+
+  /**
+   * Switches between the trainable form (one HWIO variable, input saved, weight gradient
+   * returned) and the frozen form (constant per-group filters, nothing saved: the memory-economic
+   * backward of docs/memory.md). The values are kept exactly (a transpose-free regrouping).
+   */
+  setRequiresGrad(on: boolean): void {
+    if (on === this.trainable) return;
+    if (on) {
+      const hwio = tf.tidy(() => (this.filters.length === 1 ? this.filters[0].clone() : tf.concat(this.filters, 3))) as tf.Tensor4D;
+      this.disposeFrozen();
+      this.variable = tf.variable(hwio, true);
+      hwio.dispose();
+    } else {
+      const v = this.variable!;
+      this.filters = tf.tidy(() => this.groupsOf(v).map((p) => tf.keep(p.clone()) as tf.Tensor4D));
+      v.dispose();
+      this.variable = null;
     }
   }
 
@@ -438,7 +464,7 @@ export class Conv2d {
   }
 
   apply(x: tf.Tensor4D): tf.Tensor4D {
-    return this.variable ? this.op(x, this.variable) : this.op(x);
+    return this.variable ? this.trainOp(x, this.variable) : this.frozenOp(x);
   }
 
   /**
@@ -480,17 +506,24 @@ export class Conv2d {
       return;
     }
     const fresh = this.splitFilter(weight);
-    this.dispose();
+    this.disposeFrozen();
     this.filters = fresh;
   }
 
-  dispose(): void {
+  /** Frees the frozen form's filters and the caches derived from them. */
+  private disposeFrozen(): void {
     for (const f of this.filters) f.dispose();
+    this.filters = [];
     if (this.flipped) for (const f of this.flipped) f.dispose();
     this.flipped = null;
     this.phaseFilters?.filters.forEach((f) => f.dispose());
     this.phaseFilters = null;
+  }
+
+  dispose(): void {
+    this.disposeFrozen();
     this.variable?.dispose();
+    this.variable = null;
   }
 }
 
@@ -507,13 +540,13 @@ export class Linear {
   private bias: tf.Tensor1D | null;
   readonly inFeatures: number;
   readonly outFeatures: number;
-  readonly trainable: boolean;
+  private isVariable: boolean;
 
   /** `weight`: PyTorch layout [out, in]. */
   constructor(weight: tf.Tensor2D, bias: tf.Tensor1D | null, opts: WeightOptions = {}) {
     [this.outFeatures, this.inFeatures] = weight.shape;
-    this.trainable = opts.trainable === true;
-    if (this.trainable) {
+    this.isVariable = opts.trainable === true;
+    if (this.isVariable) {
       this.weight = tf.variable(tf.tidy(() => tf.transpose(weight)), true) as tf.Variable<tf.Rank.R2>;
       this.bias = bias ? (tf.variable(bias, true) as tf.Variable<tf.Rank.R1>) : null;
     } else {
@@ -526,6 +559,32 @@ export class Linear {
     // Autodiff is fine here: MatMul's gradient is two matMuls, both registered on WASM.
     const y = tf.matMul(x, this.weight);
     return this.bias ? (tf.add(y, this.bias) as tf.Tensor2D) : (y as tf.Tensor2D);
+  }
+
+  /** Whether weight and bias are variables whose gradients the backward computes. */
+  get trainable(): boolean {
+    return this.isVariable;
+  }
+
+  /**
+   * Switches weight and bias between variables (trainable) and constants (frozen), values kept.
+   * Either way the matMul autodiff saves the same two operands, so a frozen Linear's backward is
+   * unchanged.
+   */
+  setRequiresGrad(on: boolean): void {
+    if (on === this.isVariable) return;
+    const w = this.weight;
+    const b = this.bias;
+    if (on) {
+      this.weight = tf.variable(w, true) as tf.Variable<tf.Rank.R2>;
+      this.bias = b ? (tf.variable(b, true) as tf.Variable<tf.Rank.R1>) : null;
+    } else {
+      this.weight = tf.keep(w.clone()) as tf.Tensor2D;
+      this.bias = b ? (tf.keep(b.clone()) as tf.Tensor1D) : null;
+    }
+    w.dispose();
+    b?.dispose();
+    this.isVariable = on;
   }
 
   /** The trainable weight [in, out] and bias variables (empty for a frozen layer). */
@@ -546,7 +605,7 @@ export class Linear {
   }
 
   setWeight(weight: tf.Tensor2D): void {
-    if (this.trainable) {
+    if (this.isVariable) {
       tf.tidy(() => (this.weight as tf.Variable).assign(tf.transpose(weight)));
       return;
     }
@@ -556,7 +615,7 @@ export class Linear {
   }
 
   setBias(bias: tf.Tensor1D): void {
-    if (this.trainable && this.bias) {
+    if (this.isVariable && this.bias) {
       (this.bias as tf.Variable).assign(bias);
       return;
     }

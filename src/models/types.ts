@@ -70,6 +70,34 @@ export interface NormLayer {
   reset(): void;
 }
 
+/**
+ * What a model parameter belongs to: a norm layer's affine weight/bias, a conv filter, a linear
+ * layer's weight/bias, an embedding (ViT patch/position/class tokens), or an adapter.
+ */
+export type ParamKind = 'norm' | 'conv' | 'linear' | 'embed' | 'adapter';
+
+/** One entry of `Classifier.parameters()` (PyTorch `named_parameters()`). */
+export interface ModelParameter {
+  /** The state_dict key, e.g. 'stage_1.0.conv_conv.weight'. */
+  readonly name: string;
+  readonly kind: ParamKind;
+  /** Whether the parameter currently trains (PyTorch `requires_grad`). */
+  readonly requiresGrad: boolean;
+  /**
+   * The variable an optimizer updates; null while a conv/linear/embedding weight is frozen (a
+   * frozen weight is a constant, docs/memory.md). Norm affines are always variables. Its layout
+   * may differ from PyTorch's (HWIO convs, [in, out] linear weights): see `toTorch`.
+   */
+  readonly variable: tf.Variable | null;
+  /** The PyTorch shape. */
+  readonly shape: readonly number[];
+  /** A tensor in the variable's layout (value or gradient) → PyTorch layout (a new tensor). */
+  toTorch(t: tf.Tensor): tf.Tensor;
+}
+
+/** Chooses parameters for `Classifier.requiresGrad` (by PyTorch name and kind). */
+export type ParamFilter = (p: { name: string; kind: ParamKind }) => boolean;
+
 export interface Classifier {
   /** Registry key of the architecture ('resnext29', 'wrn28_10', ...). */
   readonly arch: string;
@@ -94,6 +122,14 @@ export interface Classifier {
   trainableParams(): tf.Variable[];
   /** Marks which norm layers adapt their affine parameters (all by default). */
   setTrainable(trainable: boolean, filter?: (layer: NormLayer) => boolean): void;
+  /** Every parameter in state_dict order (buffers excluded), with what currently trains. */
+  parameters(): readonly ModelParameter[];
+  /**
+   * PyTorch's `requires_grad_` per parameter: exactly the parameters `filter` selects train,
+   * all others are frozen. A layer's weight and bias switch together (one flag per layer): the
+   * layer trains when the filter selects either of them.
+   */
+  requiresGrad(filter: ParamFilter): void;
   /** Current values of all parameters and buffers under their PyTorch key names (copies). */
   stateDict(): Map<string, tf.Tensor>;
   /** Loads values (same keys/shapes as stateDict) into the variables. */

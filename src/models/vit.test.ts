@@ -113,7 +113,7 @@ describe('ViT (reduced, timm key names) against PyTorch', () => {
     };
     const eata = await ALGORITHMS.eata.create(m, { ...tentOptions(), eMargin: 10 }, { rng: new Rng(2), fisherData });
     const r = eata.step(input);
-    expect(r.reliable).toBe(2);
+    expect(r.metrics?.reliable).toBe(2);
     r.logits.dispose();
     eata.dispose();
     m.dispose();

@@ -19,9 +19,9 @@
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { StateDict } from '../io/types.js';
-import type { Classifier, MectaOptions, NormLayer, NormMode } from './types.js';
+import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, ParamFilter } from './types.js';
 import type { InputNorm } from './base.js';
-import { readEntries, setNormTrainable, toRawStateDict, trainableNormParams, writeEntries, type StateEntry } from './base.js';
+import { ParamTable, readEntries, setNormTrainable, toRawStateDict, trainableNormParams, writeEntries, type StateEntry } from './base.js';
 import { Conv2d, Linear, add, customOp, rawToTensor, reshape, usingTemps } from './layers.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { UNKNOWN, childCount, dimOf } from './infer.js';
@@ -189,8 +189,14 @@ class FastLinear {
     })) as (x: tf.Tensor2D) => tf.Tensor2D;
   }
 
+  /**
+   * Frozen: the lean op above. Trainable (`requiresGrad` selected the layer): the Linear itself,
+   * whose matMul/add autodiff returns the weight and bias gradients (and saves x for them).
+   */
   apply(x: tf.Tensor2D): tf.Tensor2D {
-    return this.op(x);
+    if (!this.lin.trainable) return this.op(x);
+    this.invalidate(); // the cached Wᵀ goes stale once the weight trains
+    return this.lin.apply(x);
   }
 
   /** Call after the weight changed (loadStateDict). */
@@ -232,6 +238,8 @@ export class VisionTransformer implements Classifier {
 
   private readonly norms: LayerNormLayer[] = [];
   private readonly entries: StateEntry[] = [];
+  /** Every parameter, state_dict order (Classifier.parameters). */
+  private readonly params = new ParamTable();
   private readonly owned: { dispose(): void }[] = [];
   private readonly blocks: Block[] = [];
   private mode: NormMode = 'source';
@@ -276,6 +284,7 @@ export class VisionTransformer implements Classifier {
       this.owned.push(this.patchConv);
       const conv = this.patchConv;
       this.entries.push({ key: 'patch_embed.proj.weight', shape: conv.weightShape, get: () => conv.weightOIHW(), set: (v) => conv.setWeight(v as tf.Tensor4D) });
+      this.params.addConv('patch_embed.proj.weight', conv, 'embed');
       this.patchBias = this.constant('patch_embed.proj.bias') as tf.Tensor1D;
       for (let i = 0; i < arch.depth; i++) {
         const p = `blocks.${i}`;
@@ -306,22 +315,51 @@ export class VisionTransformer implements Classifier {
     return rawToTensor(t, key);
   }
 
-  /** A tensor used as is (cls_token, pos_embed, patch bias), kept in a slot so it can be reloaded. */
+  /**
+   * A tensor used as is (cls_token, pos_embed, patch bias), kept in a slot so it can be reloaded;
+   * a tf.Variable while `requiresGrad` selects it (the forward's tf ops then give its gradient).
+   */
   private constant(key: string): tf.Tensor {
-    const slot = { value: tf.keep(this.raw(key)) };
+    const slot: { value: tf.Tensor; isVar: boolean } = { value: tf.keep(this.raw(key)), isVar: false };
+    const publish = (next: tf.Tensor) => {
+      slot.value = next;
+      if (key === 'cls_token') this.clsToken = next as tf.Tensor3D;
+      else if (key === 'pos_embed') this.posEmbed = next as tf.Tensor3D;
+      else this.patchBias = next as tf.Tensor1D;
+    };
     this.owned.push({ dispose: () => slot.value.dispose() });
     this.entries.push({
       key,
       shape: slot.value.shape.slice(),
       get: () => slot.value.clone(),
       set: (v) => {
+        if (slot.isVar) {
+          (slot.value as tf.Variable).assign(v);
+          return;
+        }
         const next = tf.keep(v.clone());
         slot.value.dispose();
-        slot.value = next;
-        if (key === 'cls_token') this.clsToken = next as tf.Tensor3D;
-        else if (key === 'pos_embed') this.posEmbed = next as tf.Tensor3D;
-        else this.patchBias = next as tf.Tensor1D;
+        publish(next);
       },
+    });
+    const owner = {
+      get: () => slot.isVar,
+      set: (on: boolean) => {
+        if (on === slot.isVar) return;
+        const old = slot.value;
+        const next = on ? tf.variable(old, true) : tf.keep(old.clone());
+        old.dispose();
+        slot.isVar = on;
+        publish(next);
+      },
+    };
+    this.params.add({
+      name: key,
+      kind: 'embed',
+      shape: slot.value.shape.slice(),
+      owner,
+      variable: () => (slot.isVar ? (slot.value as tf.Variable) : null),
+      toTorch: (t) => t.clone(),
     });
     return slot.value;
   }
@@ -334,6 +372,7 @@ export class VisionTransformer implements Classifier {
     const c = layer.numFeatures;
     this.entries.push({ key: `${prefix}.weight`, shape: [c], get: () => layer.weight.clone(), set: (t) => layer.weight.assign(t) });
     this.entries.push({ key: `${prefix}.bias`, shape: [c], get: () => layer.bias.clone(), set: (t) => layer.bias.assign(t) });
+    this.params.addNorm(layer);
     return layer;
   }
 
@@ -344,6 +383,7 @@ export class VisionTransformer implements Classifier {
     const lin = usingTemps(b ? [w, b] : [w], () => new Linear(w, b));
     const fast = new FastLinear(lin);
     this.owned.push(lin, fast);
+    this.params.addLinear(prefix, lin);
     const setWeight = (v: tf.Tensor) => {
       lin.setWeight(v as tf.Tensor2D);
       fast.invalidate();
@@ -452,6 +492,14 @@ export class VisionTransformer implements Classifier {
     setNormTrainable(this.norms, trainable, filter);
   }
 
+  parameters(): readonly ModelParameter[] {
+    return this.params.list();
+  }
+
+  requiresGrad(filter: ParamFilter): void {
+    this.params.requiresGrad(filter);
+  }
+
   stateDict(): Map<string, tf.Tensor> {
     return readEntries(this.entries);
   }
@@ -466,6 +514,8 @@ export class VisionTransformer implements Classifier {
     const copy = new VisionTransformer(toRawStateDict(this.stateDict()), this.architecture, this.opts);
     copy.mode = this.mode;
     this.norms.forEach((layer, i) => copy.norms[i].copyStateFrom(layer));
+    const training = this.params.trainingNames();
+    copy.params.requiresGrad((p) => training.has(p.name));
     return copy;
   }
 

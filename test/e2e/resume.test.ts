@@ -6,7 +6,8 @@ import { describe, it, expect, beforeAll } from 'vitest';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FIXTURE_WEIGHTS, makeCifarC, runBin } from './helpers.js';
+import { pathToFileURL } from 'node:url';
+import { FIXTURE_WEIGHTS, ROOT, makeCifarC, runBin } from './helpers.js';
 
 const CORR = ['gaussian_noise', 'fog', 'contrast'];
 let dataDir = '';
@@ -15,6 +16,11 @@ beforeAll(async () => {
 });
 
 const read = (dir: string, f: string) => readFileSync(join(dir, f), 'utf8');
+/** Preloaded into a run to exit (code 99) after a domain's checkpoint, as a crash there would. */
+const crashAfterDomain = (domain: number) => ({
+  CTA_TEST_EXIT_AFTER_DOMAIN: String(domain),
+  NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${pathToFileURL(join(ROOT, 'test/e2e/exit-after-domain.mjs')).href}`.trim(),
+});
 
 describe.each([
   ['tent + MECTA (forget gate, beta-thre, prune-q)', ['--alg', 'tent', '--accum-bn', '--forget-gate', '--beta-thre', '0.01', '--prune-q', '0.5', '--lr', '0.01']],
@@ -26,7 +32,7 @@ describe.each([
     const whole = join(tmp, 'whole');
     const cut = join(tmp, 'cut');
     expect((await runBin('cta-eval', [...base, '--out', whole])).code).toBe(0);
-    const killed = await runBin('cta-eval', [...base, '--out', cut], { CTA_TEST_EXIT_AFTER_DOMAIN: '2' });
+    const killed = await runBin('cta-eval', [...base, '--out', cut], crashAfterDomain(2));
     expect(killed.code).toBe(99);
     expect(JSON.parse(read(cut, 'summary.json')).complete).toBe(false);
     const resumed = await runBin('cta-eval', ['--resume', cut, '--progress', 'none']);

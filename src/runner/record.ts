@@ -1,0 +1,155 @@
+/**
+ * What a run writes (src/runner/output.ts): one batches.jsonl line per batch, one summary.json
+ * entry per domain, the domain-boundary checkpoint, and the final summary and manifest. A
+ * method's own counters (AlgorithmSpec.metrics) go into the lines as it returns them and are
+ * summed per domain under their summary keys.
+ */
+import { streamFingerprint } from '../data/stream.js';
+import type { NormRecord } from '../models/types.js';
+import type { StepResult } from '../algorithms/types.js';
+import type { MeasuredBatchFields, MeasuredDomain } from '../memory/probe.js';
+import { accountCache, MB } from './accounting.js';
+import { saveCheckpoint } from './checkpoint.js';
+import { meanErrors, type DomainResult } from './output.js';
+import { checkpointWritten } from './events.js';
+import type { PreparedRun } from './prepare.js';
+
+/** One domain's running totals, filled batch by batch. */
+export class DomainTally {
+  correct = 0;
+  seen = 0;
+  updates = 0;
+  batches = 0;
+  /** Per metric name: its sum over the domain's batches. */
+  readonly metrics: Record<string, number> = {};
+  readonly caches: number[] = [];
+  readonly betas: number[] = [];
+  readonly started = performance.now();
+
+  constructor(
+    readonly name: string,
+    readonly severity: number | null,
+    readonly measured: MeasuredDomain,
+    metricNames: readonly string[],
+  ) {
+    for (const m of metricNames) this.metrics[m] = 0;
+  }
+}
+
+/**
+ * Adds one batch to the tally and appends its batches.jsonl line. `correct`: its correct
+ * predictions; `mem`: the measured fields of its step; `ms`: its wall time.
+ */
+export function recordBatch(
+  run: PreparedRun,
+  tally: DomainTally,
+  n: number,
+  correct: number,
+  res: StepResult,
+  mem: MeasuredBatchFields,
+  started: number,
+): void {
+  tally.correct += correct;
+  tally.seen += n;
+  tally.batches++;
+  if (res.updated) tally.updates++;
+  for (const [k, v] of Object.entries(res.metrics ?? {})) tally.metrics[k] = (tally.metrics[k] ?? 0) + v;
+  const records: (NormRecord | null)[] = run.model.normLayers.map((l) => l.last);
+  const layerBetas = records.map((r) => r?.beta ?? null);
+  const acc = run.trackCache ? accountCache(records) : null;
+  if (acc) tally.caches.push(acc.cacheMb);
+  const finite = layerBetas.filter((v): v is number => v !== null);
+  if (finite.length) tally.betas.push(finite.reduce((a, v) => a + v, 0) / finite.length);
+  const ms = performance.now() - started;
+  run.writer.appendBatch({
+    batch: run.batchIndex++,
+    domain: tally.name,
+    domain_batch: tally.batches - 1,
+    n,
+    correct,
+    error: (100 * (n - correct)) / n,
+    updated: res.updated,
+    ...(res.metrics ?? {}),
+    ...(acc
+      ? {
+          cache_mb: acc.cacheMb,
+          max_forward_mb: acc.maxForwardBytes / MB,
+          total_backward_mb: acc.totalBackwardBytes / MB,
+        }
+      : {}),
+    ...mem,
+    ...(run.cfg.accumBn ? { beta: layerBetas, cached: records.map((r) => r?.cached ?? false) } : {}),
+    ms: Math.round(ms * 10) / 10,
+  });
+}
+
+/** The domain's summary.json entry. */
+export function domainResult(run: PreparedRun, t: DomainTally): DomainResult {
+  const seconds = (performance.now() - t.started) / 1000;
+  const metrics = Object.entries(run.spec.metrics ?? {}).map(([k, m]) => [m.summary, t.metrics[k]] as const);
+  return {
+    domain: t.name,
+    severity: t.severity,
+    n: t.seen,
+    error: t.seen ? (100 * (t.seen - t.correct)) / t.seen : NaN,
+    correct: t.correct,
+    batches: t.batches,
+    seconds: Math.round(seconds * 100) / 100,
+    img_per_s: Math.round((t.seen / seconds) * 10) / 10,
+    updates: t.updates,
+    ...Object.fromEntries(metrics),
+    ...(run.trackCache
+      ? {
+          max_cache_mb: t.caches.length ? Math.max(...t.caches) : null,
+          avg_cache_mb: t.caches.length ? t.caches.reduce((a, v) => a + v, 0) / t.caches.length : null,
+        }
+      : {}),
+    ...t.measured.summary(),
+    ...(t.betas.length ? { mean_beta: t.betas.reduce((a, v) => a + v, 0) / t.betas.length } : {}),
+  };
+}
+
+/** The end-of-domain line's extras: the method's per-domain sums and the cache accounting. */
+export function domainExtras(run: PreparedRun, result: DomainResult): string {
+  const r = result as unknown as Record<string, unknown>;
+  const metrics = Object.values(run.spec.metrics ?? {}).map((m) => ` ${m.summary} ${String(r[m.summary])}`);
+  const cache = result.max_cache_mb != null ? ` cache max ${result.max_cache_mb.toFixed(1)} MB avg ${result.avg_cache_mb!.toFixed(1)} MB` : '';
+  return metrics.join('') + cache;
+}
+
+/**
+ * Adds a finished domain to summary.json and, unless it was the last, writes the checkpoint that
+ * `--resume` continues from (src/runner/checkpoint.ts) and tells its observers (src/runner/events.ts).
+ */
+export async function recordDomain(run: PreparedRun, di: number, result: DomainResult): Promise<void> {
+  const { summary } = run;
+  summary.domains.push(result);
+  Object.assign(summary, meanErrors(summary.domains));
+  run.writer.writeJson('summary.json', summary);
+  if (di + 1 >= run.source.names.length) return;
+  await saveCheckpoint(
+    run.dir,
+    {
+      version: 1,
+      nextDomain: di + 1,
+      batchIndex: run.batchIndex,
+      rngs: Object.fromEntries(Object.entries(run.rngs).map(([k, r]) => [k, r.state()])),
+      pastSizes: run.model.normLayers.map((l) => l.pastSize),
+      summary,
+      orders: run.orders.map((o) => ({ name: o.name, severity: o.severity ?? null, order: Array.from(o.order) })),
+    },
+    run.model,
+    run.alg,
+  );
+  checkpointWritten(run.dir, di + 1);
+}
+
+/** Marks the run complete: final summary, and the manifest with the stream fingerprint. */
+export function recordFinish(run: PreparedRun): void {
+  run.summary.complete = true;
+  run.writer.writeJson('summary.json', run.summary);
+  run.manifest.stream_fingerprint = streamFingerprint(run.orders);
+  run.manifest.finished = new Date().toISOString();
+  run.manifest.config = { ...run.cfg };
+  run.writer.writeJson('manifest.json', run.manifest);
+}
