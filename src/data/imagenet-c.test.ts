@@ -258,29 +258,29 @@ describe('ImageNet-C source on a generated tree', () => {
   });
 
   it('decodes the next batches while the caller is busy (prefetch overlap)', async () => {
+    // Behaviour, not timing (how much the overlap saves is bench-jpeg's job): as soon as the
+    // caller has batch 1, the JPEGs of the next batches are already on sharp's worker threads, and
+    // they arrive complete and in order after a synchronous "model step".
     const t = await makeImageNetTree({ perClass: 16, corruptions: ['fog'] });
     const src = imageNetCSource({ dataDir: t.imagenetC, severity: 5, corruptions: ['fog'], includeClean: false, prefetchBatches: 2 });
     const d = await src.open('fog');
     const order = Int32Array.from({ length: d.n }, (_, i) => i);
-    // sequential decode time of one 16-image batch
-    const t0 = performance.now();
-    await collect((await src.open('fog')).batches(order.slice(0, 16), 16));
-    const decodeMs = performance.now() - t0;
-    const waits: number[] = [];
     const it = d.batches(order, 16)[Symbol.asyncIterator]();
-    await it.next();
+    const first = await it.next();
+    expect(first.done).toBe(false);
+    const inFlight = sharp.counters();
+    expect(inFlight.queue + inFlight.process).toBeGreaterThan(0);
+    const seen = [...(first.value as Batch).indices];
     for (let k = 0; k < 2; k++) {
-      const busyUntil = performance.now() + Math.max(150, 3 * decodeMs); // a synchronous "model step"
+      const busyUntil = performance.now() + 100; // a synchronous model step
       while (performance.now() < busyUntil) {
         /* spin */
       }
-      const w0 = performance.now();
       const r = await it.next();
-      waits.push(performance.now() - w0);
       expect(r.done).toBe(false);
+      seen.push(...(r.value as Batch).indices);
     }
-    console.log(`prefetch: one batch decodes in ${decodeMs.toFixed(0)} ms; waits after a busy step ${waits.map((w) => w.toFixed(1)).join(', ')} ms`);
-    for (const w of waits) expect(w).toBeLessThan(decodeMs);
+    expect(seen).toEqual(Array.from(order.slice(0, 48)));
     await it.return?.();
     expect(readdirSync(join(t.imagenetC, 'fog', '5')).length).toBe(3);
   });
