@@ -11,12 +11,13 @@ import { tent } from './tent.js';
 import { eata, eta } from './eata.js';
 import { sar } from './sar.js';
 import { deyo } from './deyo.js';
+import { cotta, cottaBn } from './cotta.js';
 
 function withNormMode<S extends AlgorithmSpec>(spec: S): S {
   return {
     ...spec,
     create(model, opts, ctx) {
-      configureNorm(model, spec.norm);
+      configureNorm(model, spec.norm, undefined, spec.normStats);
       return spec.create(model, opts, ctx);
     },
   };
@@ -30,6 +31,8 @@ export const ALGORITHMS = {
   eata: withNormMode(eata),
   sar: withNormMode(sar),
   deyo: withNormMode(deyo),
+  cotta: withNormMode(cotta),
+  cotta_bn: withNormMode(cottaBn),
 } satisfies Record<string, AlgorithmSpec>;
 
 export type AlgorithmName = keyof typeof ALGORITHMS;

@@ -7,7 +7,7 @@
 import type { tf } from '../tf.js';
 import type { Classifier } from '../models/types.js';
 import type { FieldSpec } from '../config/schema.js';
-import type { NormNeed } from './norm-mode.js';
+import type { NormNeed, NormStats } from './norm-mode.js';
 import type { Rng } from '../util/rng.js';
 import type { CottaAugmentOptions } from './augment.js';
 
@@ -102,6 +102,11 @@ export interface AlgorithmSpec {
   readonly usesGradients: boolean;
   /** The normalisation statistics the method needs (src/algorithms/norm-mode.ts). */
   readonly norm: NormNeed;
+  /**
+   * Which statistics an 'adaptive' method normalises with when MECTA is off: batch (default),
+   * robust-BN EMA or BN-α (src/algorithms/norm-mode.ts, docs/mecta-norm.md#norm-policies).
+   */
+  readonly normStats?: NormStats;
   /**
    * The config fields the method reads (flags, YAML, --help, README come from them: the schema
    * merges every method's fields, src/config/schema.ts). Methods sharing an option share its

@@ -13,16 +13,18 @@ import { CLEAN_DOMAIN } from '../data/stream.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
 import { checkOutFile } from '../util/out-path.js';
-import { DEFAULT_BATCH_SIZES, layerTable, parseBatchSizes, runProfile, summaryTable } from '../memory/profile.js';
+import { DEFAULT_BATCH_SIZES, layerTable, parseBatchSizes, runProfile, summaryTable, TRAIN_SETS, weightLayerTable, type TrainSet } from '../memory/profile.js';
 
-const USAGE = `$0 [--config FILE] [options] [--batch-sizes 8,16,32,64] [--synthetic] [--per-layer] [--json FILE]
+const USAGE = `$0 [--config FILE] [options] [--batch-sizes 8,16,32,64] [--synthetic] [--per-layer] [--train norm|all] [--json FILE]
 
 Measures the memory of one adaptation step per batch size: the analytic MECTA cache (forward =
 largest norm-layer input, backward = sum of the inputs of the layers that cache; MB = 1e6 bytes),
 the bytes the engine actually holds for backprop when the backward starts, the step's and an
 inference forward's peak engine bytes, and the step time. Model, algorithm and MECTA options come
 from the cta-eval config/flags; without --weights the model gets random weights of the RobustBench
-shape. --synthetic feeds random images instead of the first batch of --domain.`;
+shape. --synthetic feeds random images instead of the first batch of --domain. --train all makes
+every parameter trainable (convs, linears, embeddings: CoTTA's student) and adds the inputs their
+weight gradients need to the analytic backward figure.`;
 
 /**
  * Run-config fields profile-mem does not read: no run folder, progress or comparison, one step
@@ -36,6 +38,7 @@ interface Extra extends Record<string, unknown> {
   domain: string;
   synthetic: boolean;
   perLayer: boolean;
+  train: string;
   json?: string;
   steps: number;
 }
@@ -48,6 +51,7 @@ export async function main(argv: string[]): Promise<void> {
         .option('domain', { type: 'string', default: 'gaussian_noise', defaultDescription: 'gaussian_noise', describe: `domain whose first batch is used (not with --synthetic): a corruption or ${CLEAN_DOMAIN}`, group: 'profile-mem' })
         .option('synthetic', { type: 'boolean', default: false, describe: 'random input of the model\'s shape: no data set needed', group: 'profile-mem' })
         .option('per-layer', { type: 'boolean', default: false, describe: 'also print the per-norm-layer table for every batch size', group: 'profile-mem' })
+        .option('train', { type: 'string', choices: [...TRAIN_SETS], default: 'norm', describe: "what trains: 'norm' = the method's norm-layer affines (or the last --n-layer BatchNorm layers), 'all' = every parameter", group: 'profile-mem' })
         .option('steps', { ...valueOption('int'), default: 1, describe: 'steps per batch size on the same batch (memory of the first, time of the fastest)', group: 'profile-mem' })
         .option('json', { type: 'string', defaultDescription: 'none', describe: 'write the full report (rows, per-layer rows, config) to this file', group: 'profile-mem' }),
       PROFILE_MEM_IGNORES,
@@ -69,7 +73,7 @@ export async function main(argv: string[]): Promise<void> {
     const log = (line: string) => process.stdout.write(line + '\n');
     const name = `${cfg.alg}${cfg.accumBn ? '+mecta' : ''}`;
     log(
-      `profile-mem: ${name} on ${cfg.model}, batch sizes ${batchSizes.join(',')}, ${args.synthetic ? 'synthetic input' : `first batch of ${cfg.data} ${args.domain}`}` +
+      `profile-mem: ${name}${args.train === 'all' ? ' (every parameter trains)' : ''} on ${cfg.model}, batch sizes ${batchSizes.join(',')}, ${args.synthetic ? 'synthetic input' : `first batch of ${cfg.data} ${args.domain}`}` +
         (cfg.accumBn ? ` (forget gate ${cfg.forgetGate ? 'on' : 'off'}, beta-thre ${cfg.betaThre}, prune-q ${cfg.pruneQ})` : ''),
     );
     const report = await runProfile({
@@ -78,6 +82,7 @@ export async function main(argv: string[]): Promise<void> {
       domain,
       synthetic: Boolean(args.synthetic),
       perLayer: Boolean(args.perLayer),
+      train: String(args.train) as TrainSet,
       steps,
       log,
     });
@@ -89,6 +94,11 @@ export async function main(argv: string[]): Promise<void> {
         log('');
         log(`batch ${row.batch_size}: per norm layer (measured norm = saved by the layer's op; after = saved by the ops up to the next norm layer, e.g. ReLU masks)`);
         log(layerTable(row));
+        if (row.weight_layers?.length) {
+          log('');
+          log(`batch ${row.batch_size}: per trainable conv/linear/embedding layer (analytic = the input its weight gradient needs; measured = saved by the ops taking its weight)`);
+          log(weightLayerTable(row));
+        }
       }
     }
     log('');

@@ -9,6 +9,7 @@ import { DIST_METRICS } from '../models/types.js';
 import { ALGORITHMS, ALGORITHM_NAMES, type AlgorithmName } from '../algorithms/registry.js';
 import { MODEL_NAMES } from '../models/registry.js';
 import { CORRUPTIONS_15, EXTRA_CORRUPTIONS } from '../data/stream.js';
+import { DEFAULT_ROUNDS, SETTING_NAMES } from '../data/settings.js';
 
 export const DATASETS = ['cifar10c', 'cifar100c', 'synthetic-c', 'imagenetc'] as const;
 export const PROGRESS_MODES = ['auto', 'bar', 'plain', 'none'] as const;
@@ -75,6 +76,9 @@ export const FIELDS = {
   shuffle: { type: 'bool', default: true, group: 'data', description: 'shuffle each domain (seeded by --seed); false streams in file order' },
   seed: { type: 'int', min: 0, default: 2020, group: 'data', description: 'seed for shuffling, pruning and Fisher subsets' },
   batchSize: { type: 'int', min: 1, default: 16, group: 'data', description: 'test batch size' },
+  setting: { type: 'enum', choices: SETTING_NAMES, default: 'continual', group: 'data', description: 'stream setting (docs/protocol.md#settings): continual, reset-each-shift (reset at each domain change), gradual (severities 1-5-1 per corruption), correlated (Dirichlet label order), recurring (sequence repeated), mixed (all domains pooled and shuffled), or a -correlated composition' },
+  rounds: { type: 'int', min: 1, nullable: true, default: null, defaultText: `${DEFAULT_ROUNDS} (recurring settings only)`, group: 'data', description: 'recurring: times the domain sequence is repeated' },
+  dirichletDelta: { type: 'number', min: 0, nullable: true, default: null, defaultText: '0 = sort by label (correlated settings only)', group: 'data', description: 'correlated: Dirichlet concentration of the class order (small = long single-class runs, large = near i.i.d.)' },
   // --- model ----------------------------------------------------------------------------------
   model: { type: 'enum', choices: MODEL_NAMES, default: 'resnext29', group: 'model', description: 'architecture (PyTorch state_dict key names)' },
   weights: { type: 'string', nullable: true, default: null, group: 'model', description: 'weights: .safetensors or PyTorch zip .pt state_dict' },

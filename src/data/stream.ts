@@ -58,6 +58,11 @@ export interface DomainStream {
   width: number;
   channels: number;
   /**
+   * Every sample's label up front, when the source has them without decoding the images (needed
+   * by the correlated settings' label-sorted order, src/data/settings.ts).
+   */
+  labels?: ArrayLike<number>;
+  /**
    * Batches of the samples in `order` (indices 0…n−1), `batchSize` at a time, the last one
    * possibly smaller; a source may drop unreadable samples (then a batch is smaller still).
    */
@@ -75,6 +80,7 @@ export async function openDomain(source: DomainSource, name: string): Promise<Do
     height: d.height,
     width: d.width,
     channels: d.channels,
+    labels: d.labels,
     async *batches(order, batchSize) {
       yield* makeBatches(d, order, batchSize);
     },
@@ -199,6 +205,11 @@ export interface FingerprintEntry {
   name: string;
   severity?: number | null;
   order: Int32Array;
+  /**
+   * What else the stream setting decided for this step (round, reset, correlated order: see
+   * src/data/settings.ts); absent in the continual setting, whose fingerprints stay as they were.
+   */
+  tag?: string;
 }
 
 /**
@@ -210,6 +221,7 @@ export function streamFingerprint(entries: Iterable<FingerprintEntry>): string {
   const h = createHash('sha256');
   for (const e of entries) {
     h.update(`${e.name}\0${e.severity ?? ''}\0${e.order.length}\0`, 'utf8');
+    if (e.tag !== undefined) h.update(`tag\0${e.tag}\0`, 'utf8');
     const buf = Buffer.alloc(e.order.length * 4);
     for (let i = 0; i < e.order.length; i++) buf.writeInt32LE(e.order[i], i * 4);
     h.update(buf);

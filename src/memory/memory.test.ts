@@ -16,7 +16,8 @@ import type { AdaptOptions } from '../algorithms/types.js';
 import { accountCache, analyticCache } from '../runner/accounting.js';
 import { MB, MeasuredDomain, MemoryProbe, accountTape } from './probe.js';
 import { randomResNeXt, randomStateDict } from './random-weights.js';
-import { layerTable, parseBatchSizes, summaryTable, type ProfileReport } from './profile.js';
+import { layerTable, parseBatchSizes, runProfile, summaryTable, weightLayerTable, type ProfileReport } from './profile.js';
+import { defaultConfig } from '../config/schema.js';
 
 beforeAll(async () => {
   await initBackend('wasm');
@@ -121,14 +122,15 @@ describe('measured backprop bytes (small ResNeXt, batch 4)', () => {
     return { mem, analytic, updated: res.updated };
   }
 
-  it('Tent: measured ≤ 1.5 × analytic (and ≥ the analytic BN inputs)', async () => {
+  it('Tent: measured ≤ 1.10 × analytic (and ≥ the analytic BN inputs)', async () => {
     const { mem, analytic, updated } = await step('batch', true);
     expect(updated).toBe(true);
     expect(probeSupported()).toBe(true);
     const ratio = mem.backpropBytes! / analytic.totalBackwardBytes;
     console.log(`tent small b4: analytic ${(analytic.totalBackwardBytes / MB).toFixed(3)} MB, measured ${(mem.backpropBytes! / MB).toFixed(3)} MB (×${ratio.toFixed(3)}), peak ${(mem.peakBytes! / MB).toFixed(2)} MB`);
     expect(ratio).toBeGreaterThanOrEqual(1);
-    expect(ratio).toBeLessThanOrEqual(1.5);
+    // The acceptance bound of a Tent step (docs/memory.md#measured-against-analytic).
+    expect(ratio).toBeLessThanOrEqual(1.1);
     expect(mem.backwards).toBe(1);
     // Per layer: each norm op saves exactly its input (+ [C] vectors); masks come after it.
     const layers = mem.layers!;
@@ -159,6 +161,56 @@ describe('measured backprop bytes (small ResNeXt, batch 4)', () => {
     expect(analytic.totalBackwardBytes).toBe(0);
     expect(mem.backpropBytes).toBe(0);
     expect(mem.backwards).toBe(0);
+  });
+});
+
+describe('trainable-everything accounting (fixture ResNeXt, docs/memory.md#trainable-weights)', () => {
+  const WEIGHTS = 'test/fixtures/models/resnext_small.safetensors';
+  async function profile(train: 'norm' | 'all') {
+    const cfg = { ...defaultConfig(), model: 'resnext29' as const, alg: 'tent' as const, weights: WEIGHTS, backend: 'wasm' as const };
+    const before = tf.memory().numTensors;
+    const report = await runProfile({ cfg, batchSizes: [4], domain: 'gaussian_noise', synthetic: true, perLayer: true, train, steps: 1, log: () => undefined });
+    expect(tf.memory().numTensors).toBe(before); // model, algorithm and batch all disposed
+    return report.rows[0];
+  }
+
+  it('norm-only Tent: no weight rows, the analytic figure is the norm layers alone', async () => {
+    const row = await profile('norm');
+    expect(row.error).toBeUndefined();
+    expect(row.weight_layers).toBeUndefined();
+    const norm = row.layers!.reduce((a, l) => a + l.analytic_backward_mb, 0);
+    expect(row.analytic_backward_mb).toBeCloseTo(norm, 9);
+  });
+
+  it('every parameter trains: per conv/linear layer, measured = analytic input (+ the linear weight operand); total ≤ 1.10×', async () => {
+    const row = await profile('all');
+    expect(row.error).toBeUndefined();
+    expect(row.updated).toBe(true);
+    const w = row.weight_layers!;
+    // 1 stem conv, 3 per block × 6 blocks, 1 projection shortcut per stage, the classifier.
+    expect(w.filter((l) => l.kind === 'conv').length).toBe(1 + 3 * 6 + 3);
+    expect(w.filter((l) => l.kind === 'linear').map((l) => l.name)).toEqual(['classifier']);
+    for (const l of w) {
+      if (l.kind === 'conv') {
+        // A conv's op saves exactly its input (0 when another layer saved that input first).
+        expect(Math.abs(l.measured_mb - l.analytic_backward_mb)).toBeLessThanOrEqual(1e-12);
+      } else {
+        // The autodiff of y = x·W + b also saves W [in, out] (a model buffer), y [N, out] and b
+        // [out] (Add keeps both operands), frozen or not: not counted analytically.
+        const [n, inF] = l.shape;
+        const extraMb = (inF * 10 + n * 10 + 10) * 4 / MB;
+        expect(l.measured_mb - l.analytic_backward_mb).toBeCloseTo(extraMb, 9);
+      }
+    }
+    // The projection shortcuts share their block's input with its first conv: counted once.
+    expect(w.filter((l) => l.analytic_backward_mb === 0).map((l) => l.name)).toEqual(['stage_1.0.downsample.0', 'stage_2.0.downsample.0', 'stage_3.0.downsample.0'].filter((n) => w.some((l) => l.name === n)));
+    const norm = row.layers!.reduce((a, l) => a + l.analytic_backward_mb, 0);
+    const weights = w.reduce((a, l) => a + l.analytic_backward_mb, 0);
+    expect(row.analytic_backward_mb).toBeCloseTo(norm + weights, 9);
+    console.log(`tent all-trainable fixture b4: analytic ${row.analytic_backward_mb!.toFixed(3)} MB (norm ${norm.toFixed(3)} + weights ${weights.toFixed(3)}), measured ${row.measured_backprop_mb!.toFixed(3)} MB (×${row.ratio!.toFixed(3)})`);
+    expect(row.ratio!).toBeGreaterThanOrEqual(1);
+    expect(row.ratio!).toBeLessThanOrEqual(1.1);
+    expect(weightLayerTable(row)).toMatch(/classifier\s+linear\s+4×128/);
   });
 });
 

@@ -125,6 +125,19 @@ export interface LayerMemory {
   afterBytes: number;
 }
 
+/**
+ * Measured bytes attributed to one trainable conv / linear / embedding layer (profile-mem
+ * --per-layer, docs/memory.md#trainable-weights): what the tape nodes taking its weight variable
+ * as an input saved, first seen there (an input another layer saved earlier counts there).
+ */
+export interface WeightLayerMemory {
+  /** Module path ('stage_1.0.conv_conv'). */
+  name: string;
+  /** Shape of the node's other input (the layer's input). */
+  shape: number[];
+  bytes: number;
+}
+
 export interface StepMemory {
   /** Bytes held for backprop when the backward starts (0 if no backward ran); null if unmeasurable. */
   backpropBytes: number | null;
@@ -147,6 +160,11 @@ export interface StepMemory {
   /** Saved bytes before the first norm layer (input normalisation, stem), with `layers`. */
   preambleBytes?: number;
   layers?: LayerMemory[];
+  /**
+   * With `layers`, when non-norm layers train (`nameWeights`): their own saved bytes, taken out of
+   * the norm layers' `afterBytes` and the preamble.
+   */
+  weightLayers?: WeightLayerMemory[];
 }
 
 let installed = false;
@@ -203,7 +221,9 @@ export class MemoryProbe {
   private account: TapeAccount | null = null;
   private backwards = 0;
   private marks: LayerMark[] = [];
-  private layerResult: { preamble: number; layers: LayerMemory[] } | null = null;
+  private layerResult: { preamble: number; layers: LayerMemory[]; weights: WeightLayerMemory[] } | null = null;
+  /** Variable id → module path of the trainable non-norm parameters (`nameWeights`). */
+  private weightOwners = new Map<number, string>();
 
   constructor(readonly perLayer = false) {
     installMemoryHooks();
@@ -244,6 +264,7 @@ export class MemoryProbe {
     if (this.perLayer && this.layerResult) {
       out.preambleBytes = this.layerResult.preamble;
       out.layers = this.layerResult.layers;
+      if (this.weightOwners.size > 0) out.weightLayers = this.layerResult.weights;
     }
     return out;
   }
@@ -255,9 +276,26 @@ export class MemoryProbe {
     // Several gradient computations in one step: report the largest.
     if (!this.account || acc.backpropBytes >= this.account.backpropBytes) {
       this.account = acc;
-      if (this.perLayer) this.layerResult = attribute(acc.perNode, this.marks);
+      if (this.perLayer) {
+        const split = attributeWeights(tape, acc.perNode, this.weightOwners);
+        this.layerResult = { ...attribute(split.rest, this.marks), weights: split.weights };
+      }
     }
     this.marks = [];
+  }
+
+  /**
+   * Names the trainable conv / linear / embedding parameters (`Classifier.parameters()` entries)
+   * so that the per-layer breakdown gives each its own bytes. Call after the trainable set is
+   * chosen (variables are replaced when a layer switches); norm affines are ignored (`markLayers`).
+   */
+  nameWeights(params: readonly { name: string; kind: string; requiresGrad: boolean; variable: tf.Variable | null }[]): void {
+    this.weightOwners = new Map();
+    for (const p of params) {
+      if (p.kind === 'norm' || !p.requiresGrad || !p.variable) continue;
+      const dot = p.name.lastIndexOf('.');
+      this.weightOwners.set(p.variable.id, dot < 0 ? '' : p.name.slice(0, dot));
+    }
   }
 
   /** Records where a norm layer's op lands on the tape (only while a tape records). */
@@ -291,6 +329,34 @@ export class MemoryProbe {
     }
     return () => undo.forEach((u) => u());
   }
+}
+
+/**
+ * Takes the bytes of the tape nodes that consume a named weight variable out of `perNode`: one
+ * entry per module, in tape (forward) order; `rest` is `perNode` without them.
+ */
+function attributeWeights(
+  tape: readonly TapeNodeLike[],
+  perNode: readonly number[],
+  owners: ReadonlyMap<number, string>,
+): { weights: WeightLayerMemory[]; rest: number[] } {
+  const rest = perNode.slice();
+  const byName = new Map<string, WeightLayerMemory>();
+  if (owners.size === 0) return { weights: [], rest };
+  tape.forEach((node, i) => {
+    const inputs = Object.values(node.inputs);
+    const owner = inputs.map((t) => owners.get(t.id)).find((n) => n !== undefined);
+    if (owner === undefined) return;
+    let entry = byName.get(owner);
+    if (!entry) {
+      const other = inputs.find((t) => !owners.has(t.id));
+      entry = { name: owner, shape: other ? other.shape.slice() : [], bytes: 0 };
+      byName.set(owner, entry);
+    }
+    entry.bytes += rest[i];
+    rest[i] = 0;
+  });
+  return { weights: [...byName.values()], rest };
 }
 
 /** Splits per-node bytes into the norm layers' own ops and the stretches after each. */

@@ -18,7 +18,8 @@ import type { Algorithm, AlgorithmContext } from '../algorithms/types.js';
 import { copiesAndAugmentation } from '../algorithms/context.js';
 import { openDataSource } from '../data/registry.js';
 import { openDomain, type DomainSource } from '../data/stream.js';
-import { accountCache } from '../runner/accounting.js';
+import { accountCache, weightRecords, type WeightRecord } from '../runner/accounting.js';
+import { TRAIN_ALL, TRAIN_NORM } from '../algorithms/param-select.js';
 import { adaptOptions, configureRunNorm, prepareModel } from '../runner/continual.js';
 import { MB, MemoryProbe, type StepMemory } from './probe.js';
 import { randomStateDict } from './random-weights.js';
@@ -33,9 +34,29 @@ export interface ProfileSpec {
   /** Random input of the model's shape instead of a data set. */
   synthetic: boolean;
   perLayer: boolean;
+  /**
+   * What trains (docs/memory.md#trainable-weights): 'norm' = what the method selects (norm-layer
+   * affines, or the last --n-layer BatchNorm layers); 'all' = every parameter (CoTTA's student).
+   */
+  train?: TrainSet;
   /** Adaptation steps per batch size on the same batch (memory: the first; time: the fastest). */
   steps: number;
   log: (line: string) => void;
+}
+
+export const TRAIN_SETS = ['norm', 'all'] as const;
+export type TrainSet = (typeof TRAIN_SETS)[number];
+
+/** A trainable conv / linear / embedding layer's row (--per-layer with --train all). */
+export interface WeightLayerRow {
+  name: string;
+  kind: string;
+  /** Input shape (NHWC for a conv, [rows, in] for a linear). */
+  shape: number[];
+  /** The input its weight gradient needs, float32 (0 when another layer saved it first), MB. */
+  analytic_backward_mb: number;
+  /** Saved by the nodes taking its weight (and bias) as an input, MB. */
+  measured_mb: number;
 }
 
 export interface LayerRow {
@@ -87,6 +108,8 @@ export interface ProfileRow {
   /** Saved bytes before the first norm layer (input normalisation, stem), MB (--per-layer). */
   preamble_mb?: number;
   layers?: LayerRow[];
+  /** Trainable conv / linear / embedding layers, forward order (--per-layer, when any trains). */
+  weight_layers?: WeightLayerRow[];
 }
 
 export interface ProfileReport {
@@ -101,6 +124,8 @@ export interface ProfileReport {
   weights: string;
   input: string;
   alg: string;
+  /** The trainable set (ProfileSpec.train). */
+  train: TrainSet;
   mecta: boolean;
   config: Record<string, unknown>;
   rows: ProfileRow[];
@@ -186,8 +211,8 @@ async function firstImages(source: DomainSource, name: string, count: number, sh
 
 const WASM_FATAL = /memory access out of bounds|Aborted|table index is out of bounds|Cannot enlarge memory|out of memory|Array buffer allocation failed/i;
 
-function analyticRow(records: readonly (NormRecord | null)[]) {
-  const acc = accountCache(records);
+function analyticRow(records: readonly (NormRecord | null)[], weights: readonly WeightRecord[]) {
+  const acc = accountCache(records, weights);
   return {
     analytic_forward_mb: acc.maxForwardBytes / MB,
     analytic_backward_mb: acc.totalBackwardBytes / MB,
@@ -213,9 +238,22 @@ function layerRows(model: Classifier, mem: StepMemory): LayerRow[] {
   });
 }
 
+function weightLayerRows(weights: readonly WeightRecord[], mem: StepMemory): WeightLayerRow[] {
+  const measured = new Map((mem.weightLayers ?? []).map((w) => [w.name, w]));
+  return weights.map((w) => ({
+    name: w.name,
+    kind: w.kind,
+    shape: w.shape,
+    analytic_backward_mb: w.bytes / MB,
+    measured_mb: (measured.get(w.name)?.bytes ?? 0) / MB,
+  }));
+}
+
 /** Runs the whole profile; rows that failed carry `error` (a WASM heap abort stops the rest). */
 export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
   const { cfg, log } = spec;
+  const train = spec.train ?? 'norm';
+  if (train === 'all' && cfg.nLayer !== null) throw new CtaError('--train all trains every parameter; it cannot be combined with --n-layer');
   const algSpec = ALGORITHMS[cfg.alg];
   const { model, backend, weights } = await prepare(cfg, log);
   const shape = model.inputShape;
@@ -240,6 +278,7 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
     weights,
     input: spec.synthetic ? 'synthetic (uniform [0,1) random images)' : `${cfg.data} ${spec.domain} severity ${cfg.severity}, first images in file order`,
     alg: cfg.alg,
+    train,
     mecta: cfg.accumBn,
     config: { ...cfg },
     rows: [],
@@ -271,8 +310,9 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
     let alg: Algorithm | null = null;
     try {
       x = tf.tensor4d(images.subarray(0, bs * pix), [bs, shape[0], shape[1], shape[2]]);
-      // Inference: one forward without a tape, in the algorithm's norm mode.
+      // Inference: one forward without a tape, in the algorithm's norm mode (frozen weights).
       restore(model, snap, cfg);
+      if (train === 'all') model.requiresGrad(TRAIN_NORM);
       probe.begin();
       let t0 = performance.now();
       const logits = model.forward(x);
@@ -300,7 +340,9 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
           }
         },
       };
+      if (train === 'all') model.requiresGrad(TRAIN_ALL);
       alg = await algSpec.create(model, adaptOptions(cfg), ctx);
+      if (spec.perLayer) probe.nameWeights(model.parameters());
       const undo = spec.perLayer ? probe.markLayers(model.normLayers) : () => undefined;
       try {
         for (let s = 0; s < Math.max(1, spec.steps); s++) {
@@ -319,7 +361,8 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
           }
           if (s > 0) continue; // memory: the first step (the reference's "first batch")
           row.updated = res.updated;
-          Object.assign(row, analyticRow(model.normLayers.map((l) => l.last)));
+          const weights = weightRecords(model);
+          Object.assign(row, analyticRow(model.normLayers.map((l) => l.last), weights));
           row.measured_backprop_mb = mb(mem.backpropBytes);
           row.measured_tape_mb = mb(mem.tapeBytes);
           row.step_peak_mb = mb(mem.peakBytes);
@@ -332,6 +375,7 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
           if (spec.perLayer) {
             row.preamble_mb = (mem.preambleBytes ?? 0) / MB;
             row.layers = layerRows(model, mem);
+            if (weights.length) row.weight_layers = weightLayerRows(weights, mem);
           }
         }
       } finally {
@@ -393,6 +437,16 @@ export function summaryTable(report: ProfileReport): string {
           ...gpuCells(r),
         ],
   );
+  return textTable(headers, rows);
+}
+
+/** The per-layer table of the trainable conv / linear / embedding layers of one row (--per-layer). */
+export function weightLayerTable(row: ProfileRow): string {
+  const headers = ['layer', 'kind', 'input', 'analytic bwd MB', 'measured MB'];
+  const layers = row.weight_layers ?? [];
+  const rows = layers.map((l) => [l.name, l.kind, l.shape.join('×'), fmt(l.analytic_backward_mb, 3), fmt(l.measured_mb, 3)]);
+  const sum = (f: (l: WeightLayerRow) => number) => layers.reduce((a, l) => a + f(l), 0);
+  rows.push(['total', '', '', fmt(sum((l) => l.analytic_backward_mb), 2), fmt(sum((l) => l.measured_mb), 2)]);
   return textTable(headers, rows);
 }
 

@@ -7,7 +7,7 @@ import { tf } from '../tf.js';
 import { CtaError, listSome } from '../util/errors.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
-import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, ParamFilter, ParamKind } from './types.js';
+import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter, ParamKind } from './types.js';
 import { BatchNormLayer } from './norm-layer.js';
 import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
 import type { Conv2dSpec, WeightOptions } from './layers.js';
@@ -337,11 +337,11 @@ export abstract class BaseClassifier implements Classifier {
     return this.mecta;
   }
 
-  setNormMode(mode: NormMode, mecta?: MectaOptions): void {
-    if (mode === 'mecta' && !mecta) throw new CtaError(`setNormMode('mecta') needs MECTA options`);
-    for (const layer of this.norms) layer.setMode(mode, mecta);
+  setNormMode(mode: NormMode, options?: NormModeOptions): void {
+    if (mode === 'mecta' && !options) throw new CtaError(`setNormMode('mecta') needs MECTA options`);
+    for (const layer of this.norms) layer.setMode(mode, options);
     this.mode = mode;
-    if (mecta) this.mecta = { ...mecta };
+    if (mode === 'mecta') this.mecta = { ...(options as MectaOptions) };
   }
 
   setPruneChooser(chooser: ((layer: string, channels: number) => Int32Array) | null): void {

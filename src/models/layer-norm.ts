@@ -35,6 +35,8 @@ export class LayerNormLayer implements NormLayer {
   readonly runningVar = null;
   /** MECTA's past_size has no meaning for a LayerNorm; kept at 0 for the checkpoint format. */
   pastSize = 0;
+  /** False inside `withoutSideEffects` (norm-policy.ts): the forward leaves the record alone. */
+  sideEffects = true;
 
   private trainableFlag = true;
   private record: NormRecord | null = null;
@@ -110,7 +112,7 @@ export class LayerNormLayer implements NormLayer {
     // (docs/memory.md#analytic) counts for BN: report it the same way, cached while the affine
     // parameters adapt.
     const bytes = x.size * 4;
-    this.record = { name: this.name, beta: null, cached: this.trainableFlag, forwardBytes: bytes, backwardBytes: this.trainableFlag ? bytes : 0 };
+    if (this.sideEffects) this.record = { name: this.name, beta: null, cached: this.trainableFlag, forwardBytes: bytes, backwardBytes: this.trainableFlag ? bytes : 0 };
     return this.op(x, this.weight, this.bias) as T;
   }
 

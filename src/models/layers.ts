@@ -464,6 +464,7 @@ export class Conv2d {
   }
 
   apply(x: tf.Tensor4D): tf.Tensor4D {
+    if (this.variable) recordWeightInput(this.variable, x);
     return this.variable ? this.trainOp(x, this.variable) : this.frozenOp(x);
   }
 
@@ -527,6 +528,31 @@ export class Conv2d {
   }
 }
 
+/**
+ * The input a trainable conv / linear layer saved for its weight gradient in its last forward
+ * (docs/memory.md#trainable-weights): its shape, its float32 bytes, its data buffer (inputs shared by
+ * several layers, e.g. a block's first conv and its projection shortcut, are saved once) and its
+ * position in forward order.
+ */
+export interface WeightInput {
+  shape: number[];
+  bytes: number;
+  buffer: object;
+  seq: number;
+}
+
+const weightInputs = new WeakMap<tf.Tensor, WeightInput>();
+let weightInputSeq = 0;
+
+function recordWeightInput(weight: tf.Tensor, x: tf.Tensor): void {
+  weightInputs.set(weight, { shape: x.shape.slice(), bytes: x.size * 4, buffer: x.dataId as object, seq: weightInputSeq++ });
+}
+
+/** What the layer whose trainable weight variable is `weight` saved in its last forward, if any. */
+export function lastWeightInput(weight: tf.Tensor): WeightInput | undefined {
+  return weightInputs.get(weight);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linear and pooling
 // ---------------------------------------------------------------------------------------------
@@ -556,6 +582,7 @@ export class Linear {
   }
 
   apply(x: tf.Tensor2D): tf.Tensor2D {
+    if (this.isVariable) recordWeightInput(this.weight, x);
     // Autodiff is fine here: MatMul's gradient is two matMuls, both registered on WASM.
     const y = tf.matMul(x, this.weight);
     return this.bias ? (tf.add(y, this.bias) as tf.Tensor2D) : (y as tf.Tensor2D);

@@ -13,8 +13,25 @@ import type { tf } from '../tf.js';
  * - 'mecta': MectaNorm2d 'exp' mode (accumulated statistics, forget gate, beta_thre, prune_q).
  * - 'train-update': PyTorch train-mode BN that also updates the running buffers with momentum 0.1
  *   and the unbiased variance (MECTA's standard_bn_cxt, used only for EATA's Fisher with accum-bn).
+ * - 'ema': RoTTA's robust BN, an EMA of the batch statistics kept in the running buffers and used
+ *   to normalise (docs/mecta-norm.md#norm-policies).
+ * - 'alpha': BN-α, α·source + (1 − α)·batch statistics, buffers untouched.
+ * Each mode is a policy in norm-policy.ts.
  */
-export type NormMode = 'source' | 'batch' | 'mecta' | 'train-update';
+export type NormMode = 'source' | 'batch' | 'mecta' | 'train-update' | 'ema' | 'alpha';
+
+/** Options of norm mode 'ema': stats ← (1 − momentum)·stats + momentum·batch (RoTTA: 0.05). */
+export interface EmaStatsOptions {
+  momentum: number;
+}
+
+/** Options of norm mode 'alpha': stats = α·source + (1 − α)·batch. */
+export interface AlphaStatsOptions {
+  alpha: number;
+}
+
+/** What `setNormMode` takes besides the mode: MECTA's options for 'mecta', the above for 'ema' / 'alpha'. */
+export type NormModeOptions = MectaOptions | EmaStatsOptions | AlphaStatsOptions;
 
 export const DIST_METRICS = ['skl', 'kl', 'simple'] as const;
 export type DistMetric = (typeof DIST_METRICS)[number];
@@ -63,9 +80,15 @@ export interface NormLayer {
   readonly last: NormRecord | null;
   /**
    * MECTA's past_size: samples seen since the last reset (decides init_beta vs beta,
-   * docs/mecta-norm.md#forward); checkpointed.
+   * docs/mecta-norm.md#forward). The state lives in the layer's MECTA policy (norm-policy.ts); this
+   * is its checkpoint view (the `pastSizes` checkpoint field), 0 where the layer has no MECTA.
    */
   pastSize: number;
+  /**
+   * False while forwards must leave every state alone (statistics, MECTA state, pruning stream,
+   * the record): set through `withoutSideEffects` (norm-policy.ts).
+   */
+  sideEffects: boolean;
   /** Clears MECTA per-run state (past_size, matched flag, last record); statistics are kept. */
   reset(): void;
 }
@@ -108,8 +131,11 @@ export interface Classifier {
   forward(x: tf.Tensor4D): tf.Tensor2D;
   /** Norm layers in module (state_dict) order. */
   readonly normLayers: readonly NormLayer[];
-  /** Switches every norm layer; `mecta` is required for mode 'mecta'. */
-  setNormMode(mode: NormMode, mecta?: MectaOptions): void;
+  /**
+   * Switches every norm layer; `options` are required for 'mecta' (MectaOptions) and 'alpha', and
+   * optional for 'ema' (momentum 0.05).
+   */
+  setNormMode(mode: NormMode, options?: NormModeOptions): void;
   readonly normMode: NormMode;
   /** The MECTA options last given to setNormMode (null if never in 'mecta' mode). */
   readonly mectaOptions: MectaOptions | null;

@@ -19,7 +19,7 @@
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { StateDict } from '../io/types.js';
-import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, ParamFilter } from './types.js';
+import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter } from './types.js';
 import type { InputNorm } from './base.js';
 import { ParamTable, readEntries, setNormTrainable, toRawStateDict, trainableNormParams, writeEntries, type StateEntry } from './base.js';
 import { Conv2d, Linear, add, customOp, rawToTensor, reshape, usingTemps } from './layers.js';
@@ -470,8 +470,8 @@ export class VisionTransformer implements Classifier {
    * 'source' and 'batch' are accepted and change nothing (a LayerNorm normalises every token by its
    * own statistics in both); the modes that use or update BN running statistics are refused.
    */
-  setNormMode(mode: NormMode, _mecta?: MectaOptions): void {
-    if (mode === 'mecta' || mode === 'train-update') {
+  setNormMode(mode: NormMode, _options?: NormModeOptions): void {
+    if (mode !== 'source' && mode !== 'batch') {
       throw new CtaError(
         `${this.arch} has no BatchNorm layers (its norm layers are LayerNorms, which keep no running statistics): ` +
           `norm mode '${mode}' (MECTA / BN statistics) cannot be used`,

@@ -49,7 +49,7 @@ export interface CheckpointMeta {
   pastSizes: number[];
   summary: Summary;
   /** Sample orders of finished domains, for the stream fingerprint. */
-  orders: { name: string; severity: number | null; order: number[] }[];
+  orders: { name: string; severity: number | null; order: number[]; tag?: string }[];
 }
 
 async function toWritable(tensors: Map<string, tf.Tensor>): Promise<Map<string, TensorToWrite>> {

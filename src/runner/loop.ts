@@ -1,10 +1,13 @@
 /**
- * The continual loop (docs/protocol.md#stream): every domain in order on one model and method
- * state, never reset between domains, each batch predicted from the forward before its update.
- * The next domain decodes while the current one adapts.
+ * The continual loop (docs/protocol.md#stream): every step of the stream (a domain, at a severity,
+ * in a round: src/data/settings.ts, docs/protocol.md#settings) in order on one model and method
+ * state, reset only where the setting says (reset-each-shift), each batch predicted from the
+ * forward before its update. The next step decodes while the current one adapts.
  */
 import { tf } from '../tf.js';
 import { batchOrder, openDomain, type DomainStream } from '../data/stream.js';
+import { loadMixed, sortByDirichlet, type MixedDomain, type StreamStep } from '../data/settings.js';
+import { CtaError } from '../util/errors.js';
 import { MeasuredDomain, type StepMemory } from '../memory/probe.js';
 import type { StepResult } from '../algorithms/types.js';
 import { domainProgress } from './progress.js';
@@ -14,25 +17,30 @@ import type { PreparedRun } from './prepare.js';
 
 /** Runs the domains from `run.first` to the end, recording each as it finishes. */
 export async function runDomains(run: PreparedRun, control: RunControl): Promise<void> {
-  const { cfg, source } = run;
+  const { cfg, steps } = run;
   const { hooks, position } = control;
   // openDomain: in-memory sets load whole domains; streaming ones (ImageNet-C) list files here and
   // decode batch by batch below.
-  let next = openDomain(source, source.names[run.first]);
-  for (let di = run.first; di < source.names.length; di++) {
-    const name = source.names[di];
+  const open = (s: StreamStep): Promise<DomainStream> => (s.parts ? loadMixed(run.source, s.parts) : openDomain(run.sourceAt(s.severity), s.domain));
+  let next = open(steps[run.first]);
+  for (let di = run.first; di < steps.length; di++) {
+    const step = steps[di];
+    const name = step.domain;
     position.current = { index: di + 1, name };
     control.stopIfAsked();
     const domain = await next;
     // Decode the next domain while this one adapts (no data stall at domain boundaries).
-    if (di + 1 < source.names.length) {
-      next = openDomain(source, source.names[di + 1]);
+    if (di + 1 < steps.length) {
+      next = open(steps[di + 1]);
       // Handled here so a failure surfaces as its CtaError when awaited, not as an unhandled rejection.
       next.catch(() => undefined);
     }
-    const label = `${hooks.label ? hooks.label + ' ' : ''}[${di + 1}/${source.names.length}] ${name}`;
-    const tally = await adaptDomain(run, control, domain, name, label);
-    const result = domainResult(run, tally);
+    // reset-each-shift: model, optimizer and method state back to their configure-time snapshot.
+    if (step.reset) run.alg.reset();
+    const where = `${step.severity !== null ? ` severity ${step.severity}` : ''}${step.round !== null ? ` round ${step.round}` : ''}`;
+    const label = `${hooks.label ? hooks.label + ' ' : ''}[${di + 1}/${steps.length}] ${name}${where}`;
+    const tally = await adaptDomain(run, control, domain, step, label);
+    const result = { ...domainResult(run, tally), ...stepFields(step) };
     position.finished = di + 1;
     position.current = null;
     await recordDomain(run, di, result);
@@ -43,13 +51,22 @@ export async function runDomains(run: PreparedRun, control: RunControl): Promise
 }
 
 /** One domain: every batch through the method's step, each recorded as it is predicted. */
-async function adaptDomain(run: PreparedRun, control: RunControl, domain: DomainStream, name: string, label: string): Promise<DomainTally> {
+async function adaptDomain(run: PreparedRun, control: RunControl, domain: DomainStream, step: StreamStep, label: string): Promise<DomainTally> {
   const { cfg, alg, probe } = run;
-  const order = batchOrder(domain.n, cfg.shuffle, run.rngs.shuffle);
-  run.orders.push({ name, severity: domain.severity, order });
+  const name = step.domain;
+  let order = batchOrder(domain.n, cfg.shuffle, run.rngs.shuffle);
+  if (run.setting.correlated) {
+    if (!domain.labels) throw new CtaError(`--setting ${cfg.setting}: --data ${cfg.data} does not give the labels before decoding, which the correlated order needs`);
+    // After the shuffle, as mariodoebler sorts its shuffled sample list (src/data/settings.ts).
+    order = sortByDirichlet(order, domain.labels, cfg.dirichletDelta ?? 0, run.rngs.shuffle);
+  }
+  run.orders.push({ name, severity: domain.severity, order, ...(cfg.setting === 'continual' ? {} : { tag: stepTag(run, step) }) });
   const progress = domainProgress(cfg.progress, label, Math.ceil(order.length / cfg.batchSize), control.hooks.log);
   const measured = new MeasuredDomain();
   const tally = new DomainTally(name, domain.severity, measured, Object.keys(run.spec.metrics ?? {}));
+  const partOf = 'partOf' in domain ? (domain as MixedDomain).partOf : null;
+  if (partOf) tally.parts = (domain as MixedDomain).parts.map((p) => ({ domain: p.name, severity: p.severity, n: 0, correct: 0 }));
+  tally.extra = { ...(run.setting.gradual ? { severity: domain.severity } : {}), ...(step.round !== null ? { round: step.round } : {}) };
   for await (const b of domain.batches(order, cfg.batchSize)) {
     const n = b.y.length;
     const tb = performance.now();
@@ -73,6 +90,13 @@ async function adaptDomain(run: PreparedRun, control: RunControl, domain: Domain
     }
     let c = 0;
     for (let i = 0; i < n; i++) if (pred[i] === b.y[i]) c++;
+    if (partOf) {
+      for (let i = 0; i < n; i++) {
+        const p = tally.parts![partOf[b.indices[i]]];
+        p.n++;
+        if (pred[i] === b.y[i]) p.correct++;
+      }
+    }
     recordBatch(run, tally, n, c, res, measured.add(mem), tb);
     // The lines of an unfinished domain are dropped by --resume, which re-runs it from the
     // checkpoint. A bar is closed first: it hides the terminal's cursor while it runs.
@@ -85,4 +109,18 @@ async function adaptDomain(run: PreparedRun, control: RunControl, domain: Domain
   }
   progress.stop();
   return tally;
+}
+
+/** What a step adds to its summary entry: its round (recurring) and reset flag (reset-each-shift). */
+function stepFields(step: StreamStep): { round?: number; reset?: boolean } {
+  return { ...(step.round !== null ? { round: step.round } : {}), ...(step.reset ? { reset: true } : {}) };
+}
+
+/** The stream fingerprint's record of what the setting decided for a step (src/data/stream.ts). */
+function stepTag(run: PreparedRun, step: StreamStep): string {
+  const { cfg } = run;
+  const tag = [`setting=${cfg.setting}`, `round=${step.round ?? ''}`, `reset=${step.reset ? 1 : 0}`, `delta=${run.setting.correlated ? (cfg.dirichletDelta ?? 0) : ''}`];
+  // mixed: which domains were pooled, at which severity (the pooled step itself has none).
+  if (step.parts) tag.push(`parts=${step.parts.join(',')}`, `severity=${cfg.severity}`);
+  return tag.join(';');
 }

@@ -9,6 +9,12 @@ import { join } from 'node:path';
 export interface DomainResult {
   domain: string;
   severity: number | null;
+  /** Recurring settings: the 1-based round (src/data/settings.ts). */
+  round?: number;
+  /** reset-each-shift: the method was reset before this domain. */
+  reset?: boolean;
+  /** mixed: the pooled step's samples scored by the domain each came from. */
+  per_domain?: { domain: string; severity: number | null; n: number; correct: number; error: number }[];
   n: number;
   error: number; // percent
   correct: number;

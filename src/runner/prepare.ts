@@ -19,6 +19,7 @@ import type { Algorithm, AlgorithmSpec } from '../algorithms/types.js';
 import { copiesAndAugmentation } from '../algorithms/context.js';
 import { openDomain, type DomainSource, type DomainStream, type FingerprintEntry } from '../data/stream.js';
 import { openDataSource } from '../data/registry.js';
+import { checkSettingOptions, GRADUAL_SEVERITIES, streamSteps, type SettingSpec, type StreamStep } from '../data/settings.js';
 import { runnerProbe, type MemoryProbe } from '../memory/probe.js';
 import { clearCheckpoint, hasCheckpoint, readCheckpointMeta, restoreCheckpoint, type CheckpointMeta } from './checkpoint.js';
 import { RunWriter, type Summary } from './output.js';
@@ -140,7 +141,12 @@ export interface PreparedRun {
   /** Batch orders of the domains so far (the stream fingerprint). */
   orders: FingerprintEntry[];
   rngs: RunRngs;
-  /** Index of the first domain to run (0, or the checkpoint's next domain). */
+  /** The stream setting (--setting) and the steps it makes of the source's domains. */
+  setting: SettingSpec;
+  steps: StreamStep[];
+  /** The source at another severity (gradual settings); `source` at --severity. */
+  sourceAt(severity: number | null): DomainSource;
+  /** Index of the first step to run (0, or the checkpoint's next domain). */
   first: number;
   /** Running batch number across domains (batches.jsonl `batch`). */
   batchIndex: number;
@@ -156,6 +162,7 @@ export interface PreparedRun {
  */
 export async function prepareRun(cfg: CtaConfig, dir: string, control: RunControl, started: Date, resume: boolean): Promise<PreparedRun> {
   const { log } = control.hooks;
+  const setting = checkSettingOptions(cfg);
   // Resuming: the finished domains' results, rngs and model/algorithm state come from the
   // checkpoint; a run stopped before its first domain finished has none and starts over.
   let ckpt: CheckpointMeta | null = null;
@@ -167,7 +174,16 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
   const { model, weightsSha256, backend, pruneRng } = await prepareModel(cfg, log);
   control.stopIfAsked();
   const source = await openDataSource(cfg);
-  control.position.total = source.names.length;
+  const steps = streamSteps(source.names, cfg);
+  if (setting.correlated && source.open) throw new CtaError(`--setting ${cfg.setting}: the correlated order needs every label before decoding, which --data ${cfg.data} (decoded batch by batch) does not give`);
+  if (setting.mixed && source.open) throw new CtaError(`--setting mixed: pools whole domains in memory, which --data ${cfg.data} (decoded batch by batch) does not support`);
+  // gradual: the same data at the other severities, each checked up front like --severity's.
+  const bySeverity = new Map<number, DomainSource>([[cfg.severity, source]]);
+  if (setting.gradual) {
+    for (const s of GRADUAL_SEVERITIES) if (!bySeverity.has(s)) bySeverity.set(s, await openDataSource({ ...cfg, severity: s }));
+  }
+  const sourceAt = (severity: number | null): DomainSource => (severity === null ? source : bySeverity.get(severity)!);
+  control.position.total = steps.length;
   control.stopIfAsked();
   const spec: AlgorithmSpec = ALGORITHMS[cfg.alg];
   checkModelFitsRun(cfg, model, source);
@@ -191,7 +207,7 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     weights: cfg.weights,
     weights_sha256: weightsSha256,
     model: { arch: model.arch, num_classes: model.numClasses, input_shape: model.inputShape, norm_layers: model.normLayers.length },
-    data_files: source.files().map((path) => ({ path, bytes: fileSize(path) })),
+    data_files: [...new Set([...bySeverity.values()].flatMap((s) => s.files()))].map((path) => ({ path, bytes: fileSize(path) })),
     ...(proceduralFrost ? { frost: 'procedural (non-standard: not the Hendrycks frost photographs)' } : {}),
     config: { ...cfg },
     stream_fingerprint: null as string | null,
@@ -224,6 +240,9 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     spec,
     model,
     source,
+    setting,
+    steps,
+    sourceAt,
     alg,
     writer,
     manifest,
@@ -240,7 +259,7 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     for (const [k, r] of Object.entries(run.rngs)) r.setState(ckpt.rngs[k]);
     model.normLayers.forEach((l, i) => (l.pastSize = ckpt.pastSizes[i] ?? 0));
     run.batchIndex = ckpt.batchIndex;
-    log(`resuming ${dir} at domain ${run.first + 1}/${source.names.length} (${source.names[run.first]})`);
+    log(`resuming ${dir} at domain ${run.first + 1}/${steps.length} (${steps[run.first].domain})`);
   }
   return run;
 }

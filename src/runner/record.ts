@@ -4,11 +4,12 @@
  * method's own counters (AlgorithmSpec.metrics) go into the lines as it returns them and are
  * summed per domain under their summary keys.
  */
-import { streamFingerprint } from '../data/stream.js';
+import { CLEAN_DOMAIN, streamFingerprint } from '../data/stream.js';
+import { meanBy } from '../data/settings.js';
 import type { NormRecord } from '../models/types.js';
 import type { StepResult } from '../algorithms/types.js';
 import type { MeasuredBatchFields, MeasuredDomain } from '../memory/probe.js';
-import { accountCache, MB } from './accounting.js';
+import { accountCache, MB, weightRecords } from './accounting.js';
 import { saveCheckpoint } from './checkpoint.js';
 import { meanErrors, type DomainResult } from './output.js';
 import { checkpointWritten } from './events.js';
@@ -25,6 +26,10 @@ export class DomainTally {
   readonly caches: number[] = [];
   readonly betas: number[] = [];
   readonly started = performance.now();
+  /** Fields the stream setting adds to every batch line (gradual: severity; recurring: round). */
+  extra: Record<string, unknown> = {};
+  /** mixed: the running counts per pooled domain. */
+  parts: { domain: string; severity: number | null; n: number; correct: number }[] | null = null;
 
   constructor(
     readonly name: string,
@@ -56,7 +61,7 @@ export function recordBatch(
   for (const [k, v] of Object.entries(res.metrics ?? {})) tally.metrics[k] = (tally.metrics[k] ?? 0) + v;
   const records: (NormRecord | null)[] = run.model.normLayers.map((l) => l.last);
   const layerBetas = records.map((r) => r?.beta ?? null);
-  const acc = run.trackCache ? accountCache(records) : null;
+  const acc = run.trackCache ? accountCache(records, weightRecords(run.model)) : null;
   if (acc) tally.caches.push(acc.cacheMb);
   const finite = layerBetas.filter((v): v is number => v !== null);
   if (finite.length) tally.betas.push(finite.reduce((a, v) => a + v, 0) / finite.length);
@@ -64,6 +69,7 @@ export function recordBatch(
   run.writer.appendBatch({
     batch: run.batchIndex++,
     domain: tally.name,
+    ...tally.extra,
     domain_batch: tally.batches - 1,
     n,
     correct,
@@ -97,6 +103,7 @@ export function domainResult(run: PreparedRun, t: DomainTally): DomainResult {
     seconds: Math.round(seconds * 100) / 100,
     img_per_s: Math.round((t.seen / seconds) * 10) / 10,
     updates: t.updates,
+    ...(t.parts ? { per_domain: t.parts.map((p) => ({ ...p, error: p.n ? (100 * (p.n - p.correct)) / p.n : NaN })) } : {}),
     ...Object.fromEntries(metrics),
     ...(run.trackCache
       ? {
@@ -124,9 +131,9 @@ export function domainExtras(run: PreparedRun, result: DomainResult): string {
 export async function recordDomain(run: PreparedRun, di: number, result: DomainResult): Promise<void> {
   const { summary } = run;
   summary.domains.push(result);
-  Object.assign(summary, meanErrors(summary.domains));
+  Object.assign(summary, meanErrors(summary.domains), settingSummary(run, summary.domains));
   run.writer.writeJson('summary.json', summary);
-  if (di + 1 >= run.source.names.length) return;
+  if (di + 1 >= run.steps.length) return;
   await saveCheckpoint(
     run.dir,
     {
@@ -136,12 +143,41 @@ export async function recordDomain(run: PreparedRun, di: number, result: DomainR
       rngs: Object.fromEntries(Object.entries(run.rngs).map(([k, r]) => [k, r.state()])),
       pastSizes: run.model.normLayers.map((l) => l.pastSize),
       summary,
-      orders: run.orders.map((o) => ({ name: o.name, severity: o.severity ?? null, order: Array.from(o.order) })),
+      orders: run.orders.map((o) => ({ name: o.name, severity: o.severity ?? null, order: Array.from(o.order), ...(o.tag !== undefined ? { tag: o.tag } : {}) })),
     },
     run.model,
     run.alg,
   );
   checkpointWritten(run.dir, di + 1);
+}
+
+/**
+ * The summary fields a stream setting adds (docs/protocol.md#settings); none for continual, whose
+ * summary keeps its keys. mean_error / mean_error_all stay the means over every step's entry.
+ * gradual: the mean over the corruption steps per severity and at severity 5; recurring: the
+ * means per round.
+ */
+export function settingSummary(run: PreparedRun, domains: readonly DomainResult[]): Record<string, unknown> {
+  const { cfg, setting } = run;
+  if (cfg.setting === 'continual') return {};
+  const out: Record<string, unknown> = { setting: cfg.setting };
+  if (setting.mixed) {
+    // The means are over the domains the pooled samples came from, as in the other settings.
+    const parts = domains.flatMap((d) => d.per_domain ?? []);
+    Object.assign(out, meanErrors(parts.map((p) => ({ ...p, batches: 0, seconds: 0, img_per_s: 0 }))));
+  }
+  if (setting.correlated) out.dirichlet_delta = cfg.dirichletDelta ?? 0;
+  if (setting.gradual) {
+    const corrupted = domains.filter((d) => d.domain !== CLEAN_DOMAIN);
+    const bySev = meanBy(corrupted, (d) => d.severity, (d) => d.error);
+    out.mean_error_by_severity = bySev;
+    out.mean_error_severity5 = bySev['5'] ?? null;
+  }
+  if (setting.recurring) {
+    const rounds = [...new Set(domains.map((d) => d.round ?? 1))];
+    out.rounds = rounds.map((r) => ({ round: r, ...meanErrors(domains.filter((d) => (d.round ?? 1) === r)) }));
+  }
+  return out;
 }
 
 /** Marks the run complete: final summary, and the manifest with the stream fingerprint. */

@@ -63,6 +63,23 @@ export function runCommand(
   });
 }
 
+/** Bins that start the WASM backend and take --threads. */
+const THREADED_BINS = new Set(['cta-eval', 'profile-mem', 'cta-train']);
+
+/**
+ * `--threads 1` unless the test chose a thread count (or the bin takes none, or --resume takes no
+ * other option). The suite runs two test files at a time on two cores, so each bin's default of
+ * one XNNPACK thread per CPU oversubscribes them, and every threaded start spawns 8 workers
+ * (~0.3 s of CPU). Results are bit-identical for any count; the threaded path has its own tests
+ * (threads.test.ts, startup.test.ts, the SIGINT case of interrupt.test.ts).
+ */
+function withOneThread(name: string, args: string[]): string[] {
+  const bin = name.replace(/\.js$/, '');
+  if (!THREADED_BINS.has(bin)) return args;
+  if (args.some((a) => /^--(threads|resume|help|version)(=|$)/.test(a) || a === '-h')) return args;
+  return [...args, '--threads', '1'];
+}
+
 /** A bin still running after this long gets a Node diagnostic report, then is killed. */
 const WATCHDOG_MS = Number(process.env.CTA_E2E_WATCHDOG_MS ?? 100_000);
 
@@ -74,6 +91,7 @@ const WATCHDOG_MS = Number(process.env.CTA_E2E_WATCHDOG_MS ?? 100_000);
  * killed. (No report comes from a main thread blocked in Atomics.wait: then stderr says so.)
  */
 export async function runBin(name: string, args: string[], env: Record<string, string> = {}, cwd?: string): Promise<RunResult> {
+  args = withOneThread(name, args);
   const reports = mkdtempSync(join(tmpdir(), 'cta-e2e-report-'));
   const nodeArgs = ['--report-on-signal', '--report-signal=SIGUSR2', `--report-directory=${reports}`];
   let watchdog = '';
