@@ -200,7 +200,7 @@ describe('docs: the specification lives in the repository', () => {
   const files = SCANNED_DIRS.flatMap((d) => walk(join(ROOT, d))).filter((p) => relative(ROOT, p) !== SELF);
 
   it('scans the source tree', () => {
-    expect(files.some((p) => p.endsWith(join('src', 'models', 'norm-layer.ts')))).toBe(true);
+    expect(files.some((p) => p.endsWith(join('src', 'models', 'batch-norm.ts')))).toBe(true);
     expect(files.length).toBeGreaterThan(50);
   });
 

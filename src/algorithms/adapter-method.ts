@@ -4,7 +4,7 @@
  * state_dict and load_state_dict).
  */
 import type { tf } from '../tf.js';
-import type { GradientAdapter } from './common.js';
+import type { GradientAdapter } from './gradient-adapter.js';
 import type { Algorithm, StepResult } from './types.js';
 
 export function adapterMethod(name: string, adapter: GradientAdapter, step: (x: tf.Tensor4D) => StepResult): Algorithm {

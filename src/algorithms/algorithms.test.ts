@@ -10,7 +10,7 @@ import type { Classifier, MectaOptions, NormLayer, NormMode, NormRecord } from '
 import type { AdaptOptions, Algorithm, AlgorithmContext } from './types.js';
 import { ALGORITHMS, ALGORITHM_NAMES } from './registry.js';
 import { softmaxEntropy } from './losses.js';
-import { GradientAdapter, disposeGrads } from './common.js';
+import { GradientAdapter, disposeGrads } from './gradient-adapter.js';
 import { Rng } from '../util/rng.js';
 
 beforeAll(async () => {

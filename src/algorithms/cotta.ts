@@ -46,7 +46,7 @@
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmContext, AlgorithmSpec, AdaptOptions, StepResult } from './types.js';
-import { disposeGrads, GradientAdapter } from './common.js';
+import { disposeGrads, GradientAdapter } from './gradient-adapter.js';
 import { GRADIENT_OPTIONS } from './options.js';
 import type { FieldSpec } from '../config/schema.js';
 import type { Classifier } from '../models/types.js';

@@ -23,7 +23,7 @@
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';
-import { GradientAdapter } from './common.js';
+import { GradientAdapter } from './gradient-adapter.js';
 import { GRADIENT_OPTIONS } from './options.js';
 import type { FieldSpec } from '../config/schema.js';
 import { softmaxEntropy } from './losses.js';

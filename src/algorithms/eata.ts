@@ -8,7 +8,7 @@
  */
 import { tf } from '../tf.js';
 import type { AdaptOptions, Algorithm, AlgorithmSpec, StepResult } from './types.js';
-import { GradientAdapter } from './common.js';
+import { GradientAdapter } from './gradient-adapter.js';
 import { GRADIENT_OPTIONS } from './options.js';
 import type { FieldSpec } from '../config/schema.js';
 import { estimateFisher, type FisherInfo } from './fisher.js';

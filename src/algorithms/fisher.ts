@@ -12,7 +12,7 @@
 import { tf } from '../tf.js';
 import type { Classifier } from '../models/types.js';
 import { crossEntropy } from './losses.js';
-import { currentMectaOptions } from './common.js';
+import { currentMectaOptions } from './gradient-adapter.js';
 import { CtaError } from '../util/errors.js';
 
 export interface FisherInfo {

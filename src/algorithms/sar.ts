@@ -26,7 +26,7 @@
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec, StepResult } from './types.js';
-import { disposeGrads, GradientAdapter } from './common.js';
+import { disposeGrads, GradientAdapter } from './gradient-adapter.js';
 import { GRADIENT_OPTIONS } from './options.js';
 import type { FieldSpec } from '../config/schema.js';
 import { softmaxEntropy } from './losses.js';

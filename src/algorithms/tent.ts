@@ -6,7 +6,7 @@
  */
 import { tf } from '../tf.js';
 import type { AlgorithmSpec } from './types.js';
-import { GradientAdapter } from './common.js';
+import { GradientAdapter } from './gradient-adapter.js';
 import { adapterMethod } from './adapter-method.js';
 import { GRADIENT_OPTIONS } from './options.js';
 import { softmaxEntropy } from './losses.js';

@@ -8,7 +8,7 @@ import { CtaError, listSome } from '../util/errors.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter, ParamKind } from './types.js';
-import { BatchNormLayer } from './norm-layer.js';
+import { BatchNormLayer } from './batch-norm.js';
 import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
 import type { Conv2dSpec, WeightOptions } from './layers.js';
 

@@ -16,7 +16,7 @@
 import { tf } from '../tf.js';
 import { addRelu, relu, type Conv2d, type Conv2dSpec } from './layers.js';
 import { bnKeys, divDim } from './infer.js';
-import type { BatchNormLayer } from './norm-layer.js';
+import type { BatchNormLayer } from './batch-norm.js';
 import { concatChannels } from './channel-kernels.js';
 
 interface Part {

@@ -12,7 +12,7 @@ import { readSafetensors } from '../io/safetensors.js';
 import type { StateDict } from '../io/types.js';
 import { Rng } from '../util/rng.js';
 import { configureNorm } from '../algorithms/norm-mode.js';
-import { BatchNormLayer } from './norm-layer.js';
+import { BatchNormLayer } from './batch-norm.js';
 import { EMA_MOMENTUM_DEFAULT, withoutSideEffects } from './norm-policy.js';
 import { buildModel } from './registry.js';
 import { testImages } from './test-weights.js';

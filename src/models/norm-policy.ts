@@ -1,6 +1,6 @@
 /**
  * Norm statistics as policies: which statistics a BatchNorm layer normalises with and what state a
- * forward updates (docs/mecta-norm.md#norm-policies). The layer (norm-layer.ts) owns the tensors
+ * forward updates (docs/mecta-norm.md#norm-policies). The layer (batch-norm.ts) owns the tensors
  * (γ, β, the running buffers) and the per-forward record; a policy owns everything else:
  *
  * - `SourcePolicy`  'source'       eval BN with the running statistics (docs/methods.md#source);
@@ -16,7 +16,7 @@
  *                                  the pruning chooser.
  *
  * Every forward is a single custom op with inputs (x, weight, bias) and a hand-written backward
- * (see norm-layer.ts). `sideEffects: false` runs the same forward without touching any state: no
+ * (see batch-norm.ts). `sideEffects: false` runs the same forward without touching any state: no
  * statistics update, no past_size / matched change, no pruning draw (the layer also keeps its
  * record), for teacher, augmented and SAM forwards (docs/mecta-norm.md#side-effect-free-forwards).
  * Its output equals the normal forward's from the same state.

@@ -22,7 +22,7 @@ import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
-import type { BatchNormLayer } from './norm-layer.js';
+import type { BatchNormLayer } from './batch-norm.js';
 import { globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { bnKeys, childCount, dimOf, divDim } from './infer.js';

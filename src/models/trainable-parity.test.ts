@@ -16,7 +16,7 @@ import { readNpy } from '../io/npy.js';
 import { buildModel } from './registry.js';
 import { ResNet50, inferResNet } from './resnet50.js';
 import type { Classifier } from './types.js';
-import { GradientAdapter, disposeGrads } from '../algorithms/common.js';
+import { GradientAdapter, disposeGrads } from '../algorithms/gradient-adapter.js';
 import type { AdaptOptions } from '../algorithms/types.js';
 import { softmaxEntropy } from '../algorithms/losses.js';
 import { TRAIN_ALL, TRAIN_NORM, nLayerNames } from '../algorithms/param-select.js';

@@ -15,7 +15,7 @@ import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
-import type { BatchNormLayer } from './norm-layer.js';
+import type { BatchNormLayer } from './batch-norm.js';
 import { add, globalAvgPool, relu } from './layers.js';
 import type { Conv2d, Linear } from './layers.js';
 import { UNKNOWN, bnKeys, childCount, dimOf } from './infer.js';

@@ -4,9 +4,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
 import { readSafetensors } from '../io/safetensors.js';
 import type { StateDict } from '../io/types.js';
-import { BatchNormLayer, meanDistance } from './norm-layer.js';
+import { BatchNormLayer, meanDistance } from './batch-norm.js';
 import { usingTemps } from './layers.js';
-import type { RemovedChannelSource } from './norm-layer.js';
+import type { RemovedChannelSource } from './batch-norm.js';
 import type { DistMetric, MectaOptions } from './types.js';
 import { Rng } from '../util/rng.js';
 import { expectClose, fixtureTensor, observed, rawInts } from './test-helpers.js';
@@ -34,7 +34,7 @@ beforeAll(async () => {
 
 afterAll(() => {
   const rows = [...observed.entries()].map(([k, v]) => `${k}=${v.toExponential(2)}`);
-  console.log(`norm-layer max relative errors: ${rows.join(' ')}`);
+  console.log(`batch-norm max relative errors: ${rows.join(' ')}`);
 });
 
 function makeLayer(sd: StateDict, eps: number, removed: RemovedChannelSource = () => new Int32Array(0)): BatchNormLayer {
