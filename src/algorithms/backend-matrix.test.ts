@@ -21,7 +21,7 @@ import { readSafetensors } from '../io/safetensors.js';
 import type { StateDict } from '../io/types.js';
 import { buildModel } from '../models/registry.js';
 import type { MectaOptions } from '../models/types.js';
-import { relu } from '../models/layers.js';
+import { relu } from '../models/ops/relu-mask.js';
 import { setHeapKernels } from '../models/channel-kernels.js';
 import { Rng } from '../util/rng.js';
 import { ALGORITHMS } from './registry.js';
@@ -126,7 +126,7 @@ function nhwc(key: string): tf.Tensor4D {
 
 /**
  * Without the WASM kernels, ReLU saves its mask bit-packed through constant matrices that
- * src/models/layers.ts builds once per word width (24, 16 or 8 bits) and keeps for the process;
+ * src/models/ops/relu-mask.ts builds once per word width (24, 16 or 8 bits) and keeps for the process;
  * they are built here, before any leak count starts. (The model's own lazily built constants go
  * with `model.dispose()`.)
  */

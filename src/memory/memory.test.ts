@@ -10,7 +10,7 @@ import { Rng } from '../util/rng.js';
 import { buildModel } from '../models/registry.js';
 import type { ResNeXtArch } from '../models/resnext.js';
 import type { Classifier, MectaOptions } from '../models/types.js';
-import { addRelu, relu } from '../models/layers.js';
+import { addRelu, relu } from '../models/ops/relu-mask.js';
 import { tent } from '../algorithms/tent.js';
 import type { AdaptOptions } from '../algorithms/types.js';
 import { accountCache, analyticCache } from '../runner/accounting.js';

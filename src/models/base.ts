@@ -9,8 +9,9 @@ import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter, ParamKind } from './types.js';
 import { BatchNormLayer } from './batch-norm.js';
-import { Conv2d, Linear, rawToTensor, usingTemps } from './layers.js';
-import type { Conv2dSpec, WeightOptions } from './layers.js';
+import { Conv2d, type Conv2dSpec } from './ops/conv.js';
+import { Linear } from './ops/linear.js';
+import { rawToTensor, usingTemps, type WeightOptions } from './ops/weights.js';
 
 /** One state_dict entry: its PyTorch shape, a getter (new tensor, PyTorch layout) and a setter. */
 export interface StateEntry {

@@ -5,7 +5,7 @@ import { initBackend, tf } from '../tf.js';
 import { readSafetensors } from '../io/safetensors.js';
 import type { StateDict } from '../io/types.js';
 import { BatchNormLayer, meanDistance } from './batch-norm.js';
-import { usingTemps } from './layers.js';
+import { usingTemps } from './ops/weights.js';
 import type { RemovedChannelSource } from './batch-norm.js';
 import type { DistMetric, MectaOptions } from './types.js';
 import { Rng } from '../util/rng.js';

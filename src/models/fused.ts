@@ -14,7 +14,8 @@
  * by about 1e-6 relative, well inside the 1e-4 parity tolerance against PyTorch.
  */
 import { tf } from '../tf.js';
-import { addRelu, relu, type Conv2d, type Conv2dSpec } from './layers.js';
+import type { Conv2d, Conv2dSpec } from './ops/conv.js';
+import { addRelu, relu } from './ops/relu-mask.js';
 import { bnKeys, divDim } from './infer.js';
 import type { BatchNormLayer } from './batch-norm.js';
 import { concatChannels } from './channel-kernels.js';

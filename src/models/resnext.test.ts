@@ -7,7 +7,7 @@ import { readTorchPt } from '../io/torch-pt.js';
 import type { StateDict } from '../io/types.js';
 import { CtaError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { Conv2d } from './layers.js';
+import { Conv2d } from './ops/conv.js';
 import { MODEL_NAMES, buildModel } from './registry.js';
 import { CifarResNeXt } from './resnext.js';
 import type { Classifier } from './types.js';

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
 import { SIMD_KERNELS_PLAIN, SIMD_KERNELS_SHARED } from './simd-kernels-wasm.js';
-import { addRelu, relu } from './layers.js';
+import { addRelu, relu } from './ops/relu-mask.js';
 import { bnBackward, channelAffine, channelAffineKeep, channelStats, packedReluAvailable, setBnKernels } from './simd-kernels.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));

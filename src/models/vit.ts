@@ -22,7 +22,11 @@ import type { StateDict } from '../io/types.js';
 import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter } from './types.js';
 import type { InputNorm } from './base.js';
 import { ParamTable, readEntries, setNormTrainable, toRawStateDict, trainableNormParams, writeEntries, type StateEntry } from './base.js';
-import { Conv2d, Linear, add, customOp, rawToTensor, reshape, usingTemps } from './layers.js';
+import { Conv2d } from './ops/conv.js';
+import { customOp } from './ops/custom-op.js';
+import { add, reshape } from './ops/lean.js';
+import { Linear } from './ops/linear.js';
+import { rawToTensor, usingTemps } from './ops/weights.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { UNKNOWN, childCount, dimOf } from './infer.js';
 import { splitChannels, unstackRows } from './channel-kernels.js';
@@ -445,7 +449,7 @@ export class VisionTransformer implements Classifier {
         // Free each block's input (and its attention maps) now rather than at the end of the outer
         // tidy: inference peak memory is then one block's worth. A recording tape keeps what the
         // backward needs through its own saved copies. The block's reshapes and residual adds
-        // are lean ops (layers.ts) so that the tape holds only what the gradients use.
+        // are lean ops (ops/lean.ts) so that the tape holds only what the gradients use.
         h.dispose();
         h = next;
       }

@@ -16,8 +16,10 @@ import type { StateDict } from '../io/types.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
 import type { BatchNormLayer } from './batch-norm.js';
-import { add, globalAvgPool, relu } from './layers.js';
-import type { Conv2d, Linear } from './layers.js';
+import { add, globalAvgPool } from './ops/lean.js';
+import { relu } from './ops/relu-mask.js';
+import type { Conv2d } from './ops/conv.js';
+import type { Linear } from './ops/linear.js';
 import { UNKNOWN, bnKeys, childCount, dimOf } from './infer.js';
 
 const GROUPS = 3;

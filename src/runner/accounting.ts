@@ -7,7 +7,7 @@
  * (docs/memory.md#trainable-weights).
  */
 import type { Classifier, NormRecord, ParamKind } from '../models/types.js';
-import { lastWeightInput } from '../models/layers.js';
+import { lastWeightInput } from '../models/ops/weights.js';
 import { moduleOf } from '../algorithms/param-select.js';
 
 export const MB = 1e6;

@@ -5,7 +5,7 @@
  */
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
-import { Conv2d, convFilterGrad } from '../models/layers.js';
+import { Conv2d, convFilterGrad } from '../models/ops/conv.js';
 import { expectClose } from '../models/test-helpers.js';
 
 beforeAll(async () => {

@@ -11,7 +11,7 @@
  * Evaluation uses the running statistics ('source' mode), like model.eval().
  *
  * The model is built through the same CifarResNeXt class the runner uses, with trainable conv and
- * linear weights (layers.ts Conv2d computes its filter gradient itself: WASM has no
+ * linear weights (ops/conv.ts Conv2d computes its filter gradient itself: WASM has no
  * Conv2DBackpropFilter), so the saved state_dict is exactly what buildModel('resnext29') loads.
  */
 import { rename } from 'node:fs/promises';
