@@ -161,7 +161,7 @@ export class BatchNormLayer implements NormLayer {
 
   /**
    * Eval BN as the per-channel affine y = a·x + c, a = γ/σ_r, c = β − μ_r·a
-   * (docs/methods.md#source), for folding into the preceding conv (models/fused.ts, inference
+   * (docs/methods.md#source), for folding into the preceding conv (models/fold.ts, inference
    * without a tape in 'source' mode only).
    */
   sourceAffine(): [tf.Tensor1D, tf.Tensor1D] {

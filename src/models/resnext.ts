@@ -23,8 +23,9 @@ import { relu } from './ops/relu-mask.js';
 import type { Conv2d } from './ops/conv.js';
 import type { Linear } from './ops/linear.js';
 import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { FoldedConvBn, bottleneck, bottleneckKeys, bottleneckLayers, foldable, forEachBottleneck, runBottleneck } from './fused.js';
-import type { Bottleneck, BottleneckBlock, BottleneckNames, BottleneckStage } from './fused.js';
+import { bottleneck, bottleneckKeys, bottleneckLayers, forEachBottleneck, runBottleneck } from './bottleneck.js';
+import { FoldedConvBn, foldable } from './fold.js';
+import type { Bottleneck, BottleneckBlock, BottleneckNames, BottleneckStage } from './bottleneck.js';
 
 const STAGES = 3;
 const EXPANSION = 4; // ResNeXtBottleneck.expansion

@@ -1,5 +1,5 @@
 /**
- * The folded inference path (fused.ts) against the unfolded one on the RobustBench-architecture
+ * The folded inference path (fold.ts) against the unfolded one on the RobustBench-architecture
  * ResNeXt fixture: same logits to float32 round-off, the cache follows loadStateDict and
  * optimizer-style variable assigns, no tensor growth after the first forward, and the path is
  * never taken under a gradient tape or outside 'source' mode.
@@ -11,7 +11,7 @@ import { readSafetensors } from '../io/safetensors.js';
 import type { StateDict } from '../io/types.js';
 import { Rng } from '../util/rng.js';
 import { buildModel } from './registry.js';
-import { folding } from './fused.js';
+import { folding } from './fold.js';
 import type { Classifier } from './types.js';
 import { expectClose, fixtureTensor } from './test-helpers.js';
 
