@@ -2,11 +2,12 @@
  * Backend matrix: whole adaptation steps on the `cpu` backend equal the same steps on `wasm`.
  * On WASM the model runs its heap and SIMD kernels (src/models/channel-kernels.ts,
  * src/models/simd-kernels.ts); on cpu, and on WASM with `setHeapKernels(false)`, it runs their tf-op
- * fallbacks. Those are checked kernel by kernel elsewhere; this runs them end to end on
- * test/fixtures/models/resnext_small with the batches of test/fixtures/adapt: Tent on the whole
- * model, and EATA on the MECTA norm layer (accumulated statistics, forget gate, prune-q 0.5, a
- * one-batch Fisher). Three legs against WASM-with-kernels: cpu, and WASM with the fallbacks, which
- * isolates the fallback code from the backends' own kernels (conv, matMul).
+ * fallbacks (src/models/kernel-reference.ts, chosen in src/models/kernels.ts). Those are checked
+ * kernel by kernel elsewhere; this runs them end to end on test/fixtures/models/resnext_small
+ * with the batches of test/fixtures/adapt: Tent on the whole model, and EATA on the MECTA norm
+ * layer (accumulated statistics, forget gate, prune-q 0.5, a one-batch Fisher). Three legs
+ * against WASM-with-kernels: cpu, and WASM with the fallbacks, which isolates the fallback code
+ * from the backends' own kernels (conv, matMul).
  *
  * One process, two backends: tf.setBackend switches the active backend, and each run builds its
  * model and inputs under the backend it measures, reads everything back to JS arrays and disposes
@@ -22,7 +23,7 @@ import type { StateDict } from '../io/types.js';
 import { buildModel } from '../models/registry.js';
 import type { MectaOptions } from '../models/types.js';
 import { relu } from '../models/ops/relu-mask.js';
-import { setHeapKernels } from '../models/channel-kernels.js';
+import { setHeapKernels } from '../models/kernels.js';
 import { Rng } from '../util/rng.js';
 import { ALGORITHMS } from './registry.js';
 import type { AdaptOptions, AlgorithmContext } from './types.js';
@@ -126,7 +127,7 @@ function nhwc(key: string): tf.Tensor4D {
 
 /**
  * Without the WASM kernels, ReLU saves its mask bit-packed through constant matrices that
- * src/models/ops/relu-mask.ts builds once per word width (24, 16 or 8 bits) and keeps for the process;
+ * src/models/kernel-reference.ts builds once per word width (24, 16 or 8 bits) and keeps for the process;
  * they are built here, before any leak count starts. (The model's own lazily built constants go
  * with `model.dispose()`.)
  */

@@ -15,7 +15,7 @@
  * the tape holds exactly what the backward needs (docs/mecta-norm.md#cache-stopping and
  * docs/mecta-norm.md#pruning for MECTA's memory semantics) and no tf.tile /
  * tf.moments gradient is ever built. The per-element passes (batch statistics, the affine output,
- * the input/affine gradients) are simd-kernels.ts: WebAssembly SIMD on the WASM backend, tf ops
+ * the input/affine gradients) are kernels.ts: WebAssembly SIMD on the WASM backend, tf ops
  * elsewhere. The custom op's `save` is a no-op when no gradient tape is recording, so a plain
  * forward keeps nothing.
  *

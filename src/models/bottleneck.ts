@@ -8,7 +8,7 @@ import type { Conv2d, Conv2dSpec } from './ops/conv.js';
 import { addRelu, relu } from './ops/relu-mask.js';
 import { bnKeys, divDim } from './infer.js';
 import type { BatchNormLayer } from './batch-norm.js';
-import { concatChannels } from './channel-kernels.js';
+import { concatChannels } from './kernels.js';
 import { FoldedConvBn } from './fold.js';
 
 /**

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
-import { concatChannels, phasesToSpace, unstackRows, gatherChannels, scatterChannels, setHeapKernels, splitChannels } from './channel-kernels.js';
+import { concatChannels, phasesToSpace, unstackRows, gatherChannels, scatterChannels, setHeapKernels, splitChannels } from './kernels.js';
 
 /** Random NHWC data with distinct values, so a wrong channel shows. */
 function data(shape: number[]): tf.Tensor {

@@ -14,8 +14,9 @@
  * per-row subarray/set by a wide margin (measurements: docs/porting.md#measurements).
  *
  * Registered as kernels for the 'wasm' and 'cpu' backends (both keep float32 data in typed arrays
- * this code can address); other backends (tfjs-node, WebGL) get the equivalent tf ops. Split,
- * concat, gather and scatter have their gradients registered, so they also work under autodiff.
+ * this code can address); kernels.ts gives other backends (tfjs-node, WebGL) the equivalent tf ops
+ * (kernel-reference.ts) and registers the gradients of split, concat, gather and scatter, so they
+ * also work under autodiff.
  */
 import { tf } from '../tf.js';
 import { type Heap, withHeap } from './wasm-heap.js';
@@ -78,14 +79,14 @@ interface SplitAttrs {
 interface PhaseAttrs {
   stride: number;
 }
-interface ConcatAttrs {
+export interface ConcatAttrs {
   widths: number[];
 }
-interface GatherAttrs {
+export interface GatherAttrs {
   channels: number[];
   total: number; // channels of the input (for the gradient)
 }
-interface ScatterAttrs {
+export interface ScatterAttrs {
   channels: number[];
   total: number;
 }
@@ -245,22 +246,8 @@ for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (i: Inf
   }
 }
 
-let heapKernels = true;
-
-/** Turns the heap kernels off (tf-op fallbacks everywhere), for tests of the fallback path. */
-export function setHeapKernels(on: boolean): void {
-  heapKernels = on;
-}
-
-/** Whether heap kernels are on (see setHeapKernels); simd-kernels.ts follows the same switch. */
-export function heapKernelsEnabled(): boolean {
-  return heapKernels;
-}
-
-/** Whether the active backend runs the kernels above. */
-function native(): boolean {
-  return heapKernels && tf.getBackend() in MEMORY;
-}
+/** The backends whose tensors these kernels address (kernels.ts runs them there). */
+export const HEAP_BACKENDS: readonly string[] = Object.keys(MEMORY);
 
 /** Runs a registered kernel on positional inputs ('0', '1', …); always returns a list. */
 export function runKernel(name: string, inputs: tf.Tensor[], attrs: object = {}): tf.Tensor[] {
@@ -270,96 +257,29 @@ export function runKernel(name: string, inputs: tf.Tensor[], attrs: object = {})
   return Array.isArray(out) ? (out as tf.Tensor[]) : [out as tf.Tensor];
 }
 
-const allFloat = (ts: tf.Tensor[]) => ts.every((t) => t.dtype === 'float32');
+// The typed calls of the kernels above; kernels.ts chooses them or their tf-op formulas
+// (kernel-reference.ts), and registers the gradients.
 
-/** `x` split along its last axis into `groups` equal parts (= tf.split(x, groups, -1)). */
 export function splitChannels<T extends tf.Tensor>(x: T, groups: number): T[] {
-  if (groups === 1) return [x.clone()];
-  if (!native() || !allFloat([x])) return tf.split(x, groups, x.rank - 1) as T[];
   return runKernel('CtaSplitChannels', [x], { groups }) as T[];
 }
 
-/** The parts concatenated along their last axis (= tf.concat(parts, -1)). */
 export function concatChannels<T extends tf.Tensor>(parts: T[]): T {
-  if (parts.length === 1) return parts[0].clone();
-  if (!native() || !allFloat(parts)) return tf.concat(parts, parts[0].rank - 1);
   return runKernel('CtaConcatChannels', parts, { widths: parts.map((p) => p.shape[p.rank - 1]) })[0] as T;
 }
 
-/** The listed channels of `x`, in that order (= tf.gather(x, channels, -1)). */
 export function gatherChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<number>): T {
-  if (!native() || !allFloat([x])) return tf.tidy(() => tf.gather(x, tf.tensor1d(Array.from(channels), 'int32'), x.rank - 1) as T);
   return runKernel('CtaGatherChannels', [x], { channels: Array.from(channels), total: x.shape[x.rank - 1] })[0] as T;
 }
 
-/**
- * `x`'s channels placed at `channels` of a `total`-channel tensor, zeros elsewhere (the transpose
- * of gatherChannels). `channels` must be distinct.
- */
 export function scatterChannels<T extends tf.Tensor>(x: T, channels: ArrayLike<number>, total: number): T {
-  const list = Array.from(channels);
-  if (!native() || !allFloat([x])) {
-    return tf.tidy(() => {
-      const removed: number[] = [];
-      const at = new Int32Array(total).fill(-1);
-      list.forEach((ch, j) => (at[ch] = j));
-      for (let ch = 0; ch < total; ch++) if (at[ch] < 0) removed.push(ch);
-      const zerosShape = withLast(x.shape, removed.length);
-      const full = removed.length ? tf.concat([x, tf.zeros(zerosShape)], x.rank - 1) : x;
-      let r = list.length;
-      const order = Array.from(at, (j) => (j >= 0 ? j : r++));
-      return tf.gather(full, tf.tensor1d(order, 'int32'), x.rank - 1) as T;
-    });
-  }
-  return runKernel('CtaScatterChannels', [x], { channels: list, total })[0] as T;
+  return runKernel('CtaScatterChannels', [x], { channels: Array.from(channels), total })[0] as T;
 }
 
-/**
- * Sub-pixel phase outputs interleaved back into space: `parts` in (ry, rx, group) order, each
- * [N, Ho, Wo, C/G] → [N, s·Ho, s·Wo, C] (= tf.depthToSpace(tf.concat(parts, 3), s)). Used inside a
- * hand-written backward only, so no gradient is registered.
- */
 export function phasesToSpace(parts: tf.Tensor4D[], stride: number): tf.Tensor4D {
-  if (!native() || !allFloat(parts)) return tf.tidy(() => tf.depthToSpace(tf.concat(parts, 3) as tf.Tensor4D, stride, 'NHWC'));
   return runKernel('CtaPhasesToSpace', parts, { stride })[0] as tf.Tensor4D;
 }
 
-/** `x` unstacked along its first axis (= tf.unstack(x)). */
 export function unstackRows<T extends tf.Tensor>(x: tf.Tensor): T[] {
-  if (!native() || !allFloat([x])) return tf.unstack(x) as T[];
   return runKernel('CtaUnstackRows', [x], {}) as T[];
 }
-
-// Gradients (the kernels are linear): split ↔ concat, gather ↔ scatter, unstack → stack.
-tf.registerGradient({
-  kernelName: 'CtaUnstackRows',
-  gradFunc: (dys) => ({ '0': () => tf.stack(dys as tf.Tensor[]) }),
-});
-tf.registerGradient({
-  kernelName: 'CtaSplitChannels',
-  gradFunc: (dys) => ({ '0': () => concatChannels(dys as tf.Tensor[]) }),
-});
-tf.registerGradient({
-  kernelName: 'CtaConcatChannels',
-  gradFunc: (dy, _saved, attrs) => {
-    const grads: Record<string, () => tf.Tensor> = {};
-    let at = 0;
-    (attrs as unknown as ConcatAttrs).widths.forEach((w, i) => {
-      const range = Array.from({ length: w }, (_, j) => at + j);
-      at += w;
-      grads[String(i)] = () => gatherChannels(dy as tf.Tensor, range);
-    });
-    return grads;
-  },
-});
-tf.registerGradient({
-  kernelName: 'CtaGatherChannels',
-  gradFunc: (dy, _saved, attrs) => {
-    const { channels, total } = attrs as unknown as GatherAttrs;
-    return { '0': () => scatterChannels(dy as tf.Tensor, channels, total) };
-  },
-});
-tf.registerGradient({
-  kernelName: 'CtaScatterChannels',
-  gradFunc: (dy, _saved, attrs) => ({ '0': () => gatherChannels(dy as tf.Tensor, (attrs as unknown as ScatterAttrs).channels) }),
-});

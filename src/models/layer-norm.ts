@@ -18,7 +18,7 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { NormLayer, NormRecord } from './types.js';
 import { customOp } from './ops/custom-op.js';
-import { channelMean } from './simd-kernels.js';
+import { channelMean } from './kernels.js';
 
 export interface LayerNormParams {
   weight: tf.Tensor1D;
@@ -69,7 +69,7 @@ export class LayerNormLayer implements NormLayer {
             r,
             tf.sub(tf.sub(gg, tf.mean(gg, -1, true)), tf.mul(xh, tf.mean(tf.mul(gg, xh), -1, true))),
           );
-          // Sums over every row (token) as one average pool (simd-kernels.ts channelMean) times the count.
+          // Sums over every row (token) as one average pool (kernel-reference.ts channelMean) times the count.
           const dw = tf.mul(channelMean(tf.mul(g, xh)), rows);
           const db = tf.mul(channelMean(g), rows);
           return [dx, dw, db];

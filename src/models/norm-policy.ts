@@ -25,7 +25,7 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { AlphaStatsOptions, DistMetric, EmaStatsOptions, MectaOptions, NormLayer, NormMode, NormModeOptions } from './types.js';
 import { customOp } from './ops/custom-op.js';
-import { bnBackward, channelAffine, channelAffineKeep, channelMean, channelStats } from './simd-kernels.js';
+import { bnBackward, channelAffine, channelAffineKeep, channelMean, channelStats } from './kernels.js';
 
 /** Supplies the channels MECTA removes from the cache for one forward (docs/mecta-norm.md#pruning). */
 export type RemovedChannelSource = (layer: string, channels: number, count: number) => Int32Array;

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
 import { SIMD_KERNELS_PLAIN, SIMD_KERNELS_SHARED } from './simd-kernels-wasm.js';
 import { addRelu, relu } from './ops/relu-mask.js';
-import { bnBackward, channelAffine, channelAffineKeep, channelStats, packedReluAvailable, setBnKernels } from './simd-kernels.js';
+import { bnBackward, channelAffine, channelAffineKeep, channelStats, packedReluAvailable, setBnKernels } from './kernels.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -132,7 +132,7 @@ describe('SIMD kernels', () => {
     // A separate process: a process runs one WASM build, and this one runs the threaded build.
     const code = `
       const { initBackend, tf } = await import(${JSON.stringify(`${root}dist/tf.js`)});
-      const k = await import(${JSON.stringify(`${root}dist/models/simd-kernels.js`)});
+      const k = await import(${JSON.stringify(`${root}dist/models/kernels.js`)});
       const info = await initBackend('wasm', 1);
       const x = tf.randomNormal([3, 5, 7, 16], 2, 3, 'float32', 1);
       const g = tf.randomNormal([3, 5, 7, 16], 0, 1, 'float32', 2);

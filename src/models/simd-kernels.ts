@@ -2,7 +2,7 @@
  * The per-element work of a BatchNorm layer as whole-layer passes: batch statistics, the affine
  * output, and the input/affine gradients (standard BN and MECTA's pruned PreG,
  * docs/mecta-norm.md#preg and #refill), each a tf op that a test or another backend can run as
- * the reference.
+ * the reference (kernel-reference.ts).
  *
  * Why: as tf ops a train-mode BN is ~13 elementwise kernels per step (two average-pool sums and a
  * squared difference for the statistics, a multiply and an add for the output, and
@@ -15,30 +15,15 @@
  * 1-bit mask in one pass (docs/porting.md#batchnorm).
  *
  * The kernels run on the calling thread. Sums accumulate in float32 over 64-row blocks and in
- * float64 across blocks. Other backends, channel counts that are not a multiple of 4, and
- * `setBnKernels(false)` / `setHeapKernels(false)` take the tf-op formulation below.
+ * float64 across blocks. kernels.ts decides when they run; other backends, channel counts that
+ * are not a multiple of 4, and `setBnKernels(false)` / `setHeapKernels(false)` take the tf-op
+ * formulation (kernel-reference.ts).
  */
 import { tf } from '../tf.js';
 import { Heap, withHeap } from './wasm-heap.js';
-import { gatherChannels, heapKernelsEnabled, lastDim, runKernel, scatterChannels, sizeOf } from './channel-kernels.js';
+import { lastDim, runKernel, sizeOf } from './channel-kernels.js';
 
 type Info = tf.TensorInfo;
-
-/**
- * Per-channel mean over every other axis of an NHWC tensor, as a [C] vector: ONE average pool over
- * the whole [N·H, W] plane (XNNPACK's NHWC pooling streams the data once). tf.sum/tf.moments are
- * slow on WASM, and a matMul with a ones vector is fast only while its right operand is a constant
- * (XNNPACK caches the packed weights), while the activations are fresh tensors every call; this
- * pool is an order of magnitude faster with the same float32 accuracy (≈5e-6 relative against
- * float64). See docs/porting.md#reductions.
- */
-export function channelMean(x: tf.Tensor): tf.Tensor1D {
-  const c = x.shape[x.shape.length - 1];
-  const w = x.rank >= 2 ? x.shape[x.shape.length - 2] : 1;
-  const rows = x.size / (c * w);
-  const plane = tf.reshape(x, [1, rows, w, c]) as tf.Tensor4D;
-  return tf.reshape(tf.avgPool(plane, [rows, w], 1, 'valid'), [c]) as tf.Tensor1D;
-}
 
 interface BackwardAttrs {
   kept: number[] | null; // channels the pruned cache x holds, in order; null: x has every channel
@@ -173,87 +158,50 @@ for (const [name, body] of Object.entries(KERNELS) as Array<[KernelName, (h: Hea
   });
 }
 
-let bnKernels = true;
+// The typed calls of the kernels above. kernels.ts chooses them (on WASM, for the shapes
+// `bnShapes` / `packedShapes` accept) or their tf-op formulas in kernel-reference.ts.
 
-/** Turns these kernels off (the tf-op formulation everywhere), for tests and A/B measurements. */
-export function setBnKernels(on: boolean): void {
-  bnKernels = on;
-}
-
-/** Whether these tensors go to the WASM kernels (float32, channels a multiple of 4, rows ≥ 1). */
-function native(...ts: tf.Tensor[]): boolean {
-  if (!bnKernels || !heapKernelsEnabled() || tf.getBackend() !== 'wasm') return false;
+/** Whether the BN kernels take these tensors (float32, channels a multiple of 4, rows ≥ 1). */
+export function bnShapes(...ts: tf.Tensor[]): boolean {
   const c = ts[0].shape[ts[0].rank - 1];
   return c > 0 && c % 4 === 0 && ts[0].size > 0 && ts.every((t) => t.dtype === 'float32');
 }
 
-/** Whether ReLU's packed-mask kernels take these float32 tensors (sizes a multiple of 4). */
-export function packedReluAvailable(...ts: tf.Tensor[]): boolean {
-  return bnKernels && heapKernelsEnabled() && tf.getBackend() === 'wasm' && ts.every((t) => t.dtype === 'float32' && t.size > 0 && t.size % 4 === 0);
+/** Whether ReLU's packed-mask kernels take these tensors (float32, sizes a multiple of 4). */
+export function packedShapes(...ts: tf.Tensor[]): boolean {
+  return ts.every((t) => t.dtype === 'float32' && t.size > 0 && t.size % 4 === 0);
 }
 
 /**
  * relu(a + b) (or relu(a)) and its mask [y > 0] as int32 words of 32 bits (1 bit per element), in
- * one pass. Only where packedReluAvailable().
+ * one pass.
  */
-export function reluPacked(a: tf.Tensor4D, b?: tf.Tensor4D): [tf.Tensor4D, tf.Tensor1D] {
+export function reluPack(a: tf.Tensor4D, b?: tf.Tensor4D): [tf.Tensor4D, tf.Tensor] {
   const [y, words] = runKernel('CtaReluPack', b ? [a, b] : [a]);
   return [y as tf.Tensor4D, words as tf.Tensor1D];
 }
 
-/** dy·mask for a mask from reluPacked (bit-for-bit: dy where y > 0, else 0). */
+/** dy·mask for a mask from reluPack (bit-for-bit: dy where y > 0, else 0). */
 export function maskGrad(dy: tf.Tensor, words: tf.Tensor): tf.Tensor {
   return runKernel('CtaMaskGrad', [dy, words])[0];
 }
 
-export interface Stats {
-  mean: tf.Tensor1D;
-  variance: tf.Tensor1D; // biased (÷ N·H·W)
+export function channelStats(x: tf.Tensor4D): { mean: tf.Tensor1D; variance: tf.Tensor1D } {
+  const [mean, variance] = runKernel('CtaBnStats', [x]) as tf.Tensor1D[];
+  return { mean, variance };
 }
 
-/** Batch mean and biased variance per channel of an NHWC tensor. */
-export function channelStats(x: tf.Tensor4D): Stats {
-  if (native(x)) {
-    const [mean, variance] = runKernel('CtaBnStats', [x]) as tf.Tensor1D[];
-    return { mean, variance };
-  }
-  const mean = channelMean(x);
-  return { mean, variance: channelMean(tf.squaredDifference(x, mean)) };
-}
-
-/**
- * x·a + b per channel. Off the WASM kernels: two plain elementwise ops (WASM's FusedBatchNorm is
- * ~3× slower than a multiply, so a one-kernel tf.batchNorm loses).
- */
 export function channelAffine(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D): tf.Tensor4D {
-  if (native(x, a, b)) return runKernel('CtaBnAffine', [x, a, b])[0] as tf.Tensor4D;
-  return tf.add(tf.mul(x, a), b) as tf.Tensor4D;
+  return runKernel('CtaBnAffine', [x, a, b])[0] as tf.Tensor4D;
 }
 
-/**
- * MECTA's caching forward with pruning (docs/mecta-norm.md#pruning): the output x·a + b and the
- * kept channels of x to save, both from one pass on the WASM kernels (`kept`: K ≥ 1 distinct
- * channels).
- */
+/** The output and the kept channels of x from one pass. */
 export function channelAffineKeep(x: tf.Tensor4D, a: tf.Tensor1D, b: tf.Tensor1D, kept: Int32Array): [tf.Tensor4D, tf.Tensor4D] {
-  if (native(x, a, b) && kept.length > 0) {
-    const [y, xk] = runKernel('CtaBnAffineGather', [x, a, b], { kept: Array.from(kept) });
-    return [y as tf.Tensor4D, xk as tf.Tensor4D];
-  }
-  return [channelAffine(x, a, b), gatherChannels(x, kept)];
+  const [y, xk] = runKernel('CtaBnAffineGather', [x, a, b], { kept: Array.from(kept) });
+  return [y as tf.Tensor4D, xk as tf.Tensor4D];
 }
 
-/**
- * The shared BN input gradient (docs/mecta-norm.md#preg, with the batch statistics μ_b, σ_b = 1/r):
- *   dx = s·(g − mean g − x̂·mean(g·x̂)),  x̂ = t·r,  t = x − μ_b
- * with s = γ/σ (σ = σ_b for train-mode BN; σ = σ_r for MECTA's PreG), evaluated as
- * dx = g·s − (t·k + s·mean g) with k = r²·s·mean(g·t), so x̂ is never materialised.
- * Returns dx, S = Σ g·x̂ and Σ g, from which the callers form the affine gradients.
- *
- * `kept` (MECTA pruning, docs/mecta-norm.md#pruning): x and `mean` hold only those channels of g's
- * C; every other channel has t = 0, which gives exactly the refill dx = s·(g − mean g) and S = 0
- * there.
- */
+/** A pruned cache is read compactly through its channel list. */
 export function bnBackward(
   g: tf.Tensor4D,
   x: tf.Tensor4D,
@@ -262,19 +210,6 @@ export function bnBackward(
   s: tf.Tensor1D,
   kept: Int32Array | null,
 ): { dx: tf.Tensor4D; S: tf.Tensor1D; sumG: tf.Tensor1D } {
-  if (native(g, x, mean, rstd, s)) {
-    const [dx, S, sumG] = runKernel('CtaBnBackward', [g, x, mean, rstd, s], { kept: kept ? Array.from(kept) : null });
-    return { dx: dx as tf.Tensor4D, S: S as tf.Tensor1D, sumG: sumG as tf.Tensor1D };
-  }
-  const c = g.shape[3];
-  const tKept = tf.sub(x, mean) as tf.Tensor4D;
-  // (Measured: one channel scatter here is cheaper, as tf ops, than gathering g's kept channels
-  // and scattering the t·k correction back.)
-  const t = kept ? scatterChannels(tKept, kept, c) : tKept;
-  const m = g.size / c;
-  const meanG = channelMean(g);
-  const meanGT = channelMean(tf.mul(g, t));
-  const k = tf.mul(tf.mul(tf.square(rstd), s), meanGT);
-  const dx = tf.sub(tf.mul(g, s), tf.add(tf.mul(t, k), tf.mul(s, meanG))) as tf.Tensor4D;
-  return { dx, S: tf.mul(tf.mul(rstd, meanGT), m) as tf.Tensor1D, sumG: tf.mul(meanG, m) as tf.Tensor1D };
+  const [dx, S, sumG] = runKernel('CtaBnBackward', [g, x, mean, rstd, s], { kept: kept ? Array.from(kept) : null });
+  return { dx: dx as tf.Tensor4D, S: S as tf.Tensor1D, sumG: sumG as tf.Tensor1D };
 }

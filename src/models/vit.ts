@@ -29,7 +29,7 @@ import { Linear } from './ops/linear.js';
 import { rawToTensor, usingTemps } from './ops/weights.js';
 import { LayerNormLayer } from './layer-norm.js';
 import { UNKNOWN, childCount, dimOf } from './infer.js';
-import { splitChannels, unstackRows } from './channel-kernels.js';
+import { splitChannels, unstackRows } from './kernels.js';
 
 /** What a ViT needs beyond the weights (timm's model config). */
 export interface VitConfig {

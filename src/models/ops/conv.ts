@@ -7,7 +7,7 @@
  */
 import { tf } from '../../tf.js';
 import { CtaError } from '../../util/errors.js';
-import { concatChannels, phasesToSpace, splitChannels } from '../channel-kernels.js';
+import { concatChannels, phasesToSpace, splitChannels } from '../kernels.js';
 import { customOp } from './custom-op.js';
 import { recordWeightInput, type WeightOptions } from './weights.js';
 
