@@ -27,6 +27,7 @@ import { setHeapKernels } from '../models/kernels.js';
 import { Rng } from '../util/rng.js';
 import { ALGORITHMS } from './registry.js';
 import type { AdaptOptions, AlgorithmContext } from './types.js';
+import { ErrorLog, fixtureBatch } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const WEIGHTS = join(ROOT, 'models', 'resnext_small.safetensors');
@@ -104,7 +105,7 @@ interface RunOut {
 
 let weights: StateDict;
 let inputs: StateDict;
-const observed = new Map<string, number>();
+const errors = new ErrorLog();
 
 beforeAll(async () => {
   await initBackend('wasm');
@@ -114,15 +115,12 @@ beforeAll(async () => {
 });
 
 afterAll(() => {
-  const rows = [...observed.entries()].map(([k, v]) => `${k}=${v.toExponential(2)}`);
-  if (rows.length) console.log(`backend matrix (against wasm), max relative errors: ${rows.join(' ')}`);
+  errors.report('backend matrix (against wasm), max relative errors');
 });
 
 /** NCHW fixture batch → NHWC tensor on the active backend. */
 function nhwc(key: string): tf.Tensor4D {
-  const t = inputs.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return tf.tidy(() => tf.transpose(tf.tensor4d(Float32Array.from(t.data), t.shape as [number, number, number, number]), [0, 2, 3, 1]));
+  return fixtureBatch(inputs, key);
 }
 
 /**
@@ -193,21 +191,8 @@ async function run(leg: Leg, alg: 'tent' | 'eata', mecta: MectaOptions | null, s
   }
 }
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
-}
-
 function check(label: string, kind: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: number): void {
-  const e = relErr(got, want);
-  observed.set(kind, Math.max(observed.get(kind) ?? 0, e));
-  expect(e, `${label}: relative error ${e.toExponential(2)}`).toBeLessThanOrEqual(tol);
+  errors.check(label, kind, got, want, tol);
 }
 
 /** θ − θ0 of `got` against that of `want` (θ0: the fixture weights). */

@@ -25,6 +25,7 @@ import { copiesAndAugmentation } from './context.js';
 import { resolveConfig } from '../config/load.js';
 import type { AdaptOptions } from './types.js';
 import { TRAIN_NORM } from './param-select.js';
+import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw, relErr } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const ADAPT = join(ROOT, 'adapt');
@@ -61,36 +62,9 @@ interface CottaCase {
   float32_torch_rel_err: Record<string, number>;
 }
 
-const observed = new Map<string, number>();
-
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
-}
-
-function check(label: string, kind: string, a: tf.Tensor | ArrayLike<number>, b: ArrayLike<number>, tol = TOL) {
-  const e = relErr(a instanceof tf.Tensor ? a.dataSync() : a, b);
-  observed.set(kind, Math.max(observed.get(kind) ?? 0, e));
-  expect(e, `${label}: relative error ${e.toExponential(2)}`).toBeLessThanOrEqual(tol);
-}
-
-function raw(sd: StateDict, key: string) {
-  const t = sd.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return t.data;
-}
-
-function nhwc(sd: StateDict, key: string): tf.Tensor4D {
-  const t = sd.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return tf.tidy(() => tf.transpose(tf.tensor4d(Float32Array.from(t.data), t.shape as [number, number, number, number]), [0, 2, 3, 1]));
-}
+const errors = new ErrorLog();
+const check = (label: string, kind: string, a: tf.Tensor | ArrayLike<number>, b: ArrayLike<number>, tol = TOL) =>
+  errors.check(label, kind, a, b, tol);
 
 /** The lazily built per-model constants before counting tensors (as in sar.test.ts). */
 function warmUp(model: Classifier, x: tf.Tensor4D): void {
@@ -150,8 +124,7 @@ beforeAll(async () => {
 });
 
 afterAll(() => {
-  const rows = [...observed.entries()].map(([k, v]) => `${k}=${v.toExponential(2)}`);
-  if (rows.length) console.log(`cotta parity, max relative errors: ${rows.join(' ')}`);
+  errors.report('cotta parity, max relative errors');
 });
 
 describe('CoTTA configs', () => {

@@ -19,6 +19,7 @@ import { ALGORITHMS } from './registry.js';
 import { patchShuffle } from './deyo.js';
 import type { AdaptOptions } from './types.js';
 import { resolveConfig } from '../config/load.js';
+import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const ADAPT = join(ROOT, 'adapt');
@@ -35,36 +36,9 @@ interface DeyoCase {
   steps: { updated: boolean; reliable: number; used: number }[];
 }
 
-const observed = new Map<string, number>();
-
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
-}
-
-function check(label: string, kind: string, a: tf.Tensor | ArrayLike<number>, b: ArrayLike<number>, tol = TOL) {
-  const e = relErr(a instanceof tf.Tensor ? a.dataSync() : a, b);
-  observed.set(kind, Math.max(observed.get(kind) ?? 0, e));
-  expect(e, `${label}: relative error ${e.toExponential(2)}`).toBeLessThanOrEqual(tol);
-}
-
-function raw(sd: StateDict, key: string) {
-  const t = sd.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return t.data;
-}
-
-function nhwc(sd: StateDict, key: string): tf.Tensor4D {
-  const t = sd.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return tf.tidy(() => tf.transpose(tf.tensor4d(Float32Array.from(t.data), t.shape as [number, number, number, number]), [0, 2, 3, 1]));
-}
+const errors = new ErrorLog();
+const check = (label: string, kind: string, a: tf.Tensor | ArrayLike<number>, b: ArrayLike<number>, tol = TOL) =>
+  errors.check(label, kind, a, b, tol);
 
 /** The lazily built per-model constants (flipped conv filters, folded filters) before counting tensors. */
 function warmUp(model: Classifier, x: tf.Tensor4D): void {
@@ -118,8 +92,7 @@ beforeAll(async () => {
 });
 
 afterAll(() => {
-  const rows = [...observed.entries()].map(([k, v]) => `${k}=${v.toExponential(2)}`);
-  if (rows.length) console.log(`deyo parity, max relative errors: ${rows.join(' ')}`);
+  errors.report('deyo parity, max relative errors');
 });
 
 describe('DeYO patch shuffle', () => {

@@ -18,6 +18,7 @@ import { Rng } from '../util/rng.js';
 import { ALGORITHMS, ALGORITHM_NAMES, type AlgorithmName } from './registry.js';
 import type { AdaptOptions, AlgorithmContext } from './types.js';
 import { estimateFisher } from './fisher.js';
+import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const ADAPT = join(ROOT, 'adapt');
@@ -68,40 +69,9 @@ interface CaseJson {
   steps: { updated: boolean; reliable?: number; used?: number; beta?: number[]; matched?: boolean[] }[];
 }
 
-/** Largest relative error per quantity, printed at the end for the report. */
-const observed = new Map<string, number>();
-
-/** ‖a − b‖ / ‖b‖ per tensor (‖a − b‖ when b = 0). */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i] - b[i]) ** 2;
-    den += b[i] ** 2;
-  }
-  return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
-}
-
-function check(label: string, kind: string, a: tf.Tensor | ArrayLike<number>, b: ArrayLike<number>, tol = TOL) {
-  const av = a instanceof tf.Tensor ? a.dataSync() : a;
-  const e = relErr(av, b);
-  observed.set(kind, Math.max(observed.get(kind) ?? 0, e));
-  expect(e, `${label}: relative error ${e.toExponential(2)}`).toBeLessThanOrEqual(tol);
-}
-
-function raw(sd: StateDict, key: string): Float32Array | Float64Array {
-  const t = sd.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return t.data;
-}
-
-/** NCHW fixture batch → NHWC tensor. */
-function nhwc(sd: StateDict, key: string): tf.Tensor4D {
-  const t = sd.get(key);
-  if (!t) throw new Error(`fixture key ${key} missing`);
-  return tf.tidy(() => tf.transpose(tf.tensor4d(Float32Array.from(t.data), t.shape as [number, number, number, number]), [0, 2, 3, 1]));
-}
+const errors = new ErrorLog();
+const check = (label: string, kind: string, a: tf.Tensor | ArrayLike<number>, b: ArrayLike<number>, tol = TOL) =>
+  errors.check(label, kind, a, b, tol);
 
 function mectaOpts(c: CaseJson): MectaOptions | null {
   if (!c.mecta) return null;
@@ -158,8 +128,7 @@ beforeAll(async () => {
 });
 
 afterAll(() => {
-  const rows = [...observed.entries()].map(([k, v]) => `${k}=${v.toExponential(2)}`);
-  if (rows.length) console.log(`algorithm parity, max relative errors: ${rows.join(' ')}`);
+  errors.report('algorithm parity, max relative errors');
 });
 
 /**
