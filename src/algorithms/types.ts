@@ -92,8 +92,17 @@ export interface Algorithm {
   /** Serialisable state beyond the model (optimizer slots, EATA moving average) for checkpoints. */
   saveState(): Map<string, tf.Tensor>;
   loadState(state: Map<string, tf.Tensor>): void;
+  /**
+   * Bytes the method holds beyond the model's own weights, by kind (docs/memory.md): 'teacher',
+   * 'anchor' (model copies), 'memoryBank' (stored samples), 'optimizer' (slots), 'other'.
+   * profile-mem and batches.jsonl report them as separate columns; absent = none.
+   */
+  stateBytes?(): Partial<Record<StateBytesKind, number>>;
   dispose(): void;
 }
+
+export const STATE_BYTES_KINDS = ['teacher', 'anchor', 'memoryBank', 'optimizer', 'other'] as const;
+export type StateBytesKind = (typeof STATE_BYTES_KINDS)[number];
 
 export interface AlgorithmSpec {
   /** Human description for --help. */
