@@ -28,7 +28,10 @@ const ABOUT =
 export const CTA_EVAL_BIN = fileURLToPath(new URL('../../bin/cta-eval.js', import.meta.url));
 
 function listText(plan: SweepPlan): string {
-  const rows = plan.runs.map((r) => [String(r.index), r.id, runStatus(r.dir), ...r.params.map(([, v]) => formatValue(v))]);
+  const rows = plan.runs.map((r) => [String(r.index), r.id, runStatus(r.dir), ...plan.sweptKeys.map((k) => {
+    const hit = r.params.find(([pk]) => pk === k);
+    return hit ? formatValue(hit[1]) : '';
+  })]);
   const head = ['#', 'run', 'status', ...plan.sweptKeys.map(toKebab)];
   const widths = head.map((h, j) => Math.max(h.length, ...rows.map((r) => r[j].length)));
   const fmt = (r: string[]) => r.map((c, j) => (j === 0 ? c.padStart(widths[j]) : c.padEnd(widths[j]))).join('  ').trimEnd();

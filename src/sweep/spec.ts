@@ -8,6 +8,9 @@
  *     seed: [2020, 2021]
  *   zip:                                    # groups whose lists advance together (one axis each)
  *     - { accum-bn: [false, true], prune-q: [0, 0.7] }
+ *   runs:                                   # whole run configs (e.g. one per method), varies slowest
+ *     - extends: ../configs/cifar10/tent.yaml   # the method's config, below the base keys above
+ *     - { extends: ../configs/cifar10/eata.yaml, accum-bn: true }
  *   runs-dir: runs/beta-thre                # where run folders go (default runs/sweeps/<name>)
  *   name: beta-thre                         # default: the file name without .yaml
  *
@@ -23,13 +26,23 @@ import { FIELDS, defaultConfig, toKebab, type CtaConfig, type FieldKey } from '.
 import { coerce, configKey, readYamlConfig, validateConfig } from '../config/load.js';
 import { runId } from './hash.js';
 
-/** One axis of the product: a single grid key, or a zip group (several keys, same length). */
+/** One axis of the product: a single grid key, a zip group (several keys, same length) or runs:. */
 export interface Axis {
   keys: FieldKey[];
-  /** rows[i][j] = value of keys[j] at position i. */
+  /** rows[i][j] = value of keys[j] at position i; UNSET where a runs: entry does not set the key. */
   rows: unknown[][];
-  kind: 'grid' | 'zip';
+  kind: 'grid' | 'zip' | 'runs';
+  /**
+   * runs: only — per row, the values of the entry's `extends:` config. They sit below the sweep
+   * file's own base keys (the protocol: data, weights, batch size), which sit below the entry's
+   * own keys, so one sweep can run every method with its published hyper-parameters under one
+   * protocol.
+   */
+  layers?: Partial<CtaConfig>[];
 }
+
+/** Marks a key a runs: entry leaves unset. */
+export const UNSET: unique symbol = Symbol('unset');
 
 export interface SweepSpec {
   file: string;
@@ -63,7 +76,7 @@ export interface SweepPlan {
   duplicates: { index: number; of: string }[];
 }
 
-const RESERVED = new Set(['extends', 'grid', 'zip', 'name', 'runs-dir', 'runs_dir', 'runsDir']);
+const RESERVED = new Set(['extends', 'grid', 'zip', 'runs', 'name', 'runs-dir', 'runs_dir', 'runsDir']);
 /**
  * Config keys holding file or folder paths (every string-typed field is one, as the README flag
  * table also assumes): made absolute so commands work from any directory.
@@ -164,6 +177,40 @@ export function readSweep(file: string): SweepSpec {
     });
   }
 
+  if (doc.runs !== undefined) {
+    if (!Array.isArray(doc.runs) || doc.runs.length === 0) throw new CtaError(`${file}: runs: expected a non-empty list of mappings (extends: <config>, key: value, …)`);
+    const entries = doc.runs.map((entry, ri) => {
+      const where = `runs[${ri}]: `;
+      if (!isMapping(entry)) throw new CtaError(`${file}: ${where.slice(0, -2)}: expected a mapping (extends: <config>, key: value, …)`);
+      let layer: Partial<CtaConfig> = {};
+      if (entry.extends !== undefined) {
+        if (typeof entry.extends !== 'string') throw new CtaError(`${file}: ${where}extends: expected a path to a config file`);
+        const target = resolve(dirname(abs), entry.extends);
+        if (!existsSync(target)) throw new CtaError(`${file}: ${where}extends: ${entry.extends} not found (paths are relative to the sweep file)`);
+        layer = readYamlConfig(target);
+      }
+      const own = new Map<FieldKey, unknown>();
+      for (const [raw, v] of Object.entries(entry)) {
+        if (raw === 'extends') continue;
+        const key = keyOf(file, where, raw);
+        if (ownBase.includes(key)) throw new CtaError(`${file}: ${where}${toKebab(key)}: also set as a base key; keep one`);
+        own.set(key, coerce(key, v, { kind: 'file', path: `${file}: ${where.slice(0, -2)}` }));
+      }
+      // The method is what a runs: entry is about: list it even when only its config names it.
+      if (!own.has('alg') && layer.alg !== undefined) own.set('alg', layer.alg);
+      return { layer, own };
+    });
+    const keys = [...new Set(entries.flatMap((e) => [...e.own.keys()]))];
+    for (const k of keys) claim(k, 'runs: ');
+    // The outermost loop: a sweep over methods lists each method's runs together.
+    axes.unshift({
+      keys,
+      rows: entries.map((e) => keys.map((k) => (e.own.has(k) ? e.own.get(k) : UNSET))),
+      kind: 'runs',
+      layers: entries.map((e) => e.layer),
+    });
+  }
+
   const rawName = doc.name;
   if (rawName !== undefined && (typeof rawName !== 'string' || !/^[A-Za-z0-9._-]+$/.test(rawName))) {
     throw new CtaError(`${file}: name: expected letters, digits, '.', '_' or '-'`);
@@ -174,17 +221,30 @@ export function readSweep(file: string): SweepSpec {
   return { file, name, runsDir: (rd as string | undefined) ?? null, base: base as Partial<CtaConfig>, ownBase, axes };
 }
 
-/** Cartesian product of the axes; the first axis varies slowest (nested loops in file order). */
-export function expandAxes(axes: readonly Axis[]): [FieldKey, unknown][][] {
-  let points: [FieldKey, unknown][][] = [[]];
+interface Point {
+  params: [FieldKey, unknown][];
+  /** runs: entries' extends: configs met on the way (below the sweep's own base keys). */
+  layers: Partial<CtaConfig>[];
+}
+
+function expandPoints(axes: readonly Axis[]): Point[] {
+  let points: Point[] = [{ params: [], layers: [] }];
   for (const axis of axes) {
-    const next: [FieldKey, unknown][][] = [];
+    const next: Point[] = [];
     for (const p of points) {
-      for (const row of axis.rows) next.push([...p, ...axis.keys.map((k, j) => [k, row[j]] as [FieldKey, unknown])]);
+      axis.rows.forEach((row, i) => {
+        const set = axis.keys.map((k, j) => [k, row[j]] as [FieldKey, unknown]).filter(([, v]) => v !== UNSET);
+        next.push({ params: [...p.params, ...set], layers: axis.layers ? [...p.layers, axis.layers[i]] : p.layers });
+      });
     }
     points = next;
   }
   return points;
+}
+
+/** Cartesian product of the axes; the first axis varies slowest (nested loops in file order). */
+export function expandAxes(axes: readonly Axis[]): [FieldKey, unknown][][] {
+  return expandPoints(axes).map((p) => p.params);
 }
 
 export function describeParams(params: readonly [FieldKey, unknown][]): string {
@@ -205,7 +265,8 @@ export interface PlanOptions {
 }
 
 /**
- * Expands a sweep into runs: defaults < extends < base keys < grid/zip values < cta-sweep flags.
+ * Expands a sweep into runs: defaults < extends < runs: entries' extends < base keys < grid / zip /
+ * runs: values < cta-sweep flags.
  * Paths become absolute (relative to the current directory, as in config files) so the hash and the
  * emitted commands do not depend on where they are run from.
  */
@@ -221,8 +282,9 @@ export function planSweep(spec: SweepSpec, opts: PlanOptions = {}): SweepPlan {
   const runs: PlannedRun[] = [];
   const duplicates: { index: number; of: string }[] = [];
   const byId = new Map<string, PlannedRun>();
-  expandAxes(spec.axes).forEach((params, index) => {
-    const cfg = { ...defaultConfig(), ...spec.base } as Record<string, unknown>;
+  const own = Object.fromEntries(spec.ownBase.map((k) => [k, spec.base[k]]));
+  expandPoints(spec.axes).forEach(({ params, layers }, index) => {
+    const cfg = { ...defaultConfig(), ...spec.base, ...Object.assign({}, ...layers), ...own } as Record<string, unknown>;
     for (const [k, v] of params) cfg[k] = v;
     Object.assign(cfg, overrides);
     for (const k of PATH_KEYS) {

@@ -83,6 +83,45 @@ zip:
     expect(plan.name).toBe('s');
   });
 
+  it('runs: each entry extends its own config, below the sweep base keys and above the sweep extends', () => {
+    const dir = tmp();
+    mkdirSync(join(dir, 'configs'));
+    writeFileSync(join(dir, 'configs', 'base.yaml'), 'alg: eata\nlr: 0.5\nseverity: 3\nbatch-size: 64\n');
+    writeFileSync(join(dir, 'configs', 'tent.yaml'), 'alg: tent\nlr: 0.01\nbatch-size: 200\n');
+    writeFileSync(join(dir, 'configs', 'sar.yaml'), 'alg: sar\nlr: 0.002\nsam-rho: 0.1\n');
+    mkdirSync(join(dir, 'sweeps'));
+    const f = sweepFile(
+      `extends: ../configs/base.yaml
+batch-size: 16
+runs:
+  - extends: ../configs/tent.yaml
+  - { extends: ../configs/tent.yaml, accum-bn: true }
+  - { extends: ../configs/sar.yaml, lr: 0.003 }
+grid:
+  seed: [1, 2]
+`,
+      join(dir, 'sweeps'),
+    );
+    const plan = planSweep(readSweep(f));
+    const got = plan.runs.map((r) => [r.config.alg, r.config.lr, r.config.batchSize, r.config.accumBn, r.config.seed]);
+    expect(got).toEqual([
+      ['tent', 0.01, 16, false, 1], // the method config's lr; the sweep's own batch size wins over it
+      ['tent', 0.01, 16, false, 2],
+      ['tent', 0.01, 16, true, 1],
+      ['tent', 0.01, 16, true, 2],
+      ['sar', 0.003, 16, false, 1], // the entry's own key wins over its config
+      ['sar', 0.003, 16, false, 2],
+    ]);
+    expect(plan.runs[4].config.samRho).toBe(0.1);
+    expect(plan.runs[0].config.severity).toBe(3); // from the sweep's extends
+    expect(plan.sweptKeys).toEqual(['alg', 'accumBn', 'lr', 'seed']);
+    expect(plan.runs[0].params).toEqual([['alg', 'tent'], ['seed', 1]]);
+    expect(errorOf(() => readSweep(sweepFile('runs:\n  - extends: nope.yaml\n')))).toMatch(/s\.yaml: runs\[0\]: extends: nope\.yaml not found/);
+    expect(errorOf(() => readSweep(sweepFile('runs: []\n')))).toMatch(/s\.yaml: runs: expected a non-empty list/);
+    expect(errorOf(() => readSweep(sweepFile('lr: 0.1\nruns:\n  - {lr: 0.2}\n')))).toMatch(/runs\[0\]: lr: also set as a base key/);
+    expect(errorOf(() => readSweep(sweepFile('runs:\n  - {lr: 0.2}\ngrid:\n  lr: [0.1]\n')))).toMatch(/runs: lr: already varied in grid/);
+  });
+
   it('errors name the sweep file, the section and the key', () => {
     expect(errorOf(() => readSweep(sweepFile('grid:\n  beta-thre: [0.1, lots]\n')))).toMatch(/s\.yaml: grid: beta-thre: expected a number/);
     expect(errorOf(() => readSweep(sweepFile('grid:\n  batch-sise: [1]\n')))).toMatch(/s\.yaml: grid: batch-sise: unknown key/);
