@@ -10,6 +10,7 @@ import { loadMixed, sortByDirichlet, type MixedDomain, type StreamStep } from '.
 import { CtaError } from '../util/errors.js';
 import { MeasuredDomain, type StepMemory } from '../memory/probe.js';
 import type { StepResult } from '../algorithms/types.js';
+import { PASSES, type PassCounts } from './pass-count.js';
 import { domainProgress } from './progress.js';
 import { DomainTally, domainExtras, domainResult, recordBatch, recordDomain } from './record.js';
 import type { RunControl } from './control.js';
@@ -74,13 +75,16 @@ async function adaptDomain(run: PreparedRun, control: RunControl, domain: Domain
     let pred: Int32Array;
     let res: StepResult;
     let mem: StepMemory | null = null;
+    let passes: PassCounts;
     try {
+      PASSES.take(); // anything between batches is not this step's
       probe.begin();
       try {
         res = alg.step(x);
       } finally {
         mem = probe.end();
       }
+      passes = PASSES.take();
       const am = tf.argMax(res.logits, 1);
       pred = (await am.data()) as Int32Array;
       am.dispose();
@@ -97,7 +101,7 @@ async function adaptDomain(run: PreparedRun, control: RunControl, domain: Domain
         if (pred[i] === b.y[i]) p.correct++;
       }
     }
-    recordBatch(run, tally, n, c, res, measured.add(mem), tb);
+    recordBatch(run, tally, n, c, res, measured.add(mem), tb, passes);
     // The lines of an unfinished domain are dropped by --resume, which re-runs it from the
     // checkpoint. A bar is closed first: it hides the terminal's cursor while it runs.
     if (control.requested()) {

@@ -24,6 +24,9 @@ export interface DomainResult {
   reliable?: number;
   updated?: number;
   updates?: number; // batches whose backward + optimizer step ran
+  /** Images through every forward / every differentiated forward (src/runner/pass-count.ts). */
+  forwards?: number;
+  backwards?: number;
   max_cache_mb?: number | null;
   avg_cache_mb?: number | null;
   /** Measured bytes held for backprop / peak engine bytes per step, MB (memory/probe.ts). */

@@ -17,6 +17,7 @@ import { ALGORITHMS, type AlgorithmName } from '../algorithms/registry.js';
 import { configureNorm } from '../algorithms/norm-mode.js';
 import type { Algorithm, AlgorithmSpec } from '../algorithms/types.js';
 import { copiesAndAugmentation } from '../algorithms/context.js';
+import { PASSES } from './pass-count.js';
 import { openDomain, type DomainSource, type DomainStream, type FingerprintEntry } from '../data/stream.js';
 import { openDataSource } from '../data/registry.js';
 import { checkSettingOptions, GRADUAL_SEVERITIES, streamSteps, type SettingSpec, type StreamStep } from '../data/settings.js';
@@ -226,6 +227,11 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     fisherData: fisherBatches(() => openDomain(source, 'original'), cfg.fisherSize, cfg.batchSize, cfg.seed),
     ...copiesAndAugmentation(model, algRng),
   };
+  // Forwards / backwards per batch for every method (src/runner/pass-count.ts), copies included.
+  PASSES.install();
+  PASSES.watch(model);
+  const clone = ctx.cloneModel;
+  ctx.cloneModel = () => PASSES.watch(clone());
   let alg: Algorithm;
   try {
     alg = await spec.create(model, adaptOptions(cfg), ctx);
@@ -233,6 +239,7 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     if (e instanceof CtaError) throw e;
     throw new CtaError(`--alg ${cfg.alg}: could not configure (${(e as Error).message})`, 1);
   }
+  PASSES.take(); // configure-time passes (EATA's Fisher) are not the first batch's
 
   const run: PreparedRun = {
     cfg,

@@ -14,6 +14,7 @@ import { saveCheckpoint } from './checkpoint.js';
 import { meanErrors, type DomainResult } from './output.js';
 import { checkpointWritten } from './events.js';
 import type { PreparedRun } from './prepare.js';
+import type { PassCounts } from './pass-count.js';
 
 /** One domain's running totals, filled batch by batch. */
 export class DomainTally {
@@ -21,6 +22,9 @@ export class DomainTally {
   seen = 0;
   updates = 0;
   batches = 0;
+  /** Images through forwards / differentiated forwards (src/runner/pass-count.ts). */
+  forwards = 0;
+  backwards = 0;
   /** Per metric name: its sum over the domain's batches. */
   readonly metrics: Record<string, number> = {};
   readonly caches: number[] = [];
@@ -53,8 +57,13 @@ export function recordBatch(
   res: StepResult,
   mem: MeasuredBatchFields,
   started: number,
+  passes?: PassCounts,
 ): void {
   tally.correct += correct;
+  if (passes) {
+    tally.forwards += passes.forwards;
+    tally.backwards += passes.backwards;
+  }
   tally.seen += n;
   tally.batches++;
   if (res.updated) tally.updates++;
@@ -75,6 +84,7 @@ export function recordBatch(
     correct,
     error: (100 * (n - correct)) / n,
     updated: res.updated,
+    ...(passes ? { forwards: passes.forwards, backwards: passes.backwards } : {}),
     ...(res.metrics ?? {}),
     ...(acc
       ? {
@@ -103,6 +113,8 @@ export function domainResult(run: PreparedRun, t: DomainTally): DomainResult {
     seconds: Math.round(seconds * 100) / 100,
     img_per_s: Math.round((t.seen / seconds) * 10) / 10,
     updates: t.updates,
+    forwards: t.forwards,
+    backwards: t.backwards,
     ...(t.parts ? { per_domain: t.parts.map((p) => ({ ...p, error: p.n ? (100 * (p.n - p.correct)) / p.n : NaN })) } : {}),
     ...Object.fromEntries(metrics),
     ...(run.trackCache

@@ -33,6 +33,11 @@ describe('cta-eval --alg cotta / cotta_bn end to end', () => {
       expect(text).toContain('augmented');
       expect(text).toContain('restored');
       expect(JSON.stringify(summary.domains[0])).toContain('augmented');
+      // Passes (src/runner/pass-count.ts): the student's forward is the one differentiated; the
+      // teacher, the anchor and the 2 augmented teacher copies add forwards only.
+      expect(lines[0].backwards).toBe(4);
+      expect(lines[0].forwards).toBeGreaterThanOrEqual(4 * 4);
+      expect(summary.domains[0].forwards).toBe(lines[0].forwards + lines[1].forwards);
     }, 180_000);
   }
 });

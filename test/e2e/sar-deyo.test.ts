@@ -32,6 +32,10 @@ describe('cta-eval --alg sar / deyo end to end', () => {
       const lines = readFileSync(join(out, 'batches.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
       expect(lines).toHaveLength(3 * 2);
       expect(JSON.stringify(lines[0])).toContain('reliable');
+      // Passes (src/runner/pass-count.ts): SAR's SAM differentiates two forwards; DeYO forwards x and
+      // its patch-shuffled copy and differentiates the forward of the samples it keeps.
+      for (const l of lines) expect(l.forwards).toBeGreaterThanOrEqual(alg === 'sar' ? 4 : 8);
+      expect(summary.domains[0].backwards).toBe(lines[0].backwards + lines[1].backwards);
     }, 120_000);
   }
 });
