@@ -128,10 +128,11 @@ function table(rows, torch) {
   const threads = torch && !torch.unavailable ? torch.threads : [];
   const head = threads.flatMap((t) => [`PyTorch ${t} thr img/s`, `TF.js / PyTorch ${t} thr`]);
   if (threads.length) head.push('PyTorch peak MB');
-  out.push(`| backend | model | batch | mode | img/s med | img/s best | img/CPU-s med | step peak MB | ${head.map((h) => h + ' | ').join('')}load | notes |`);
-  out.push(`|---|---|---|---|---|---|---|---|${head.map(() => '---|').join('')}---|---|`);
+  out.push(`| backend | model | batch | mode | img/s med | img/s best | img/CPU-s med | step peak MB | backprop MB | ${head.map((h) => h + ' | ').join('')}load | notes |`);
+  out.push(`|---|---|---|---|---|---|---|---|---|${head.map(() => '---|').join('')}---|---|`);
   for (const r of rows) {
-    const cells = [backendLabel(r), r.model, r.batch, r.mode, num(r.imgPerSecMed), num(r.imgPerSecBest), num(r.imgPerCpuSecMed), mb(r.stepPeakBytes)];
+    // backprop MB: the probe's measured bytes held for the backward (docs/memory.md#measured)
+    const cells = [backendLabel(r), r.model, r.batch, r.mode, num(r.imgPerSecMed), num(r.imgPerSecBest), num(r.imgPerCpuSecMed), mb(r.stepPeakBytes), mb(r.measuredBackpropBytes)];
     for (const t of threads) {
       const ref = r.torch?.find((x) => x.threads === t);
       cells.push(num(ref?.imgPerSecMed), ref ? `${ref.ratio.toFixed(2)}×` : 'n/a');

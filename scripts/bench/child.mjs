@@ -109,6 +109,14 @@ async function measure(spec) {
     cfg.fisherSize = fisherBatches * spec.batch;
   }
   if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
+  if (mode.gradCheckpointSegments) {
+    if (!model.gradCheckpoint) {
+      model.dispose();
+      return { ...out, status: 'unsupported', error: `${spec.model} has no stages to checkpoint` };
+    }
+    model.gradCheckpoint.segments = mode.gradCheckpointSegments;
+    out.gradCheckpointSegments = mode.gradCheckpointSegments;
+  }
   try {
     configureRunNorm(cfg, model);
   } catch (e) {
@@ -129,9 +137,10 @@ async function measure(spec) {
   const alg = await ALGORITHMS[cfg.alg].create(model, adaptOptions(cfg), ctx);
   out.createMs = Math.round(performance.now() - tCreate);
 
-  // webgpu: the GPU's live buffer bytes of one timed step. Not under tf.profile, where the backend
-  // holds every disposed buffer until the profiled function ends.
-  const gpuProbe = info.name === 'webgpu' ? new MemoryProbe(false) : null;
+  // One timed step under the memory probe: the measured backprop bytes (docs/memory.md#measured)
+  // and, on webgpu, the GPU's live buffer bytes. Not under tf.profile, where the backend holds
+  // every disposed buffer until the profiled function ends.
+  const stepProbe = new MemoryProbe(false);
   const stepOnce = async (profile, measureGpu = false) => {
     const x = randomBatch(dataRng, spec.batch, model.inputShape);
     let res;
@@ -140,6 +149,7 @@ async function measure(spec) {
     let peak = null;
     let kernels = null;
     let gpu = null;
+    let backprop = null;
     if (profile) {
       const before = tf.memory().numBytes;
       const prof = await tf.profile(() => {
@@ -150,7 +160,7 @@ async function measure(spec) {
       kernels = topKernels(prof.kernels);
       await res.logits.data();
     } else {
-      const probe = measureGpu ? gpuProbe : null;
+      const probe = measureGpu ? stepProbe : null;
       probe?.begin();
       const c0 = process.cpuUsage();
       const t0 = performance.now();
@@ -158,6 +168,7 @@ async function measure(spec) {
       await res.logits.data(); // the step is done when its logits can be read
       ms = performance.now() - t0;
       const mem = probe?.end();
+      backprop = mem?.backpropBytes ?? null;
       if (mem?.gpuPeakBytes !== undefined) gpu = { peak: mem.gpuPeakBytes - mem.gpuStartBytes, pool: mem.gpuAllocatedBytes };
       const c = process.cpuUsage(c0); // this process only: less sensitive to other jobs than wall time
       cpuMs = (c.user + c.system) / 1000;
@@ -165,7 +176,7 @@ async function measure(spec) {
     res.logits.dispose();
     x.dispose();
     const cached = model.normLayers.filter((l) => l.last && l.last.cached).length;
-    return { ms, cpuMs, peak, gpu, kernels, updated: res.updated, used: res.metrics?.used, cached };
+    return { ms, cpuMs, peak, gpu, backprop, kernels, updated: res.updated, used: res.metrics?.used, cached };
   };
 
   const tWarm = performance.now();
@@ -185,6 +196,7 @@ async function measure(spec) {
   let cached = 0;
   for (let i = 0; i < spec.reps; i++) {
     const r = await stepOnce(false, i === 0);
+    if (r.backprop !== null) out.measuredBackpropBytes = r.backprop;
     if (r.gpu) {
       out.gpuStepPeakBytes = r.gpu.peak;
       out.gpuPoolBytes = r.gpu.pool;

@@ -15,6 +15,10 @@ export const MODES = {
   'eata+mecta': { config: 'eata-mecta.yaml', alg: 'eata', torch: null, torchPeak: null },
   // Not in the default set: Tent with MECTA norm.
   'tent+mecta': { config: 'tent-mecta.yaml', alg: 'tent', torch: null, torchPeak: null },
+  // Not in the default set: Tent with gradient checkpointing, S segments per stage
+  // (docs/memory.md#gradient-checkpointing); child.mjs also reports the measured backprop bytes.
+  'tent+ckpt2': { config: 'tent.yaml', alg: 'tent', torch: null, torchPeak: null, gradCheckpointSegments: 2 },
+  'tent+ckpt4': { config: 'tent.yaml', alg: 'tent', torch: null, torchPeak: null, gradCheckpointSegments: 4 },
 };
 
 export const DEFAULT_MODES = ['inference', 'norm', 'tent', 'eata', 'eata+mecta'];

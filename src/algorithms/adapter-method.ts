@@ -18,6 +18,7 @@ export function adapterMethod(name: string, adapter: GradientAdapter, step: (x: 
       return out;
     },
     loadState: (state) => adapter.loadState(state),
+    stateBytes: () => adapter.stateBytes(),
     dispose: () => adapter.dispose(),
   };
 }

@@ -26,7 +26,13 @@ export interface CottaAugmentOptions {
   soft?: boolean;
   /** Standard deviation of the additive noise (CoTTA's gaussian_std, default 0.005); 0 = none. */
   noiseStd?: number;
+  /** Padding before the affine: 'edge' (CoTTA, default) or 'reflect' (ROID's get_tta_transforms call). */
+  padding?: PadMode;
+  /** The official get_tta_transforms' cotta_augs: false drops the blur and the noise (ROID). Default true. */
+  cottaAugs?: boolean;
 }
+
+export type PadMode = 'edge' | 'reflect';
 
 /** The five colour operations, in the index order the random permutation refers to. */
 export const JITTER_OPS = ['brightness', 'contrast', 'saturation', 'hue', 'gamma'] as const;
@@ -54,9 +60,12 @@ export interface CottaParams {
   /** Edge padding on every side before the affine (⌊H/2⌋). */
   pad: number;
   affine: AffineParams;
+  /** σ of the 5×5 Gaussian blur; 0 = no blur step (cotta_augs false). */
   blurSigma: number;
   flip: boolean;
   noiseStd: number;
+  /** Padding mode before the affine (default 'edge'). */
+  padding?: PadMode;
 }
 
 /** Ranges of docs/augment.md#ranges ([min, max]; `translate` is a fraction of the padded size). */
@@ -99,7 +108,8 @@ export function drawCottaParams(rng: Rng, height: number, width: number, opts: C
   const tx = roundHalfEven(uniform(rng, [-maxDx, maxDx]));
   const ty = roundHalfEven(uniform(rng, [-maxDy, maxDy]));
   const scale = uniform(rng, r.scale);
-  const blurSigma = uniform(rng, r.sigma);
+  const cottaAugs = opts.cottaAugs ?? true;
+  const blurSigma = cottaAugs ? uniform(rng, r.sigma) : 0;
   const flip = rng.next() < 0.5;
   return {
     jitterOrder,
@@ -108,7 +118,8 @@ export function drawCottaParams(rng: Rng, height: number, width: number, opts: C
     affine: { angle, translate: [tx, ty], scale, shear: [0, 0] },
     blurSigma,
     flip,
-    noiseStd: opts.noiseStd ?? DEFAULT_NOISE_STD,
+    noiseStd: cottaAugs ? (opts.noiseStd ?? DEFAULT_NOISE_STD) : 0,
+    padding: opts.padding ?? 'edge',
   };
 }
 
@@ -266,7 +277,14 @@ interface Window {
  * Returns, per output pixel, 4 source indices into x's H·W plane and their weights (0 for corners
  * outside the padded image), and the sampled all-ones mask (the sum of the in-bounds weights).
  */
-function samplingPlan(p: AffineParams, h: number, w: number, pad: number, win: Window) {
+function samplingPlan(p: AffineParams, h: number, w: number, pad: number, win: Window, padMode: PadMode = 'edge') {
+  if (padMode === 'reflect' && (pad >= h || pad >= w)) throw new CtaError(`reflect padding by ${pad} needs images larger than ${pad} pixels, got ${h}×${w}`);
+  // padded coordinate → source index: clamp (edge) or mirror without repeating the border (reflect)
+  const src = (k: number, n: number) => {
+    const j = k - pad;
+    if (padMode === 'edge') return Math.min(n - 1, Math.max(0, j));
+    return j < 0 ? -j : j > n - 1 ? 2 * (n - 1) - j : j;
+  };
   const outH = h + 2 * pad;
   const outW = w + 2 * pad;
   const m = inverseAffineMatrix(p);
@@ -293,8 +311,8 @@ function samplingPlan(p: AffineParams, h: number, w: number, pad: number, win: W
         const ys = y0 + (k >> 1);
         const wk = ((k & 1) ? fx : 1 - fx) * ((k >> 1) ? fy : 1 - fy);
         const inside = xs >= 0 && xs < outW && ys >= 0 && ys < outH;
-        const sx = Math.min(w - 1, Math.max(0, xs - pad));
-        const sy = Math.min(h - 1, Math.max(0, ys - pad));
+        const sx = inside ? src(xs, w) : 0;
+        const sy = inside ? src(ys, h) : 0;
         index[k * n + o] = sy * w + sx;
         weight[k * n + o] = inside ? wk : 0;
         if (inside) total += wk;
@@ -398,7 +416,8 @@ export function normalNoise(rng: Rng, count: number, std = 1): Float32Array {
 export function applyCotta(x: tf.Tensor4D, p: CottaParams, noise: tf.Tensor4D | null = null): tf.Tensor4D {
   checkImages(x, 'cottaAugment');
   const [, h, w] = x.shape;
-  const border = BLUR_KERNEL >> 1;
+  const blur = p.blurSigma > 0;
+  const border = blur ? BLUR_KERNEL >> 1 : 0;
   if (p.pad < border) throw new CtaError(`cottaAugment: images of ${h}×${w} are too small (the padding must cover the ${BLUR_KERNEL}×${BLUR_KERNEL} blur)`);
   if (noise && !noise.shape.every((d, i) => d === x.shape[i])) throw new CtaError(`cottaAugment: noise [${noise.shape.join(',')}] does not match the batch [${x.shape.join(',')}]`);
   return tf.tidy(() => {
@@ -407,8 +426,8 @@ export function applyCotta(x: tf.Tensor4D, p: CottaParams, noise: tf.Tensor4D | 
     // The centre crop of the (H + 2·pad)-sized affine output starts at (pad, pad); the blur reads
     // `border` more pixels on each side, all inside the padded image since pad ≥ border.
     const win: Window = { top: p.pad - border, left: p.pad - border, rows: h + 2 * border, cols: w + 2 * border };
-    y = applyPlan(y, samplingPlan(p.affine, h, w, p.pad, win), win, 0);
-    y = tf.depthwiseConv2d(y, blurFilter(BLUR_KERNEL, p.blurSigma), 1, 'valid');
+    y = applyPlan(y, samplingPlan(p.affine, h, w, p.pad, win, p.padding), win, 0);
+    if (blur) y = tf.depthwiseConv2d(y, blurFilter(BLUR_KERNEL, p.blurSigma), 1, 'valid');
     if (p.flip) y = hflip(y);
     if (noise) y = tf.add(y, noise);
     return clip01(y);

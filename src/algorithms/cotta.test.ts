@@ -248,6 +248,9 @@ describe.skipIf(!available)('CoTTA parity with PyTorch (resnext_small)', () => {
       expect(augmented).toBeGreaterThan(0);
       expect(augmented).toBeLessThan(20);
       expect(restored).toBeGreaterThan(0);
+      // Evaluations without adapting (--interleave-clean) predict with the teacher, as step does.
+      expect(alg.evaluator?.()).toBeDefined();
+      expect(alg.evaluator!()).not.toBe(model);
       const st = alg.saveState();
       alg.loadState(st);
       tf.dispose([...st.values()]);

@@ -51,6 +51,7 @@ import { GRADIENT_OPTIONS } from './options.js';
 import type { FieldSpec } from '../config/schema.js';
 import type { Classifier } from '../models/types.js';
 import { TRAIN_ALL, TRAIN_NORM } from './param-select.js';
+import { modelBytes, tensorBytes } from './state-bytes.js';
 import { CtaError } from '../util/errors.js';
 
 /** CoTTA's options (the official conf.py OPTIM.MT / RST / AP, the N and loss of forward_and_adapt). */
@@ -203,10 +204,15 @@ export async function createCotta(name: string, trainAll: boolean, model: Classi
 
   const restoreTeacher = () => {
     teacher.loadStateDict(initial);
+    // Trained parameters outside the state_dict (--adapt-params modules, docs/adapters.md#state)
+    // go back to their configure-time values too (for state_dict parameters this is a no-op).
+    teacherVars.forEach((t, i) => t.assign(source[i]));
   };
 
   const alg: Algorithm = {
     name,
+    // The official code predicts with the teacher; an evaluation without adapting does too (plain forward).
+    evaluator: () => teacher,
     step(x): StepResult {
       if (opts.episodic) {
         adapter.restore();
@@ -252,6 +258,17 @@ export async function createCotta(name: string, trainAll: boolean, model: Classi
         const t = state.get(`cotta.teacher.${k}`);
         if (t) teacherVars[i].assign(t);
       });
+    },
+    stateBytes() {
+      const own = adapter.stateBytes();
+      return {
+        optimizer: own.optimizer,
+        teacher: modelBytes(teacher),
+        // the anchor model and the source values of the trained parameters (stochastic restore)
+        anchor: modelBytes(anchor) + tensorBytes(source),
+        // the adapter's snapshot and the one the teacher reloads on reset
+        snapshot: own.snapshot + tensorBytes(initial.values()),
+      };
     },
     dispose() {
       adapter.dispose();

@@ -138,6 +138,7 @@ export const deyo = {
       loadState(state) {
         adapter.loadState(state);
       },
+      stateBytes: () => adapter.stateBytes(),
       dispose() {
         adapter.dispose();
       },

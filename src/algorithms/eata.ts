@@ -12,6 +12,7 @@ import { GradientAdapter } from './gradient-adapter.js';
 import { GRADIENT_OPTIONS } from './options.js';
 import type { FieldSpec } from '../config/schema.js';
 import { estimateFisher, type FisherInfo } from './fisher.js';
+import { tensorBytes } from './state-bytes.js';
 import { softmaxEntropy } from './losses.js';
 import { CtaError } from '../util/errors.js';
 
@@ -173,6 +174,15 @@ function makeEata<O extends Record<string, FieldSpec>>(name: 'eata' | 'eta', wit
               f.thetaStar[i] = tf.keep(ti.clone());
             });
           }
+        },
+        stateBytes() {
+          // θ* (the parameters the Fisher term pulls towards) is the anchor; the Fisher
+          // diagonal and the moving average of the predictions are 'other' (Eqns. 5, 9).
+          return {
+            ...adapter.stateBytes(),
+            ...(fisher ? { anchor: tensorBytes(fisher.thetaStar) } : {}),
+            other: (fisher ? tensorBytes(fisher.fisher) : 0) + tensorBytes([probs]),
+          };
         },
         dispose() {
           adapter.dispose();

@@ -8,8 +8,10 @@ import { tf } from '../tf.js';
 import type { Classifier, MectaOptions, NormLayer } from '../models/types.js';
 import type { AdaptOptions } from './types.js';
 import { createOptimizer, type Optimizer, type OptimizerOptions } from './optim.js';
+import { optimizerBytes, tensorBytes } from './state-bytes.js';
 import { CtaError } from '../util/errors.js';
-import { moduleOf, nLayerFilter, trainingParameters } from './param-select.js';
+import { moduleOf, nLayerFilter, TRAIN_ADAPTERS, trainingParameters } from './param-select.js';
+import { isAdapterHost, type AdapterSet } from '../models/injection.js';
 
 /**
  * The MECTA options the model currently runs with, needed to switch back to 'mecta' after a
@@ -104,13 +106,23 @@ export class GradientAdapter {
    */
   private hadGrad: boolean[];
   private initialModel: Map<string, tf.Tensor>;
+  /** The attached module set (--adapt-params, docs/adapters.md), whose parameters are then the trained ones. */
+  private readonly adapters: AdapterSet | null;
+  private initialAdapters: Map<string, tf.Tensor> | null;
+  /** The batch `beforeStep` last ran on (SAR's second pass on the same batch does not repeat it). */
+  private prepared: tf.Tensor4D | null = null;
 
   constructor(
     readonly model: Classifier,
     readonly opts: AdaptOptions,
     algName: string,
   ) {
-    if (opts.nLayer !== undefined && opts.nLayer !== null) model.requiresGrad(nLayerFilter(model, opts.nLayer));
+    this.adapters = isAdapterHost(model) ? model.adapters : null;
+    if (this.adapters) {
+      // A module set replaces every method's own choice: exactly its parameters train.
+      if (opts.nLayer !== undefined && opts.nLayer !== null) throw new CtaError(`--n-layer chooses BatchNorm affines to train; it cannot be combined with --adapt-params ${this.adapters.kind}`);
+      model.requiresGrad(TRAIN_ADAPTERS);
+    } else if (opts.nLayer !== undefined && opts.nLayer !== null) model.requiresGrad(nLayerFilter(model, opts.nLayer));
     const selected = trainingParameters(model);
     if (selected.length === 0) {
       throw new CtaError(`${algName} needs trainable parameters, but no norm layer is trainable and no other parameter requires grad`);
@@ -124,6 +136,15 @@ export class GradientAdapter {
     this.optimizer = createOptimizer(opts.optimizer, this.params, optimizerOptions(opts));
     this.hadGrad = this.params.map(() => false);
     this.initialModel = model.stateDict();
+    this.initialAdapters = this.adapters?.saveState() ?? null;
+  }
+
+  /**
+   * Algorithm.stateBytes of what the adapter holds: the optimizer's slots and the configure-time
+   * snapshot `restore()` reloads (docs/memory.md#method-state).
+   */
+  stateBytes(): { optimizer: number; snapshot: number } {
+    return { optimizer: optimizerBytes(this.optimizer), snapshot: tensorBytes(this.initialModel.values()) };
   }
 
   /** Marks every parameter as having a (zeroed) gradient, as after EATA's Fisher pass in 1.12. */
@@ -135,6 +156,8 @@ export class GradientAdapter {
   snapshot(): void {
     for (const t of this.initialModel.values()) t.dispose();
     this.initialModel = this.model.stateDict();
+    if (this.initialAdapters) tf.dispose([...this.initialAdapters.values()]);
+    this.initialAdapters = this.adapters?.saveState() ?? null;
   }
 
   /**
@@ -156,6 +179,10 @@ export class GradientAdapter {
    */
   grads(x: tf.Tensor4D, lossFn: LossFn): AdaptGrads {
     // filled inside the taped function (a holder object, because TS does not track closures)
+    if (this.adapters?.beforeStep && x !== this.prepared) {
+      this.adapters.beforeStep(x);
+      this.prepared = x;
+    }
     const out: { logits?: tf.Tensor2D; wantStep: boolean } = { wantStep: false };
     let value: tf.Tensor;
     let grads: (tf.Tensor | undefined)[];
@@ -167,7 +194,9 @@ export class GradientAdapter {
           const loss = lossFn(z);
           if (loss === null || !this.anyLayerCaches()) return tf.scalar(0);
           out.wantStep = true;
-          return loss;
+          // A module set's own term (L2P's pull constraint, src/models/injection.ts).
+          const aux = this.adapters?.auxLoss?.() ?? null;
+          return aux ? (tf.add(loss, aux) as tf.Scalar) : loss;
         },
         this.params as tf.Variable[],
         undefined,
@@ -239,6 +268,7 @@ export class GradientAdapter {
    */
   restore(): void {
     this.model.loadStateDict(this.initialModel);
+    if (this.initialAdapters) this.adapters!.loadState(this.initialAdapters);
     this.optimizer.clear();
   }
 
@@ -288,5 +318,7 @@ export class GradientAdapter {
     this.optimizer.dispose();
     for (const t of this.initialModel.values()) t.dispose();
     this.initialModel.clear();
+    if (this.initialAdapters) tf.dispose([...this.initialAdapters.values()]);
+    this.initialAdapters = null;
   }
 }

@@ -21,7 +21,10 @@ export type NormNeed = 'source' | 'adaptive';
  * ('batch'), an EMA of them (RoTTA's robust BN; momentum default 0.05) or α·source + (1 − α)·batch
  * (BN-α).
  */
-export type NormStats = { kind: 'batch' } | { kind: 'ema'; momentum?: number } | { kind: 'alpha'; alpha: number };
+export type NormStats =
+  | { kind: 'batch' }
+  | { kind: 'ema'; momentum?: number }
+  | { kind: 'alpha'; alpha: number; unbiased?: boolean; detachStats?: boolean };
 
 /** The adaptive modes a caller may have set and `configureNorm` keeps (they carry options). */
 const KEPT_ADAPTIVE: readonly NormMode[] = ['mecta', 'ema', 'alpha'];
@@ -34,7 +37,7 @@ export function normModeFor(need: NormNeed, mecta: boolean, stats?: NormStats): 
 
 function setStats(model: Classifier, stats: NormStats | undefined): void {
   if (stats?.kind === 'ema') model.setNormMode('ema', stats.momentum === undefined ? undefined : { momentum: stats.momentum });
-  else if (stats?.kind === 'alpha') model.setNormMode('alpha', { alpha: stats.alpha });
+  else if (stats?.kind === 'alpha') model.setNormMode('alpha', { alpha: stats.alpha, unbiased: stats.unbiased, detachStats: stats.detachStats });
   else model.setNormMode('batch');
 }
 

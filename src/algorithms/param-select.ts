@@ -11,6 +11,9 @@ import { CtaError } from '../util/errors.js';
 /** Every parameter trains (CoTTA's student). */
 export const TRAIN_ALL: ParamFilter = () => true;
 
+/** The attached module set's parameters only (--adapt-params, docs/adapters.md). */
+export const TRAIN_ADAPTERS: ParamFilter = (p) => p.kind === 'adapter';
+
 /** Norm-layer affines only (Tent, EATA, MECTA). */
 export const TRAIN_NORM: ParamFilter = (p) => p.kind === 'norm';
 

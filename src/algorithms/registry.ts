@@ -12,6 +12,12 @@ import { eata, eta } from './eata.js';
 import { sar } from './sar.js';
 import { deyo } from './deyo.js';
 import { cotta, cottaBn } from './cotta.js';
+import { rotta } from './rotta.js';
+import { lame } from './lame.js';
+import { roid } from './roid.js';
+import { rdumb } from './rdumb.js';
+import { bnAlpha } from './bn-alpha.js';
+import { memo } from './memo.js';
 
 function withNormMode<S extends AlgorithmSpec>(spec: S): S {
   return {
@@ -33,6 +39,12 @@ export const ALGORITHMS = {
   deyo: withNormMode(deyo),
   cotta: withNormMode(cotta),
   cotta_bn: withNormMode(cottaBn),
+  rotta: withNormMode(rotta),
+  lame: withNormMode(lame),
+  roid: withNormMode(roid),
+  rdumb: withNormMode(rdumb),
+  bn_alpha: withNormMode(bnAlpha),
+  memo: withNormMode(memo),
 } satisfies Record<string, AlgorithmSpec>;
 
 export type AlgorithmName = keyof typeof ALGORITHMS;

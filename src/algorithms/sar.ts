@@ -170,6 +170,13 @@ export const sar = {
         const e = state.get('sar.ema');
         ema = e ? e.dataSync()[0] : null;
       },
+      stateBytes() {
+        const own = adapter.stateBytes();
+        // SAM holds a perturbation of every adapted parameter between its two passes (the
+        // official SAM keeps the equivalent old_p in its state): counted with the optimizer.
+        const sam = adapter.params.reduce((a, p) => a + p.size * 4, 0);
+        return { ...own, optimizer: own.optimizer + sam };
+      },
       dispose() {
         adapter.dispose();
       },

@@ -87,21 +87,28 @@ export interface Algorithm {
   readonly name: string;
   /** Predicts and adapts on one batch (NHWC in [0,1]). Must not leak tensors. */
   step(x: tf.Tensor4D): StepResult;
+  /**
+   * The network whose forward is the method's prediction, for evaluations without adapting
+   * (--interleave-clean, src/runner/forgetting.ts); absent: the adapted model. CoTTA: its teacher.
+   */
+  evaluator?(): Classifier;
   /** Restores the model and optimizer state captured at configure time. */
   reset(): void;
   /** Serialisable state beyond the model (optimizer slots, EATA moving average) for checkpoints. */
   saveState(): Map<string, tf.Tensor>;
   loadState(state: Map<string, tf.Tensor>): void;
   /**
-   * Bytes the method holds beyond the model's own weights, by kind (docs/memory.md): 'teacher',
-   * 'anchor' (model copies), 'memoryBank' (stored samples), 'optimizer' (slots), 'other'.
-   * profile-mem and batches.jsonl report them as separate columns; absent = none.
+   * Bytes the method holds beyond the model's own weights, by kind (docs/memory.md#method-state):
+   * 'teacher', 'anchor' (model copies, source parameters), 'memoryBank' (stored samples),
+   * 'optimizer' (slots), 'snapshot' (the configure-time state reset() / episodic reload, the
+   * reference's copy_model_and_optimizer), 'other'. profile-mem and batches.jsonl report them as
+   * separate columns; absent = none.
    */
   stateBytes?(): Partial<Record<StateBytesKind, number>>;
   dispose(): void;
 }
 
-export const STATE_BYTES_KINDS = ['teacher', 'anchor', 'memoryBank', 'optimizer', 'other'] as const;
+export const STATE_BYTES_KINDS = ['teacher', 'anchor', 'memoryBank', 'optimizer', 'snapshot', 'other'] as const;
 export type StateBytesKind = (typeof STATE_BYTES_KINDS)[number];
 
 export interface AlgorithmSpec {

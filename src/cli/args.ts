@@ -49,7 +49,13 @@ export const ALIAS_HELP =
  * still accepted, since configs are shared with cta-eval).
  */
 export function addConfigOptions(y: Argv, omit: readonly FieldKey[] = []): Argv {
-  let out: Argv = y.option('config', { type: 'string', describe: 'YAML config file (flags override it)', defaultDescription: 'none', group: 'config' });
+  let out: Argv = y.option('config', {
+    type: 'string',
+    array: true,
+    describe: 'YAML config file(s), merged left to right (a later file wins; flags override them all)',
+    defaultDescription: 'none',
+    group: 'config',
+  });
   for (const [key, f] of Object.entries(FIELDS) as [FieldKey, FieldSpec][]) {
     if (omit.includes(key)) continue;
     const choices = f.type === 'enum' ? ` [${f.choices.join(', ')}]` : '';
@@ -136,6 +142,14 @@ export async function parseArgv(y: Argv, argv: readonly string[]): Promise<Recor
   return (await y.parseAsync(normalizeArgv(argv, y))) as Record<string, unknown>;
 }
 
+/** The --config files in command-line order (`--config a b` and `--config a --config b` alike). */
+export function configFiles(argv: Record<string, unknown>): string[] {
+  const v = argv.config;
+  const list = v === undefined ? [] : Array.isArray(v) ? v.map(String) : [String(v)];
+  if (v !== undefined && list.length === 0) throw new CtaError('--config: expected one or more YAML files');
+  return list;
+}
+
 /** Picks the config-field values the user actually gave on the command line. */
 export function flagValues(argv: Record<string, unknown>): Partial<Record<FieldKey, unknown>> {
   const flags: Partial<Record<FieldKey, unknown>> = {};
@@ -195,7 +209,7 @@ export async function parseCommand<E extends Record<string, unknown>>(
   if (positional.length > 0 && scriptName === 'cta-eval') {
     throw new CtaError(`${scriptName}: unexpected argument '${String(positional[0])}' (options start with --)`);
   }
-  const configPath = typeof parsed.config === 'string' ? parsed.config : null;
+  const configPath = configFiles(parsed);
   const cfg = resolveConfig(configPath, flagValues(parsed));
   return { cfg, argv: parsed as E & Record<string, unknown> };
 }

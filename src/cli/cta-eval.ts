@@ -6,15 +6,18 @@
 import { isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync, readFileSync } from 'node:fs';
-import { flagValues, parseCommand } from './args.js';
-import { resolveConfig } from '../config/load.js';
+import { configFiles, flagValues, parseCommand } from './args.js';
+import { writeOrdersFile } from './write-orders.js';
+import { configsRunName, resolveConfig } from '../config/load.js';
 import { CtaError, Interrupted } from '../util/errors.js';
 import { checkOutDir } from '../util/out-path.js';
 import { runMain } from './run-main.js';
 import { watchInterrupts } from './signals.js';
 import { RunInterrupted, defaultOutDir, runContinual } from '../runner/continual.js';
-import { resultTable } from '../runner/table.js';
+import { resultTable, runTables } from '../runner/table.js';
+import { endNotes } from '../runner/end-notes.js';
 import type { CtaConfig } from '../config/schema.js';
+import type { Summary } from '../runner/output.js';
 
 const USAGE = `$0 [--config FILE] [options]
 
@@ -38,6 +41,7 @@ function comparisonConfig(cfg: CtaConfig, out: string): CtaConfig {
     betaThre: 0,
     pruneQ: 0,
     initBeta: null,
+    saveAdapted: null,
     out: join(out, `compare-${cfg.compareWith}`),
   };
 }
@@ -45,7 +49,7 @@ function comparisonConfig(cfg: CtaConfig, out: string): CtaConfig {
 /** The resolved config of an existing run folder (its manifest), for --resume. */
 function resumedConfig(dir: string, argv: Record<string, unknown>): CtaConfig {
   const others = Object.keys(flagValues(argv)).filter((k) => k !== 'progress');
-  if (others.length > 0 || typeof argv.config === 'string') {
+  if (others.length > 0 || argv.config !== undefined) {
     throw new CtaError(`--resume takes no other options (the run's config is in ${dir}/manifest.json); got --${others[0] ?? 'config'}`);
   }
   const path = join(dir, 'manifest.json');
@@ -76,17 +80,25 @@ export async function main(argv: string[]): Promise<void> {
   await runMain('cta-eval', async () => {
     const demo = argv.length === 0;
     const parsed = await parseCommand(demo ? ['--config', DEMO_CONFIG] : argv, 'cta-eval', USAGE, (y) =>
-      y.option('resume', { type: 'string', defaultDescription: 'none', describe: 'continue an interrupted run folder from its last finished domain', group: 'output' }),
+      y
+        .option('resume', { type: 'string', defaultDescription: 'none', describe: 'continue an interrupted run folder from its last finished domain', group: 'output' })
+        .option('write-orders', { type: 'string', defaultDescription: 'none', describe: 'write the orders of --domain-orders (k seeded or a file, checked) to this file and exit, running nothing', group: 'data' }),
     );
     const resume = typeof parsed.argv.resume === 'string' ? parsed.argv.resume : null;
     const cfg = resume ? resumedConfig(resume, parsed.argv) : parsed.cfg;
+    if (typeof parsed.argv.writeOrders === 'string') {
+      if (resume) throw new CtaError('--write-orders: not with --resume');
+      process.stdout.write(writeOrdersFile(cfg, parsed.argv.writeOrders, process.argv.slice(2)) + '\n');
+      return;
+    }
     if (demo) {
       for (const k of DEMO_PATHS) {
         const v = cfg[k];
         if (typeof v === 'string' && !isAbsolute(v)) cfg[k] = join(PKG_ROOT, v);
       }
     }
-    cfg.out = cfg.out ?? defaultOutDir(cfg.alg);
+    // Composed configs name the run by their files (src/config/load.ts configsRunName).
+    cfg.out = cfg.out ?? defaultOutDir(configsRunName(configFiles(parsed.argv)) ?? cfg.alg);
     // Before the backend, weights and data: an unwritable folder would only fail at the first write.
     checkOutDir(resume ? '--resume' : '--out', cfg.out);
     const log = (line: string) => process.stdout.write(line + '\n');
@@ -96,11 +108,13 @@ export async function main(argv: string[]): Promise<void> {
     const stopRequested = interrupts.requested;
     let comparing: { alg: string; main: string } | null = null;
     const columns: Parameters<typeof resultTable>[0] = [];
+    const finished: { label: string; summary: Summary }[] = [];
     try {
       if (demo) log(`cta-eval: no arguments — running the embedded demo (${DEMO_CONFIG})`);
       log(`cta-eval: ${name} on ${cfg.data} (${cfg.model}), batch ${cfg.batchSize}, severity ${cfg.severity}`);
       const main = await runContinual(cfg, cfg.out, { log, label: cfg.compareWith !== 'none' ? name : undefined, stopRequested }, { resume: resume !== null });
       columns.push({ title: name, domains: main.summary.domains, mean: main.summary.mean_error, meanAll: main.summary.mean_error_all });
+      finished.push({ label: name, summary: main.summary });
       if (cfg.compareWith !== 'none') {
         const other = comparisonConfig(cfg, cfg.out);
         comparing = { alg: other.alg, main: name };
@@ -109,6 +123,7 @@ export async function main(argv: string[]): Promise<void> {
         const resumeOther = resume !== null && existsSync(join(other.out!, 'manifest.json'));
         const cmp = await runContinual(other, other.out!, { log, label: other.alg, stopRequested }, { resume: resumeOther });
         columns.unshift({ title: other.alg, domains: cmp.summary.domains, mean: cmp.summary.mean_error, meanAll: cmp.summary.mean_error_all });
+        finished.unshift({ label: other.alg, summary: cmp.summary });
       }
     } catch (e) {
       if (e instanceof RunInterrupted) throw new Interrupted(interruptLine(e, cfg.out, comparing), e.signal);
@@ -117,7 +132,8 @@ export async function main(argv: string[]): Promise<void> {
       interrupts.dispose();
     }
     log('');
-    log(resultTable(columns));
+    log(runTables(columns, finished));
+    for (const line of endNotes(finished)) log(line);
     log('');
     log(`results: ${cfg.out}/summary.json${cfg.compareWith !== 'none' ? ` (comparison: ${join(cfg.out, `compare-${cfg.compareWith}`)}/summary.json)` : ''}`);
   });

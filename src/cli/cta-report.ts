@@ -14,6 +14,9 @@ import { toKebab } from '../config/schema.js';
 import { collectRuns, groupRuns } from '../report/collect.js';
 import { csvTable, markdownByTable, markdownTable } from '../report/tables.js';
 import { byKeySvg, errorByDomainSvg, streamSvg, svgToPng } from '../report/plots.js';
+import { accMatrixSvg, cleanCurveSvg, forgettingCsv, forgettingMarkdown } from '../report/forgetting.js';
+import { groupProtocolBlock } from '../report/collect.js';
+import { errorVsMemorySvg, memoryMarkdown } from '../report/memory.js';
 
 const USAGE = '$0 DIR... [--by KEY] [--out DIR]';
 const ABOUT =
@@ -21,8 +24,11 @@ const ABOUT =
   'prints a markdown table: one row per group, the corruptions in stream order, their mean and the cache MB ' +
   'where recorded, as mean ± std over seeds. --by KEY puts the values of one config key in the columns ' +
   '(ablations). Writes report.md, report.csv, error-by-domain.svg, stream.svg (error and cache per batch ' +
-  'over the stream) and, with --by, by-KEY.svg to --out, each figure also as a PNG beside its SVG. Unfinished ' +
-  'runs are left out unless --include-partial.';
+  'over the stream) and, with --by, by-KEY.svg to --out, each figure also as a PNG beside its SVG. Runs with ' +
+  '--interleave-clean add a forgetting table (avg acc, forgetting, BWT), forgetting.csv, acc-matrix.svg (heat map) ' +
+  'and clean-accuracy.svg. Runs that measured their backprop bytes add an error-against-memory table and ' +
+  'error-vs-memory.svg. Every table states the protocol (setting, images, severity, reset, batch, metric, ' +
+  'model, corruption source). Unfinished runs are left out unless --include-partial.';
 
 export async function main(argv: string[]): Promise<void> {
   await runMain('cta-report', async () => {
@@ -66,7 +72,14 @@ export async function main(argv: string[]): Promise<void> {
     if (col.incomplete.length) notes.push(`${col.incomplete.length} unfinished run${col.incomplete.length === 1 ? '' : 's'} left out`);
     if (col.unreadable.length) notes.push(`${col.unreadable.length} unreadable summary.json: ${col.unreadable.join(', ')}`);
     const table = byKey ? markdownByTable(g, byKey) : `top-1 error (%) per corruption, mean over seeds (± std):\n\n${markdownTable(g)}`;
-    const md = `${notes.join('; ')}\n\n${table}\n`;
+    // Every table is printed with the protocol behind its numbers (src/runner/provenance.ts).
+    const protocol = groupProtocolBlock(g);
+    const forgetting = forgettingMarkdown(g);
+    const forgettingPart = forgetting ? `\naverage accuracy, forgetting and backward transfer (docs/protocol.md#forgetting; accuracies in %):\n\n${forgetting}\n` : '';
+    // Error against memory where runs measured their backprop bytes (docs/memory.md#measured).
+    const memory = memoryMarkdown(g);
+    const memoryPart = memory ? `\nerror against memory (mean error over the corruptions; MB = 1e6 bytes; docs/memory.md#measured):\n\n${memory}\n` : '';
+    const md = `${notes.join('; ')}\n\n${table}\n${forgettingPart}${memoryPart}\n${protocol.join('\n')}\n`;
     log(md);
 
     const outDir = resolve(a.out === undefined ? join(dirs[0], 'report') : String(last(a.out)));
@@ -82,13 +95,28 @@ export async function main(argv: string[]): Promise<void> {
       write(`${name}.png`, await svgToPng(svg));
     };
     // The markdown file always holds the paper layout; a --by table is added below it.
-    write('report.md', `# cta-report\n\n${notes.join('; ')}\n\n## Per domain\n\n${markdownTable(g)}\n${byKey ? `\n## By ${toKebab(byKey)}\n\n${markdownByTable(g, byKey)}\n` : ''}`);
-    write('report.csv', csvTable(g));
+    const protoMd = `## Protocol\n\n${protocol.map((l) => `- ${l}`).join('\n')}\n`;
+    write(
+      'report.md',
+      `# cta-report\n\n${notes.join('; ')}\n\n${protoMd}\n## Per domain\n\n${markdownTable(g)}\n${byKey ? `\n## By ${toKebab(byKey)}\n\n${markdownByTable(g, byKey)}\n` : ''}` +
+        (forgetting ? `\n## Forgetting\n\n${forgetting}\n` : '') +
+        (memory ? `\n## Memory\n\n${memory}\n` : ''),
+    );
+    // '#' lines ahead of the header (pandas: comment='#'): the protocol of the rows below.
+    write('report.csv', protocol.map((l) => `# ${l}\n`).join('') + csvTable(g));
+    const fcsv = forgettingCsv(g);
+    if (fcsv) write('forgetting.csv', protocol.map((l) => `# ${l}\n`).join('') + fcsv);
     if (a.plots !== false) {
       await figure('error-by-domain', errorByDomainSvg(g));
       const stream = streamSvg(g, { smooth });
       if (stream) await figure('stream', stream);
       if (byKey) await figure(`by-${toKebab(byKey)}`, byKeySvg(g, byKey));
+      const heat = accMatrixSvg(g);
+      if (heat) await figure('acc-matrix', heat);
+      const curve = cleanCurveSvg(g);
+      if (curve) await figure('clean-accuracy', curve);
+      const mem = errorVsMemorySvg(g);
+      if (mem) await figure('error-vs-memory', mem);
     }
     const rel = relative(process.cwd(), outDir) || '.';
     log(`wrote ${written.map((f) => join(rel, f)).join(', ')}`);

@@ -13,7 +13,7 @@ import { CLEAN_DOMAIN } from '../data/stream.js';
 import { runMain } from './run-main.js';
 import { CtaError } from '../util/errors.js';
 import { checkOutFile } from '../util/out-path.js';
-import { DEFAULT_BATCH_SIZES, layerTable, parseBatchSizes, runProfile, summaryTable, TRAIN_SETS, weightLayerTable, type TrainSet } from '../memory/profile.js';
+import { DEFAULT_BATCH_SIZES, keptRatioLines, layerTable, parseBatchSizes, runProfile, stateTable, summaryTable, TRAIN_SETS, weightLayerTable, type TrainSet } from '../memory/profile.js';
 
 const USAGE = `$0 [--config FILE] [options] [--batch-sizes 8,16,32,64] [--synthetic] [--per-layer] [--train norm|all] [--json FILE]
 
@@ -31,7 +31,23 @@ weight gradients need to the analytic backward figure.`;
  * per --batch-sizes entry on the first images of --domain in file order. Not offered as flags
  * (a shared cta-eval YAML config may still hold them).
  */
-export const PROFILE_MEM_IGNORES: readonly FieldKey[] = ['out', 'progress', 'compareWith', 'batchSize', 'shuffle', 'corruptions', 'cleanLast'];
+export const PROFILE_MEM_IGNORES: readonly FieldKey[] = [
+  'out',
+  'progress',
+  'compareWith',
+  'batchSize',
+  'shuffle',
+  'corruptions',
+  'cleanLast',
+  // the stream's composition: profile-mem measures one batch of one domain
+  'corruptionSet',
+  'domainOrders',
+  'evalMode',
+  'supportBatch',
+  'mergeBatches',
+  'curBatch',
+  'iters',
+];
 
 interface Extra extends Record<string, unknown> {
   batchSizes: string;
@@ -65,6 +81,7 @@ export async function main(argv: string[]): Promise<void> {
     // Only --domain is read (and the clean set for EATA's Fisher data): check just those files up
     // front, whatever corruption list a shared config carries.
     cfg.corruptions = domain === CLEAN_DOMAIN ? [] : [domain];
+    cfg.corruptionSet = 'custom'; // the domain above, whatever a shared config's --corruption-set says
     cfg.cleanLast = domain === CLEAN_DOMAIN || cfg.alg === 'eata';
     const steps = Number(args.steps);
     if (!Number.isInteger(steps) || steps < 1) throw new CtaError(`--steps: expected a positive integer, got ${String(args.steps)}`);
@@ -74,7 +91,7 @@ export async function main(argv: string[]): Promise<void> {
     const name = `${cfg.alg}${cfg.accumBn ? '+mecta' : ''}`;
     log(
       `profile-mem: ${name}${args.train === 'all' ? ' (every parameter trains)' : ''} on ${cfg.model}, batch sizes ${batchSizes.join(',')}, ${args.synthetic ? 'synthetic input' : `first batch of ${cfg.data} ${args.domain}`}` +
-        (cfg.accumBn ? ` (forget gate ${cfg.forgetGate ? 'on' : 'off'}, beta-thre ${cfg.betaThre}, prune-q ${cfg.pruneQ})` : ''),
+        (cfg.accumBn ? ` (forget gate ${cfg.forgetGate ? 'on' : 'off'}, ${cfg.cacheBudgetMb !== null ? `cache budget ${cfg.cacheBudgetMb} MB, ${cfg.cacheBudgetMode}` : `beta-thre ${cfg.betaThre}, prune-q ${cfg.pruneQ}`})` : ''),
     );
     const report = await runProfile({
       cfg,
@@ -88,6 +105,18 @@ export async function main(argv: string[]): Promise<void> {
     });
     log('');
     log(summaryTable(report));
+    const state = stateTable(report);
+    if (state) {
+      log('');
+      log(`${cfg.alg}: state beyond the model weights after the step (docs/memory.md#method-state)`);
+      log(state);
+    }
+    const kept = keptRatioLines(report);
+    if (kept.length) {
+      log('');
+      log(`cache budget ${cfg.cacheBudgetMb} MB, ${cfg.cacheBudgetMode} (docs/memory.md#cache-budget):`);
+      for (const line of kept) log(line);
+    }
     if (args.perLayer) {
       for (const row of report.rows) {
         if (!row.layers) continue;
@@ -103,6 +132,7 @@ export async function main(argv: string[]): Promise<void> {
     }
     log('');
     log(`backend ${report.backend}; MB = 1e6 bytes; peaks are engine tensor bytes including the weights; timings on a shared machine are noisy`);
+    log('GFLOPs: 1e9 multiply-accumulates of convs, linears and attention products plus norm-layer element operations (docs/memory.md#flops); RSS peak: the process during the step; WASM heap: its size so far (it only grows)');
     if (report.adapter) log('GPU columns: the webgpu backend\'s live GPU buffers (tensors, uniforms, staging copies); pool = live + kept for reuse');
     if (args.json) {
       // checkOutFile allowed a folder still to be created.

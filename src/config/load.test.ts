@@ -89,6 +89,14 @@ describe('config', () => {
     expect(resolveConfig(null, { accumBn: true, forgetGate: true, betaThre: '0.00125', pruneQ: '0.7' }).pruneQ).toBe(0.7);
   });
 
+  it('--cache-budget-mb switches the MECTA layer and its forget gate on, unless the config says otherwise', () => {
+    const c = resolveConfig(null, { cacheBudgetMb: '40' });
+    expect([c.cacheBudgetMb, c.accumBn, c.forgetGate]).toEqual([40, true, true]);
+    expect(resolveConfig(yamlFile('cache-budget-mb: 7\n'), {}).accumBn).toBe(true);
+    expect(resolveConfig(null, { cacheBudgetMb: '40', forgetGate: false }).forgetGate).toBe(false);
+    expect(errorOf(() => resolveConfig(yamlFile('accum-bn: false\n'), { cacheBudgetMb: '40' }))).toContain('--cache-budget-mb only takes effect with --accum-bn');
+  });
+
   it('optimizer options torch.optim would refuse or Adam would ignore are errors', () => {
     expect(errorOf(() => resolveConfig(null, { nesterov: true, momentum: '0' }))).toContain('--nesterov needs --momentum > 0');
     expect(errorOf(() => resolveConfig(null, { nesterov: true, dampening: '0.1' }))).toContain('--dampening 0');

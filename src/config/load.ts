@@ -3,7 +3,7 @@
  * CtaError line naming the file or flag, the key, and what was expected.
  */
 import { readFileSync, existsSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import yaml from 'js-yaml';
 import { CtaError } from '../util/errors.js';
 import { FIELDS, type CtaConfig, type FieldKey, type FieldSpec, defaultConfig, toCamel, toKebab } from './schema.js';
@@ -153,7 +153,7 @@ export function readYamlConfig(path: string, seen: Set<string> = new Set()): Par
 
 /** Checks that hold across fields (options that would otherwise be silently ignored). */
 export function validateConfig(cfg: CtaConfig): CtaConfig {
-  const mectaOnly: FieldKey[] = ['forgetGate', 'betaThre', 'pruneQ', 'initBeta'];
+  const mectaOnly: FieldKey[] = ['forgetGate', 'betaThre', 'pruneQ', 'initBeta', 'cacheBudgetMb'];
   if (!cfg.accumBn) {
     for (const k of mectaOnly) {
       const v = cfg[k];
@@ -162,8 +162,22 @@ export function validateConfig(cfg: CtaConfig): CtaConfig {
       }
     }
   }
+  if (cfg.accumBn && cfg.alg === 'lame') {
+    throw new CtaError("--accum-bn (MECTA) does not apply to --alg lame: LAME only post-processes the source model's outputs and adapts no norm layer; drop --accum-bn");
+  }
   if (cfg.betaThre > 0 && !cfg.forgetGate) {
     throw new CtaError('--beta-thre only takes effect with --forget-gate (β is constant otherwise); add --forget-gate or drop it');
+  }
+  if (cfg.cacheBudgetMb === null && cfg.cacheBudgetMode !== 'greedy') {
+    throw new CtaError('--cache-budget-mode only takes effect with --cache-budget-mb; add a budget or drop it');
+  }
+  if (cfg.cacheBudgetMb !== null && cfg.gradCheckpointSegments > 1) {
+    // the budget's estimate (docs/memory.md#cache-budget) does not count the checkpointed segment inputs
+    throw new CtaError('--cache-budget-mb does not combine with --grad-checkpoint-segments > 1 (the budget does not count the segment inputs checkpointing keeps); drop one of them');
+  }
+  if (cfg.cacheBudgetMb !== null && (cfg.pruneQ > 0 || cfg.betaThre > 0)) {
+    // docs/memory.md#cache-budget: the budget chooses per layer what the two global knobs fix
+    throw new CtaError(`--cache-budget-mb replaces --${cfg.pruneQ > 0 ? 'prune-q' : 'beta-thre'} (it chooses each layer's caching and kept channels itself); drop one of them`);
   }
   if (cfg.pruneQ >= 1) throw new CtaError('--prune-q: expected a number ≥ 0 and < 1 (1 would cache no channel)');
   // torch.optim's constructor checks, and SGD-only options that Adam would silently ignore
@@ -180,15 +194,39 @@ export function validateConfig(cfg: CtaConfig): CtaConfig {
 }
 
 /**
- * Merges defaults < YAML (`configPath`) < flags. `flags` holds raw values keyed by field key (as
- * parsed by the CLI: strings, booleans or arrays).
+ * Merges defaults < YAML (`configPath`: one file, or several merged left to right, a later file's
+ * keys replacing an earlier one's; each follows its own `extends:`) < flags. `flags` holds raw
+ * values keyed by field key (as parsed by the CLI: strings, booleans or arrays).
  */
-export function resolveConfig(configPath: string | null, flags: Partial<Record<FieldKey, unknown>>): CtaConfig {
+export function resolveConfig(configPath: string | readonly string[] | null, flags: Partial<Record<FieldKey, unknown>>): CtaConfig {
   const cfg: Record<string, unknown> = defaultConfig();
-  if (configPath) Object.assign(cfg, readYamlConfig(configPath));
+  const files = configPath === null ? [] : typeof configPath === 'string' ? [configPath] : configPath;
+  const given = new Set<string>();
+  for (const file of files) {
+    const part = readYamlConfig(file);
+    for (const k of Object.keys(part)) given.add(k);
+    Object.assign(cfg, part);
+  }
   for (const [k, v] of Object.entries(flags)) {
     if (v === undefined) continue;
     cfg[k] = coerce(k as FieldKey, v, { kind: 'flag' });
+    given.add(k);
+  }
+  // A cache budget is a budget for the MECTA layer's cache, guided by its forget gate's β
+  // (docs/memory.md#cache-budget): it switches both on unless the config says otherwise.
+  if (cfg.cacheBudgetMb !== null) {
+    if (!given.has('accumBn')) cfg.accumBn = true;
+    if (cfg.accumBn && !given.has('forgetGate')) cfg.forgetGate = true;
   }
   return validateConfig(cfg as CtaConfig);
+}
+
+/**
+ * The run name of a composed config (`--config a.yaml b.yaml c.yaml`): the files' stems joined by
+ * '+' (`a+b+c`), a stem being the file name without its directory and `.yaml` / `.yml`; null for
+ * fewer than two files (the run is then named by its method, as before).
+ */
+export function configsRunName(files: readonly string[]): string | null {
+  if (files.length < 2) return null;
+  return files.map((f) => basename(f).replace(/\.ya?ml$/i, '').replace(/[^\w.+-]+/g, '_')).join('+');
 }

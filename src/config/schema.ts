@@ -6,10 +6,13 @@
 import { BACKENDS } from '../tf.js';
 import { MAX_WASM_THREADS } from '../wasm-threads.js';
 import { DIST_METRICS } from '../models/types.js';
+import { BUDGET_MODES } from '../models/cache-budget.js';
 import { ALGORITHMS, ALGORITHM_NAMES, type AlgorithmName } from '../algorithms/registry.js';
 import { MODEL_NAMES } from '../models/registry.js';
 import { CORRUPTIONS_15, EXTRA_CORRUPTIONS } from '../data/stream.js';
 import { DEFAULT_ROUNDS, SETTING_NAMES } from '../data/settings.js';
+import { ADAPT_PARAMS, adapterFields } from '../adapters/registry.js';
+import { CORRUPTION_SET_NAMES, EVAL_MODES } from '../data/eval-modes.js';
 
 export const DATASETS = ['cifar10c', 'cifar100c', 'synthetic-c', 'imagenetc'] as const;
 export const PROGRESS_MODES = ['auto', 'bar', 'plain', 'none'] as const;
@@ -57,6 +60,8 @@ function methodFields(): MethodFields {
   return out as MethodFields;
 }
 const METHOD_FIELDS = methodFields();
+/** The --adapt-params kinds' option fields (src/adapters/registry.ts). */
+const ADAPTER_FIELDS = adapterFields();
 
 /** Field table. Keys are the camelCase config keys; flags are their kebab-case form. */
 export const FIELDS = {
@@ -79,9 +84,19 @@ export const FIELDS = {
   setting: { type: 'enum', choices: SETTING_NAMES, default: 'continual', group: 'data', description: 'stream setting (docs/protocol.md#settings): continual, reset-each-shift (reset at each domain change), gradual (severities 1-5-1 per corruption), correlated (Dirichlet label order), recurring (sequence repeated), mixed (all domains pooled and shuffled), or a -correlated composition' },
   rounds: { type: 'int', min: 1, nullable: true, default: null, defaultText: `${DEFAULT_ROUNDS} (recurring settings only)`, group: 'data', description: 'recurring: times the domain sequence is repeated' },
   dirichletDelta: { type: 'number', min: 0, nullable: true, default: null, defaultText: '0 = sort by label (correlated settings only)', group: 'data', description: 'correlated: Dirichlet concentration of the class order (small = long single-class runs, large = near i.i.d.)' },
+  interleaveClean: { type: 'bool', default: false, group: 'data', description: 'forgetting (docs/protocol.md#forgetting): evaluate the clean set before the first step and after every step, without adapting and without touching the model or method state' },
+  interleaveSeen: { type: 'bool', default: false, group: 'data', description: 'forgetting: also evaluate every domain visited so far after every step (the rows of the accuracy matrix)' },
+  cleanEvalN: { type: 'int', min: 1, nullable: true, default: null, defaultText: 'all', group: 'data', description: 'forgetting: images of each evaluated set, a seeded subset (--seed) drawn once per set' },
+  domainOrders: { type: 'string', nullable: true, default: null, defaultText: 'one order', group: 'data', description: "run the corruption sequence under several orders (docs/protocol.md#domain-orders), each a full run from the source model: k = k seeded random orders (seeded by seed), or an order file (one comma-separated order per line, docs/data-formats.md#domain-order-files); results per order and mean ± std" },
+  corruptionSet: { type: 'enum', choices: CORRUPTION_SET_NAMES, default: 'custom', group: 'data', description: "MECTA's test_corrupt: std = the 15 corruptions + original, arm = impulse_noise, motion_blur, fog, elastic_transform, org = original only; custom = as the corruptions and clean-last options say" },
+  evalMode: { type: 'enum', choices: EVAL_MODES, default: 'continual', group: 'data', description: "MECTA's eval_mode (docs/protocol.md#eval-modes): continual; group (adapt on support-batch − 1 batches of the domain, predict the next, reset); pair (the same with support-batch − cur-batch batches of another domain first, for every pair of domains)" },
+  supportBatch: { type: 'int', min: 1, nullable: true, default: null, defaultText: 'required for group and pair', group: 'data', description: "group / pair: batches per test case, the predicted one included (MECTA's support_batch)" },
+  mergeBatches: { type: 'bool', default: false, group: 'data', description: "group / pair: concatenate the support batches and the predicted one into one batch, one step (MECTA's merge_batches)" },
+  curBatch: { type: 'int', min: 1, nullable: true, default: null, defaultText: '1 (pair only)', group: 'data', description: "pair: batches of the current domain per test case, the predicted one included (less than support-batch; MECTA's cur_batch)" },
+  iters: { type: 'int', min: 1, nullable: true, default: null, defaultText: 'all batches', group: 'data', description: "MECTA's iters k: stop every domain (group / pair: every step's predicted batches) after batch index k, i.e. k + 1 batches" },
   // --- model ----------------------------------------------------------------------------------
   model: { type: 'enum', choices: MODEL_NAMES, default: 'resnext29', group: 'model', description: 'architecture (PyTorch state_dict key names)' },
-  weights: { type: 'string', nullable: true, default: null, group: 'model', description: 'weights: .safetensors or PyTorch zip .pt state_dict' },
+  weights: { type: 'string', nullable: true, default: null, group: 'model', description: 'weights: .safetensors or PyTorch zip .pt state_dict, or a Google ViT .npz (--model vit_b16; docs/data-formats.md#google-vit-npz)' },
   depth: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected depth (checked against the weights)' },
   cardinality: { type: 'int', min: 1, nullable: true, default: null, group: 'model', description: 'expected ResNeXt cardinality (checked against the weights)' },
   backend: { type: 'enum', choices: BACKENDS, default: 'auto', group: 'model', description: 'TF.js backend: auto = tfjs-node-gpu > webgpu (hardware adapter) > tfjs-node > wasm > cpu; webgpu by name also takes a software adapter' },
@@ -90,6 +105,11 @@ export const FIELDS = {
   alg: { type: 'enum', choices: ALGORITHM_NAMES, default: 'source', group: 'algorithm', description: 'adaptation method' },
   // the methods' own options (AlgorithmSpec.options, merged above), in registry order
   ...METHOD_FIELDS,
+  // --- parameter-efficient modules (docs/adapters.md) -----------------------------------------
+  adaptParams: { type: 'enum', choices: ADAPT_PARAMS, default: 'norm', group: 'adapters', description: "what the gradient methods train: norm = the methods' own choice (norm-layer affines); lora, kadaptation, adapter, compacter, vida, prompt = only those modules, injected into the model (docs/adapters.md)" },
+  ...ADAPTER_FIELDS,
+  initAdapters: { type: 'string', nullable: true, default: null, group: 'adapters', description: 'a --save-adapted file: the modules start from its values instead of the seeded init' },
+  saveAdapted: { type: 'string', nullable: true, default: null, group: 'adapters', description: 'write the adapted modules to this safetensors file at the end of the run' },
   // --- MECTA ----------------------------------------------------------------------------------
   accumBn: { type: 'bool', default: false, group: 'mecta', description: 'MECTA norm: normalise with statistics accumulated across batches' },
   beta: { type: 'number', min: 0, max: 1, default: 0.1, group: 'mecta', description: 'accumulation rate when the forget gate is off' },
@@ -99,7 +119,10 @@ export const FIELDS = {
   bnDistScale: { type: 'number', min: 0, default: 1, group: 'mecta', description: 'scale inside the forget gate' },
   betaThre: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'layers with β ≤ threshold stop caching (gate only)' },
   pruneQ: { type: 'number', min: 0, max: 1, default: 0, group: 'mecta', description: 'fraction of channels not cached per batch and layer' },
+  cacheBudgetMb: { type: 'number', min: 0, exclusiveMin: true, nullable: true, default: null, defaultText: 'none', group: 'mecta', description: 'backprop-cache budget in MB (1e6 bytes): per batch, choose which layers cache and their kept channels, largest β first (replaces --beta-thre / --prune-q; implies --accum-bn --forget-gate unless set; docs/memory.md#cache-budget)' },
+  cacheBudgetMode: { type: 'enum', choices: BUDGET_MODES, default: 'greedy', group: 'mecta', description: "with --cache-budget-mb: 'greedy' = each layer in β order its whole cache first; 'spread' = every layer its 10 % floor first, then top-ups in β order" },
   nLayer: { type: 'int', min: 0, nullable: true, default: null, defaultText: 'all', group: 'mecta', description: "gradient methods: train only the affines of the last N BatchNorm layers (downsample BNs not counted; MECTA's --n_layer)" },
+  gradCheckpointSegments: { type: 'int', min: 1, default: 1, group: 'mecta', description: "gradient checkpointing: cut each stage's blocks into S segments (MECTA's --layer_grad_chkpt_segment; S capped at a stage's block count), keep only the inputs of the first S − 1 and recompute them in the backward; 1 = off" },
   matchedUpdate: { type: 'enum', choices: MATCHED_UPDATES, default: 'momentum', group: 'mecta', description: "matched layers' params: 'momentum' (zero grad, PyTorch 1.12) or 'skip' (PyTorch ≥ 2.0)" },
   compareWith: { type: 'enum', choices: ['none', ...ALGORITHM_NAMES], default: 'none', group: 'algorithm', description: 'also run this method on the same stream (fresh model) and print both side by side' },
   // --- output ---------------------------------------------------------------------------------

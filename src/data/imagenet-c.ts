@@ -333,6 +333,8 @@ export function imageNetCSource(opts: ImageNetCOptions): ImageNetCSource {
         height: CROP,
         width: CROP,
         channels: 3,
+        // Known from the folder names before any decoding: the correlated orders need them.
+        labels: Int32Array.from(list, (smp) => smp.label),
         async *batches(order: Int32Array, batchSize: number): AsyncGenerator<Batch> {
           if (!Number.isInteger(batchSize) || batchSize < 1) throw new CtaError(`batch size must be a positive integer, got ${batchSize}`);
           const chunks: Int32Array[] = [];

@@ -7,6 +7,7 @@ import { CtaError } from '../util/errors.js';
 import { cifarCSource, type DomainSource } from './stream.js';
 import { syntheticCSource } from './synthetic-c.js';
 import { imageNetCSource } from './imagenet-c.js';
+import { streamCorruptions } from './eval-modes.js';
 
 type SourceFactory = (cfg: CtaConfig) => DomainSource;
 
@@ -16,8 +17,9 @@ function cifar(numClasses: 10 | 100): SourceFactory {
     return cifarCSource({
       dataDir: cfg.dataDir,
       severity: cfg.severity,
-      corruptions: cfg.corruptions,
-      includeClean: cfg.cleanLast,
+      // --corruption-set, when given, decides (src/data/eval-modes.ts)
+      corruptions: streamCorruptions(cfg).corruptions,
+      includeClean: streamCorruptions(cfg).cleanLast,
       cleanPath: cfg.cleanPath ?? undefined,
       nExamples: cfg.nExamples ?? undefined,
       numClasses,
@@ -34,8 +36,9 @@ export const DATA_SOURCES = {
     return syntheticCSource({
       source: cfg.source,
       severity: cfg.severity,
-      corruptions: cfg.corruptions,
-      includeClean: cfg.cleanLast,
+      // --corruption-set, when given, decides (src/data/eval-modes.ts)
+      corruptions: streamCorruptions(cfg).corruptions,
+      includeClean: streamCorruptions(cfg).cleanLast,
       nExamples: cfg.nExamples ?? undefined,
       seed: cfg.seed,
       frostDir: cfg.frostDir ?? undefined,
@@ -46,8 +49,9 @@ export const DATA_SOURCES = {
     imageNetCSource({
       dataDir: cfg.dataDir,
       severity: cfg.severity,
-      corruptions: cfg.corruptions,
-      includeClean: cfg.cleanLast,
+      // --corruption-set, when given, decides (src/data/eval-modes.ts)
+      corruptions: streamCorruptions(cfg).corruptions,
+      includeClean: streamCorruptions(cfg).cleanLast,
       cleanDir: cfg.cleanDir,
       nExamples: cfg.nExamples ?? undefined,
       imageList: cfg.imageList,

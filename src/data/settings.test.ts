@@ -45,7 +45,9 @@ describe('streamSteps', () => {
     expect(() => checkSettingOptions(opts('continual', { rounds: 2 }))).toThrow(/--rounds: only for --setting recurring/);
     expect(() => checkSettingOptions(opts('recurring', { dirichletDelta: 0.1 }))).toThrow(CtaError);
     expect(() => checkSettingOptions(opts('recurring-correlated', { rounds: 2, dirichletDelta: 0.1 }))).not.toThrow();
-    expect(() => checkSettingOptions(opts('mixed-correlated' as never))).toThrow(/unknown 'mixed-correlated'/);
+    expect(() => checkSettingOptions(opts('mixed-gradual' as never))).toThrow(/unknown 'mixed-gradual'/);
+    expect(() => checkSettingOptions(opts('mixed-correlated', { dirichletDelta: 0.5 }))).not.toThrow();
+    expect(streamSteps(['fog', 'original'], opts('mixed-correlated'))).toEqual([{ domain: 'mixed', severity: null, round: null, reset: false, parts: ['fog', 'original'] }]);
     expect(SETTING_NAMES).toContain('reset-each-shift-correlated');
   });
 });
@@ -163,5 +165,48 @@ describe('loadMixed', () => {
     const got: number[][] = [];
     for await (const b of m.batches(Int32Array.from([4, 0, 3, 1, 2]), 2)) got.push(Array.from(b.y));
     expect(got).toEqual([[21, 10], [20, 11], [12]]);
+  });
+
+  it('a streaming source (open): pooled batches decoded part by part, rows in the order asked, pooled labels', async () => {
+    const sizes: Record<string, number> = { a: 3, b: 2 };
+    const asked: string[] = [];
+    const source: DomainSource = {
+      names: ['a', 'b'],
+      files: () => [],
+      load: () => Promise.reject(new Error('a streaming source is never loaded whole')),
+      async open(name) {
+        const n = sizes[name];
+        const base = name === 'a' ? 10 : 20;
+        return {
+          name,
+          severity: name === 'a' ? 5 : null,
+          n,
+          height: 1,
+          width: 1,
+          channels: 1,
+          labels: Int32Array.from({ length: n }, (_, i) => base + i),
+          async *batches(order, batchSize) {
+            asked.push(`${name}:${Array.from(order).join('')}/${batchSize}`);
+            // drops sample 1 of 'a' (an unreadable image under --skip-bad-images)
+            const keep = Array.from(order).filter((i) => !(name === 'a' && i === 1));
+            yield { x: Float32Array.from(keep, (i) => base + i), y: Int32Array.from(keep, (i) => base + i), indices: Int32Array.from(keep), shape: [keep.length, 1, 1, 1] };
+          },
+        };
+      },
+    };
+    const m = await loadMixed(source, ['a', 'b']);
+    expect(m.n).toBe(5);
+    expect(Array.from(m.partOf)).toEqual([0, 0, 0, 1, 1]);
+    expect(Array.from(m.labels as Int32Array)).toEqual([10, 11, 12, 20, 21]);
+    const got: number[][] = [];
+    const idx: number[][] = [];
+    for await (const b of m.batches(Int32Array.from([4, 0, 3, 1, 2]), 2)) {
+      got.push(Array.from(b.y));
+      idx.push(Array.from(b.indices));
+      expect(Array.from(b.x)).toEqual(Array.from(b.y));
+    }
+    expect(got).toEqual([[21, 10], [20], [12]]);
+    expect(idx).toEqual([[4, 0], [3], [2]]);
+    expect(asked.sort()).toEqual(['a:0/1', 'a:1/1', 'a:2/1', 'b:0/1', 'b:1/1']);
   });
 });

@@ -8,7 +8,7 @@
  */
 import { CtaError } from '../util/errors.js';
 import type { Rng } from '../util/rng.js';
-import { CLEAN_DOMAIN, type Domain, type DomainSource, type DomainStream, makeBatches } from './stream.js';
+import { CLEAN_DOMAIN, type Batch, type Domain, type DomainSource, type DomainStream, makeBatches, prefetch } from './stream.js';
 
 export interface SettingSpec {
   description: string;
@@ -45,6 +45,7 @@ export const SETTINGS = {
   'gradual-correlated': S('gradual with correlated order', { gradual: true, correlated: true }),
   'recurring-correlated': S('recurring with correlated order', { recurring: true, correlated: true }),
   mixed: S('all domains pooled and shuffled into one step; errors per domain', { mixed: true }),
+  'mixed-correlated': S('mixed, the pooled samples ordered by a Dirichlet process over labels', { mixed: true, correlated: true }),
 } as const satisfies Record<string, SettingSpec>;
 
 export type SettingName = keyof typeof SETTINGS;
@@ -66,6 +67,12 @@ export interface StreamStep {
   reset: boolean;
   /** mixed: the domains pooled into this step (its `domain` is MIXED_DOMAIN). */
   parts?: string[];
+  /** --domain-orders: the 1-based order this step belongs to (src/data/orders.ts). */
+  order?: number;
+  /** --domain-orders: the first step of an order after the first: the run starts afresh here. */
+  restart?: boolean;
+  /** --eval-mode pair: the previous domain whose batches come first in every test case (src/data/eval-modes.ts). */
+  previous?: string;
 }
 
 /** The name of the one step of the mixed setting. */
@@ -236,6 +243,7 @@ export interface MixedDomain extends DomainStream {
  * sources (`load`); a streaming source is refused by the runner before this is reached.
  */
 export async function loadMixed(source: DomainSource, parts: readonly string[]): Promise<MixedDomain> {
+  if (source.open) return openMixed(source as DomainSource & { open: NonNullable<DomainSource['open']> }, parts);
   const loaded: Domain[] = [];
   for (const p of parts) loaded.push(await source.load(p));
   const first = loaded[0];
@@ -269,6 +277,77 @@ export async function loadMixed(source: DomainSource, parts: readonly string[]):
     parts: loaded.map((d) => ({ name: d.name, severity: d.severity })),
     async *batches(order, batchSize) {
       yield* makeBatches(pooled, order, batchSize);
+    },
+  };
+}
+
+/**
+ * The mixed step of a streaming source (ImageNet-C: decoded batch by batch, never a whole domain
+ * in memory): the parts' samples numbered one after another, each batch of pooled indices split by
+ * part, decoded by the parts' own streams at once and put back in the batch's order. Labels are
+ * pooled when every part has them (the mixed-correlated order needs them).
+ */
+async function openMixed(source: DomainSource & { open: NonNullable<DomainSource['open']> }, parts: readonly string[]): Promise<MixedDomain> {
+  const streams: DomainStream[] = [];
+  for (const p of parts) streams.push(await source.open(p));
+  const first = streams[0];
+  for (const d of streams) {
+    if (d.height !== first.height || d.width !== first.width || d.channels !== first.channels) {
+      throw new CtaError(`--setting mixed: domain ${d.name} is ${d.height}×${d.width}×${d.channels}, ${first.name} ${first.height}×${first.width}×${first.channels}`);
+    }
+  }
+  const offsets = [0];
+  for (const d of streams) offsets.push(offsets.at(-1)! + d.n);
+  const n = offsets.at(-1)!;
+  const partOf = new Int32Array(n);
+  streams.forEach((d, k) => partOf.fill(k, offsets[k], offsets[k + 1]));
+  let labels: Int32Array | undefined;
+  if (streams.every((d) => d.labels)) {
+    labels = new Int32Array(n);
+    streams.forEach((d, k) => labels!.set(Array.from(d.labels!), offsets[k]));
+  }
+  const pix = first.height * first.width * first.channels;
+  /** One pooled batch: the parts decoded concurrently, rows back in `idx` order (dropped samples left out). */
+  async function pooledBatch(idx: Int32Array): Promise<Batch> {
+    const byPart = new Map<number, number[]>();
+    for (const g of idx) {
+      const k = partOf[g];
+      const list = byPart.get(k) ?? [];
+      list.push(g - offsets[k]);
+      byPart.set(k, list);
+    }
+    const rows = new Map<number, { x: Float32Array; y: number }>();
+    await Promise.all(
+      [...byPart].map(async ([k, local]) => {
+        for await (const b of streams[k].batches(Int32Array.from(local), local.length)) {
+          for (let j = 0; j < b.y.length; j++) rows.set(offsets[k] + b.indices[j], { x: b.x.subarray(j * pix, (j + 1) * pix), y: b.y[j] });
+        }
+      }),
+    );
+    const kept = Array.from(idx).filter((g) => rows.has(g));
+    const x = new Float32Array(kept.length * pix);
+    const y = new Int32Array(kept.length);
+    kept.forEach((g, j) => {
+      const r = rows.get(g)!;
+      x.set(r.x, j * pix);
+      y[j] = r.y;
+    });
+    return { x, y, indices: Int32Array.from(kept), shape: [kept.length, first.height, first.width, first.channels] };
+  }
+  return {
+    name: MIXED_DOMAIN,
+    severity: null,
+    n,
+    height: first.height,
+    width: first.width,
+    channels: first.channels,
+    ...(labels ? { labels } : {}),
+    partOf,
+    parts: streams.map((d) => ({ name: d.name, severity: d.severity })),
+    async *batches(order, batchSize) {
+      const chunks: Int32Array[] = [];
+      for (let s = 0; s < order.length; s += batchSize) chunks.push(order.slice(s, s + batchSize));
+      for await (const b of prefetch(chunks, pooledBatch, 1)) if (b.y.length > 0) yield b;
     },
   };
 }

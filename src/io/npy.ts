@@ -528,3 +528,65 @@ export async function writeNpy(
     throw new CtaError(`${path}: cannot write npy file (${(e as NodeJS.ErrnoException).code ?? String(e)})`);
   }
 }
+
+/**
+ * Parse a whole npy file held in memory (an `.npz` member, src/io/npz.ts). `label` names it in
+ * errors. The data is copied into a fresh buffer, so typed-array views are aligned whatever the
+ * member's offset inside the archive.
+ */
+export function parseNpyBytes(bytes: Uint8Array, label: string): NpyArray {
+  const notNpy = (): CtaError => new CtaError(`${label}: not an npy array (expected the \\x93NUMPY magic at its start)`);
+  if (bytes.length < 10) throw notNpy();
+  for (let i = 0; i < MAGIC.length; i++) if (bytes[i] !== MAGIC[i]) throw notNpy();
+  const major = bytes[6];
+  const minor = bytes[7];
+  let headerLen: number;
+  let headerStart: number;
+  if (major === 1) {
+    headerLen = bytes[8] | (bytes[9] << 8);
+    headerStart = 10;
+  } else if (major === 2 || major === 3) {
+    if (bytes.length < 12) throw notNpy();
+    headerLen = (bytes[8] | (bytes[9] << 8) | (bytes[10] << 16)) + bytes[11] * 0x1000000;
+    headerStart = 12;
+  } else {
+    throw new CtaError(`${label}: unsupported npy format version ${major}.${minor} (supported: 1.x, 2.x, 3.x)`);
+  }
+  const dataOffset = headerStart + headerLen;
+  if (dataOffset > bytes.length) {
+    throw new CtaError(`${label}: truncated npy array: header needs ${dataOffset} bytes but the member has ${bytes.length}`);
+  }
+  const raw = bytes.subarray(headerStart, dataOffset);
+  const text = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString(major === 3 ? 'utf8' : 'latin1');
+  const { descr, fortran, shape } = parseHeaderDict(label, text);
+  const { dtype, littleEndian } = parseDescr(label, descr);
+  if (fortran && shape.filter((d) => d > 1).length > 1) {
+    throw new CtaError(`${label}: fortran_order is True; only C-order npy arrays are supported (re-save with np.ascontiguousarray)`);
+  }
+  const itemSize = DTYPE_INFO[dtype].size;
+  const rowElements = product(shape.slice(1));
+  const dataBytes = product(shape) * itemSize;
+  if (bytes.length < dataOffset + dataBytes) {
+    throw new CtaError(
+      `${label}: truncated npy array: header says ${descr} ${shapeString(shape)}, so expected ` +
+        `${dataOffset + dataBytes} bytes, but the member has ${bytes.length}`,
+    );
+  }
+  const copy = new Uint8Array(new ArrayBuffer(dataBytes));
+  copy.set(bytes.subarray(dataOffset, dataOffset + dataBytes));
+  const header: NpyHeader = {
+    path: label,
+    version: [major, minor],
+    descr,
+    dtype,
+    itemSize,
+    littleEndian,
+    shape,
+    dataOffset,
+    dataBytes,
+    fileBytes: bytes.length,
+    rowElements,
+    rowBytes: rowElements * itemSize,
+  };
+  return { header, shape: shape.slice(), data: viewAs(copy, dtype, littleEndian) };
+}

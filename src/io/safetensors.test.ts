@@ -154,6 +154,19 @@ describe('safetensors round trip', () => {
     expect(sd.get('w')!.data.buffer).not.toBe(buf.buffer);
   });
 
+  it('reads unaligned tensors from a Node Buffer (what readFile returns, whose slice() is a view)', () => {
+    const bytes = serializeSafetensors(
+      new Map<string, TensorToWrite>([
+        ['s', { dtype: 'float32', shape: [], data: [0.5] }],
+        ['idx', { dtype: 'int64', shape: [3], data: [4, 0, 2 ** 40] }],
+        ['d', { dtype: 'float64', shape: [1], data: [-1.5] }],
+      ]),
+    );
+    const sd = parseSafetensors(Buffer.from(bytes), 'buffer.safetensors');
+    expect(Array.from(sd.get('idx')!.data)).toEqual([4, 0, 2 ** 40]);
+    expect(Array.from(sd.get('d')!.data)).toEqual([-1.5]);
+  });
+
   it('writeSafetensors / readSafetensors through a file', async () => {
     const p = join(tmp, 'w.safetensors');
     await writeSafetensors(p, new Map([['a', { dtype: 'float32' as const, shape: [2], data: new Float32Array([1, 2]) }]]));

@@ -89,7 +89,8 @@ function halfToFloatTable(): Float32Array {
  */
 function alignedBuffer(bytes: Uint8Array, align: number): { buffer: ArrayBufferLike; byteOffset: number } {
   if (bytes.byteOffset % align === 0) return { buffer: bytes.buffer, byteOffset: bytes.byteOffset };
-  const copy = bytes.slice();
+  // A copy: not bytes.slice(), which on a Node Buffer (what readFile returns) is a view.
+  const copy = new Uint8Array(bytes);
   return { buffer: copy.buffer, byteOffset: 0 };
 }
 

@@ -72,7 +72,7 @@ describe('loadStateDict', () => {
   it('gives one-line errors for missing files, directories, legacy and junk files', async () => {
     const missing = join(tmp, 'nope.safetensors');
     expect(await loadError(missing)).toBe(`--weights ${missing}: file not found`);
-    expect(await loadError(tmp)).toBe(`--weights ${tmp}: is a directory, expected a .safetensors or .pt file`);
+    expect(await loadError(tmp)).toBe(`--weights ${tmp}: is a directory, expected a .safetensors, .pt or .npz file`);
     expect(await loadError(join(FIX, 'legacy.pt'))).toMatch(/legacy \(pre-1\.6, non-zip\) PyTorch checkpoint/);
     const junkPt = join(tmp, 'junk.pt');
     writeFileSync(junkPt, 'not a checkpoint at all');
@@ -80,7 +80,7 @@ describe('loadStateDict', () => {
     const junkTxt = join(tmp, 'junk.txt');
     writeFileSync(junkTxt, 'hello');
     expect(await loadError(junkTxt)).toBe(
-      `${junkTxt}: unrecognised weight file (extension '.txt'), expected .safetensors or a torch.save checkpoint (.pt/.pth/.ckpt)`,
+      `${junkTxt}: unrecognised weight file (extension '.txt'), expected .safetensors, a torch.save checkpoint (.pt/.pth/.ckpt) or a numpy .npz (Google ViT)`,
     );
   });
 });

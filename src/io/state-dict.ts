@@ -11,7 +11,11 @@ import { extname } from 'node:path';
 import { CtaError, listSome } from '../util/errors.js';
 import { parseSafetensors, readWeightBytes } from './safetensors.js';
 import { isLegacyTorch, isZip, legacyTorchMessage, parseTorchPt } from './torch-pt.js';
+import { looksLikeNpz, parseNpz } from './npz.js';
 import type { StateDict } from './types.js';
+
+/** The container a weight file was read from (recorded in the manifest). */
+export type WeightFileFormat = 'safetensors' | 'torch-zip' | 'npz';
 
 const TORCH_EXTS = new Set(['.pt', '.pth', '.ckpt', '.bin', '.tar']);
 
@@ -28,6 +32,11 @@ function looksLikeSafetensors(buf: Uint8Array): boolean {
  * model here uses, are dropped.
  */
 export async function loadStateDict(path: string): Promise<StateDict> {
+  return (await loadWeightFile(path)).sd;
+}
+
+/** {@link loadStateDict} plus the container the file turned out to be. */
+export async function loadWeightFile(path: string): Promise<{ sd: StateDict; format: WeightFileFormat }> {
   // Probe first so the usual mistake (a wrong --weights path) gets the flag's name in the message.
   let isDir: boolean;
   try {
@@ -38,20 +47,31 @@ export async function loadStateDict(path: string): Promise<StateDict> {
     if (code === 'EACCES') throw new CtaError(`--weights ${path}: permission denied`);
     throw e;
   }
-  if (isDir) throw new CtaError(`--weights ${path}: is a directory, expected a .safetensors or .pt file`);
+  if (isDir) throw new CtaError(`--weights ${path}: is a directory, expected a .safetensors, .pt or .npz file`);
   const buf = await readWeightBytes(path);
-  return normalizeStateDict(parseWeights(buf, path), path);
+  const format = weightFileFormat(buf, path);
+  return { sd: normalizeStateDict(parseWeights(buf, path), path), format };
+}
+
+/** Which parser {@link parseWeights} picks for `buf` (same rules; refusals are left to it). */
+export function weightFileFormat(buf: Uint8Array, label: string): WeightFileFormat {
+  if (isZip(buf)) return looksLikeNpz(buf, label) ? 'npz' : 'torch-zip';
+  const ext = extname(label).toLowerCase();
+  if (ext === '.npz') return 'npz';
+  return ext === '.safetensors' || looksLikeSafetensors(buf) ? 'safetensors' : 'torch-zip';
 }
 
 /** Dispatches on content (then extension) to the right parser; no key normalisation. */
 export function parseWeights(buf: Uint8Array, label: string): StateDict {
   const ext = extname(label).toLowerCase();
-  if (isZip(buf)) return parseTorchPt(buf, label);
+  // A zip is an .npz when every member is an .npy array (numpy.savez), else a torch.save archive.
+  if (isZip(buf)) return looksLikeNpz(buf, label) ? parseNpz(buf, label) : parseTorchPt(buf, label);
+  if (ext === '.npz') return parseNpz(buf, label); // gives the precise "not a zip" message
   if (isLegacyTorch(buf)) throw new CtaError(legacyTorchMessage(label));
   if (ext === '.safetensors' || looksLikeSafetensors(buf)) return parseSafetensors(buf, label);
   if (TORCH_EXTS.has(ext)) return parseTorchPt(buf, label); // gives the precise "not a zip" message
   throw new CtaError(
-    `${label}: unrecognised weight file (extension '${ext || 'none'}'), expected .safetensors or a torch.save checkpoint (.pt/.pth/.ckpt)`,
+    `${label}: unrecognised weight file (extension '${ext || 'none'}'), expected .safetensors, a torch.save checkpoint (.pt/.pth/.ckpt) or a numpy .npz (Google ViT)`,
   );
 }
 

@@ -28,7 +28,7 @@ import type { RawDType, RawTensor, StateDict } from './types.js';
 // no encryption, no multi-disk; STORED (method 0) and, for re-packed archives, DEFLATE (method 8).
 // ---------------------------------------------------------------------------------------------
 
-interface ZipEntry {
+export interface ZipEntry {
   name: string;
   method: number;
   compressedSize: number;
@@ -54,8 +54,8 @@ export function isZip(buf: Uint8Array): boolean {
 }
 
 /** Reads the central directory; every offset is bounds-checked so a truncated file gives a clear error. */
-export function readZipDirectory(buf: Uint8Array, label: string): Map<string, ZipEntry> {
-  const bad = (what: string) => new CtaError(`${label}: zip archive ${what}, expected a complete torch.save file (truncated or corrupt?)`);
+export function readZipDirectory(buf: Uint8Array, label: string, expected = 'torch.save file'): Map<string, ZipEntry> {
+  const bad = (what: string) => new CtaError(`${label}: zip archive ${what}, expected a complete ${expected} (truncated or corrupt?)`);
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   // The end-of-central-directory record is 22 bytes plus a comment of at most 65535 bytes.
   let eocd = -1;
@@ -123,11 +123,11 @@ export function readZipDirectory(buf: Uint8Array, label: string): Map<string, Zi
 }
 
 /** The uncompressed bytes of one entry (a view into `buf` when STORED). */
-export function readZipEntry(buf: Uint8Array, entry: ZipEntry, label: string): Uint8Array {
+export function readZipEntry(buf: Uint8Array, entry: ZipEntry, label: string, archive = 'torch.save archive'): Uint8Array {
   const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const at = entry.localHeaderOffset;
   const where = `${label}: zip entry ${entry.name}`;
-  if (entry.flags & 1) throw new CtaError(`${where} is encrypted, expected an unencrypted torch.save archive`);
+  if (entry.flags & 1) throw new CtaError(`${where} is encrypted, expected an unencrypted ${archive}`);
   if (at + 30 > buf.length || view.getUint32(at, true) !== SIG_LOCAL) {
     throw new CtaError(`${where} has no local header at offset ${at}, expected a complete file (truncated or corrupt?)`);
   }

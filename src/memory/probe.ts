@@ -157,6 +157,19 @@ export interface StepMemory {
   gpuAllocatedBytes?: number;
   /** Number of gradient computations in the step (Tent/EATA: 1, or 0 when none ran). */
   backwards: number;
+  /**
+   * Gradient checkpointing (docs/memory.md#gradient-checkpointing): per recomputed segment, in
+   * backward order, the saved bytes of its own tape when its backward starts, and the bytes of
+   * those shared with the segment input (absent without checkpointing).
+   */
+  recomputes?: { bytes: number; inputBytes: number }[];
+  /** With `sampleRss`: the highest process RSS seen during the step (sampled per allocation). */
+  rssPeakBytes?: number;
+  /**
+   * wasm backend: the size of the WASM heap at the end of the step. The heap only grows, so this
+   * is its high-water mark over the process so far (what the step needed, or an earlier one).
+   */
+  wasmHeapBytes?: number;
   /** Saved bytes before the first norm layer (input normalisation, stem), with `layers`. */
   preambleBytes?: number;
   layers?: LayerMemory[];
@@ -170,6 +183,39 @@ export interface StepMemory {
 let installed = false;
 let supported = false;
 let active: MemoryProbe | null = null;
+/** > 0 while a checkpointed segment is recomputed in the backward (models/grad-checkpoint.ts). */
+let recomputeDepth = 0;
+
+/** Whether a checkpointed segment is being recomputed (flops.ts counts it to the backward). */
+export function recomputing(): boolean {
+  return recomputeDepth > 0;
+}
+
+type TapeListener = (tape: readonly TapeNodeLike[], xs: readonly tf.Tensor[], y: tf.Tensor) => void;
+const tapeListeners: TapeListener[] = [];
+
+/**
+ * Calls `fn` at the end of every taped forward (inside the gradients function, as the probe
+ * measures), also while no probe is active (flops.ts locates its ops on the backward path).
+ */
+export function addTapeListener(fn: TapeListener): void {
+  installMemoryHooks();
+  tapeListeners.push(fn);
+}
+
+/**
+ * Runs `fn`, a checkpointed segment's recomputation inside the backward: its gradient computation
+ * is not one of the step's backwards; the probe records its tape as `recomputeBytes` instead
+ * (docs/memory.md#gradient-checkpointing).
+ */
+export function duringRecompute<T>(fn: () => T): T {
+  recomputeDepth++;
+  try {
+    return fn();
+  } finally {
+    recomputeDepth--;
+  }
+}
 
 function engine(): EngineLike {
   return tf.engine() as unknown as EngineLike;
@@ -186,11 +232,16 @@ export function installMemoryHooks(): boolean {
   const gradients = eng.gradients.bind(eng);
   eng.gradients = (f, xs, dy, allowNoGradients) => {
     const probe = active;
-    if (!probe) return gradients(f, xs, dy, allowNoGradients);
+    if (!probe && tapeListeners.length === 0) return gradients(f, xs, dy, allowNoGradients);
+    const recompute = recomputeDepth > 0;
     return gradients(
       () => {
         const y = f();
-        probe.onForwardEnd(eng.state.activeTape ?? [], xs, y);
+        const tape = eng.state.activeTape ?? [];
+        for (const l of tapeListeners) l(tape, xs, y);
+        if (!probe) return y;
+        if (recompute) probe.onRecomputeEnd(tape, xs, y);
+        else probe.onForwardEnd(tape, xs, y);
         return y;
       },
       xs,
@@ -202,6 +253,7 @@ export function installMemoryHooks(): boolean {
   eng.trackTensor = (a, backend) => {
     trackTensor(a, backend);
     if (active && eng.state.numBytes > active.peak) active.peak = eng.state.numBytes;
+    if (active?.sampleRss) active.noteRss();
     // A kernel's output buffer exists by the time its tensor is tracked.
     if (active?.onGpu) active.gpuPeak = Math.max(active.gpuPeak, gpuBytes(tf)?.inUse ?? 0);
   };
@@ -220,13 +272,25 @@ export class MemoryProbe {
   private gpuStart = 0;
   private account: TapeAccount | null = null;
   private backwards = 0;
+  private recomputes: { bytes: number; inputBytes: number }[] = [];
   private marks: LayerMark[] = [];
   private layerResult: { preamble: number; layers: LayerMemory[]; weights: WeightLayerMemory[] } | null = null;
   /** Variable id → module path of the trainable non-norm parameters (`nameWeights`). */
   private weightOwners = new Map<number, string>();
 
-  constructor(readonly perLayer = false) {
+  /** With `sampleRss`: the process RSS high-water during the step (sampled at every tensor allocation). */
+  constructor(
+    readonly perLayer = false,
+    readonly sampleRss = false,
+  ) {
     installMemoryHooks();
+  }
+
+  private rssPeak = 0;
+
+  noteRss(): void {
+    const r = process.memoryUsage.rss();
+    if (r > this.rssPeak) this.rssPeak = r;
   }
 
   get supported(): boolean {
@@ -241,8 +305,11 @@ export class MemoryProbe {
     this.gpuStart = this.gpuPeak = gpu?.inUse ?? 0;
     this.account = null;
     this.backwards = 0;
+    this.recomputes = [];
     this.marks = [];
     this.layerResult = null;
+    this.rssPeak = 0;
+    if (this.sampleRss) this.noteRss();
     active = this;
   }
 
@@ -255,6 +322,13 @@ export class MemoryProbe {
       startBytes: this.start,
       backwards: this.backwards,
     };
+    if (this.recomputes.length) out.recomputes = this.recomputes;
+    if (this.sampleRss) {
+      this.noteRss();
+      out.rssPeakBytes = this.rssPeak;
+    }
+    const heap = wasmHeapBytes();
+    if (heap !== null) out.wasmHeapBytes = heap;
     const gpu = this.onGpu ? gpuBytes(tf) : null;
     if (gpu) {
       out.gpuPeakBytes = Math.max(this.gpuPeak, gpu.inUse);
@@ -281,6 +355,25 @@ export class MemoryProbe {
         this.layerResult = { ...attribute(split.rest, this.marks), weights: split.weights };
       }
     }
+    this.marks = [];
+  }
+
+  /** Called by the gradients hook with the tape of a checkpointed segment's recomputation. */
+  onRecomputeEnd(tape: readonly TapeNodeLike[], xs: readonly tf.Tensor[], y: tf.Tensor): void {
+    const acc = accountTape(tape, xs, y);
+    const input = xs[0]?.dataId as object | undefined;
+    let inputBytes = 0;
+    const seen = new Set<object>();
+    const onPath = backwardPath(tape, xs, y);
+    tape.forEach((node, i) => {
+      if (!onPath[i]) return;
+      for (const t of node.saved ?? []) {
+        if (t.isDisposed || t.dataId !== input || seen.has(t.dataId as object)) continue;
+        seen.add(t.dataId as object);
+        inputBytes += tensorBytes(t);
+      }
+    });
+    this.recomputes.push({ bytes: acc.backpropBytes, inputBytes });
     this.marks = [];
   }
 
@@ -373,6 +466,14 @@ function attribute(perNode: readonly number[], marks: readonly LayerMark[]): { p
     afterBytes: sum(m.end, i + 1 < marks.length ? marks[i + 1].start : perNode.length),
   }));
   return { preamble: marks.length ? sum(0, marks[0].start) : sum(0, perNode.length), layers };
+}
+
+/** The WASM backend's heap size in bytes (null on other backends or without the internals). */
+export function wasmHeapBytes(): number | null {
+  if (tf.getBackend() !== 'wasm') return null;
+  const wasm = (tf.backend() as unknown as { wasm?: { wasmMemory?: WebAssembly.Memory; asm?: { memory?: WebAssembly.Memory } } }).wasm;
+  const memory = wasm?.wasmMemory ?? wasm?.asm?.memory;
+  return memory ? memory.buffer.byteLength : null;
 }
 
 /** The process-wide probe used by the continual runner (no per-layer breakdown). */

@@ -10,11 +10,13 @@
 import { tf, initBackend, type BackendInfo } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { FIELDS, type CtaConfig } from '../config/schema.js';
+import { FIELDS, type CtaConfig, type FieldSpec } from '../config/schema.js';
+import { prepareAdapters } from '../adapters/attach.js';
+import { cottaAugment } from '../algorithms/augment.js';
 import { buildModel } from '../models/registry.js';
 import type { Classifier, NormRecord } from '../models/types.js';
 import { ALGORITHMS } from '../algorithms/registry.js';
-import type { Algorithm, AlgorithmContext } from '../algorithms/types.js';
+import { STATE_BYTES_KINDS, type Algorithm, type AlgorithmContext, type StateBytesKind } from '../algorithms/types.js';
 import { copiesAndAugmentation } from '../algorithms/context.js';
 import { openDataSource } from '../data/registry.js';
 import { openDomain, type DomainSource } from '../data/stream.js';
@@ -22,6 +24,8 @@ import { accountCache, weightRecords, type WeightRecord } from '../runner/accoun
 import { TRAIN_ALL, TRAIN_NORM } from '../algorithms/param-select.js';
 import { adaptOptions, configureRunNorm, prepareModel } from '../runner/continual.js';
 import { MB, MemoryProbe, type StepMemory } from './probe.js';
+import { FlopCounter } from './flops.js';
+import { applyGradCheckpoint } from '../runner/prepare.js';
 import { randomStateDict } from './random-weights.js';
 
 export const DEFAULT_BATCH_SIZES = [8, 16, 32, 64];
@@ -41,6 +45,11 @@ export interface ProfileSpec {
   train?: TrainSet;
   /** Adaptation steps per batch size on the same batch (memory: the first; time: the fastest). */
   steps: number;
+  /**
+   * Tests: profile this model (e.g. a reduced shape of cfg.model's family, random weights) instead
+   * of --weights or the random RobustBench shape.
+   */
+  model?: () => Classifier;
   log: (line: string) => void;
 }
 
@@ -68,6 +77,8 @@ export interface LayerRow {
   analytic_backward_mb: number;
   measured_norm_mb: number;
   measured_after_mb: number;
+  /** Kept-channel fraction the cache budget chose (0: not caching); absent without a budget. */
+  kept_ratio?: number;
 }
 
 export interface ProfileRow {
@@ -104,6 +115,28 @@ export interface ProfileRow {
   inference_ms: number | null;
   /** Whether the step ran a backward + optimizer step. */
   updated: boolean | null;
+  /** --cache-budget-mb: the kept-channel fraction per norm layer (module order) of the step's forward. */
+  kept_ratios?: number[];
+  /**
+   * Operation counts of the step (docs/memory.md#flops), 1e9 units: every forward it ran (teacher,
+   * augmented copies and second passes included) and what its backward ran for the trainable set
+   * (with checkpointing, the recomputed forwards too).
+   */
+  gflops_forward?: number | null;
+  gflops_backward?: number | null;
+  /** Highest process RSS during the step (sampled at every tensor allocation), MB. */
+  rss_peak_mb?: number | null;
+  /** wasm: the WASM heap size after the step (its high-water mark so far), MB. */
+  wasm_heap_mb?: number | null;
+  /** Algorithm.stateBytes() after the step by kind (docs/memory.md#method-state), MB. */
+  state_mb?: Partial<Record<StateBytesKind, number>>;
+  /**
+   * --grad-checkpoint-segments (docs/memory.md#gradient-checkpointing): checkpointed segments, the
+   * bytes of their inputs, and the largest recomputed segment's own tape, MB.
+   */
+  checkpoint_segments?: number;
+  checkpoint_inputs_mb?: number;
+  recompute_max_mb?: number;
   error?: string;
   /** Saved bytes before the first norm layer (input normalisation, stem), MB (--per-layer). */
   preamble_mb?: number;
@@ -159,9 +192,27 @@ async function prepare(cfg: CtaConfig, log: (l: string) => void): Promise<{ mode
     rng: new Rng(cfg.seed + 7),
     expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined },
   });
-  if (cfg.eMargin === null) cfg.eMargin = 0.4 * Math.log(model.numClasses);
+  applyGradCheckpoint(cfg, model);
+  resolveFromModel(cfg, model);
   log(`profile-mem: no --weights: random ${cfg.model} weights of the RobustBench shape (${numClasses} classes); memory and time depend only on the shapes`);
   return { model, backend, weights: `random ${cfg.model} (RobustBench shape)` };
+}
+
+/** The defaults that depend on the model (FieldSpec.fromModel, e.g. EATA's E0), as prepareModel resolves them. */
+function resolveFromModel(cfg: CtaConfig, model: Classifier): void {
+  const values = cfg as Record<string, unknown>;
+  for (const [k, f] of Object.entries(FIELDS) as [string, FieldSpec][]) {
+    if (values[k] === null && 'fromModel' in f && f.fromModel) values[k] = f.fromModel(model);
+  }
+}
+
+/** ProfileSpec.model: the caller's model, configured as prepare() configures one. */
+async function given(cfg: CtaConfig, make: () => Classifier): Promise<{ model: Classifier; backend: BackendInfo; weights: string }> {
+  const backend = await initBackend(cfg.backend, cfg.threads);
+  const model = make();
+  applyGradCheckpoint(cfg, model);
+  resolveFromModel(cfg, model);
+  return { model, backend, weights: `given ${model.arch} (ProfileSpec.model)` };
 }
 
 /** Model weights and buffers as plain arrays (no tensors alive during the measurements). */
@@ -185,7 +236,8 @@ function restore(model: Classifier, snap: Snapshot, cfg: CtaConfig): void {
     for (const t of sd.values()) t.dispose();
   }
   for (const l of model.normLayers) l.reset();
-  configureRunNorm(cfg, model);
+  // a fresh budget (no β yet) for every measurement; its minimum is checked up front in runProfile
+  configureRunNorm(cfg, model, []);
 }
 
 /** Uniform [0, 1) images from a seeded generator. */
@@ -234,6 +286,7 @@ function layerRows(model: Classifier, mem: StepMemory): LayerRow[] {
       analytic_backward_mb: (r?.backwardBytes ?? 0) / MB,
       measured_norm_mb: (m?.normBytes ?? 0) / MB,
       measured_after_mb: (m?.afterBytes ?? 0) / MB,
+      ...(r?.keptRatio !== undefined ? { kept_ratio: r.keptRatio } : {}),
     };
   });
 }
@@ -255,7 +308,7 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
   const train = spec.train ?? 'norm';
   if (train === 'all' && cfg.nLayer !== null) throw new CtaError('--train all trains every parameter; it cannot be combined with --n-layer');
   const algSpec = ALGORITHMS[cfg.alg];
-  const { model, backend, weights } = await prepare(cfg, log);
+  const { model, backend, weights } = spec.model ? await given(cfg, spec.model) : await prepare(cfg, log);
   const shape = model.inputShape;
   const pix = shape[0] * shape[1] * shape[2];
   const maxBs = Math.max(...spec.batchSizes);
@@ -265,7 +318,13 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
   // The Fisher values do not change the step's memory: one batch unless --fisher-size was set.
   const fisherExplicit = cfg.fisherSize !== FIELDS.fisherSize.default;
   const snap = snapshot(model);
-  const probe = new MemoryProbe(spec.perLayer);
+  // --adapt-params (docs/adapters.md): the modules every measurement starts from.
+  const adapterSet = await prepareAdapters(cfg, model, (t) => cottaAugment(t, new Rng(cfg.seed + 3)));
+  const adapterSnap = adapterSet?.saveState() ?? null;
+  // --cache-budget-mb below the smallest achievable cache at any batch size: refuse before measuring
+  if (cfg.cacheBudgetMb !== null) configureRunNorm(cfg, model, spec.batchSizes);
+  const probe = new MemoryProbe(spec.perLayer, true);
+  const flops = new FlopCounter();
   if (!probe.supported) log('profile-mem: notice: this tfjs build lacks the engine internals the measurement hooks need; measured columns are empty');
   const report: ProfileReport = {
     tool: 'profile-mem',
@@ -341,18 +400,21 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
         },
       };
       if (train === 'all') model.requiresGrad(TRAIN_ALL);
+      if (adapterSet && adapterSnap) adapterSet.loadState(adapterSnap);
       alg = await algSpec.create(model, adaptOptions(cfg), ctx);
       if (spec.perLayer) probe.nameWeights(model.parameters());
       const undo = spec.perLayer ? probe.markLayers(model.normLayers) : () => undefined;
       try {
         for (let s = 0; s < Math.max(1, spec.steps); s++) {
           probe.begin();
+          flops.begin();
           t0 = performance.now();
           const c0 = process.cpuUsage();
           const res = alg.step(x);
           res.logits.dataSync();
           const ms = Math.round((performance.now() - t0) * 10) / 10;
           const cpu = process.cpuUsage(c0);
+          const ops = flops.end();
           const mem = probe.end();
           res.logits.dispose();
           if (row.step_ms === null || ms < row.step_ms) {
@@ -363,6 +425,19 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
           row.updated = res.updated;
           const weights = weightRecords(model);
           Object.assign(row, analyticRow(model.normLayers.map((l) => l.last), weights));
+          if (cfg.cacheBudgetMb !== null) row.kept_ratios = model.normLayers.map((l) => l.last?.keptRatio ?? 1);
+          row.gflops_forward = ops.forward / 1e9;
+          row.gflops_backward = ops.backward / 1e9;
+          row.rss_peak_mb = mb(mem.rssPeakBytes);
+          row.wasm_heap_mb = mb(mem.wasmHeapBytes);
+          const state = alg.stateBytes?.() ?? {};
+          row.state_mb = Object.fromEntries(STATE_BYTES_KINDS.filter((k) => state[k] !== undefined).map((k) => [k, state[k]! / MB]));
+          const gc = model.gradCheckpoint;
+          if (gc && gc.segments > 1) {
+            row.checkpoint_segments = gc.lastSegments;
+            row.checkpoint_inputs_mb = gc.lastInputBytes / MB;
+            row.recompute_max_mb = Math.max(0, ...(mem.recomputes ?? []).map((r) => r.bytes)) / MB;
+          }
           row.measured_backprop_mb = mb(mem.backpropBytes);
           row.measured_tape_mb = mb(mem.tapeBytes);
           row.step_peak_mb = mb(mem.peakBytes);
@@ -398,6 +473,7 @@ export async function runProfile(spec: ProfileSpec): Promise<ProfileReport> {
       }
     }
   }
+  if (adapterSnap) tf.dispose([...adapterSnap.values()]);
   if (!fatal) {
     restore(model, snap, cfg);
     model.dispose();
@@ -416,10 +492,27 @@ export function textTable(headers: string[], rows: string[][]): string {
 
 /** The batch-size table. */
 export function summaryTable(report: ProfileReport): string {
-  const headers = ['batch', 'analytic fwd MB', 'analytic bwd MB', 'measured backprop MB', 'meas/anal', 'step peak MB', 'infer peak MB', 'step ms', 'step cpu ms'];
+  // --grad-checkpoint-segments (docs/memory.md#gradient-checkpointing)
+  const gc = report.rows.some((r) => r.checkpoint_segments !== undefined);
+  const gcCells = (r: ProfileRow) => (gc ? [String(r.checkpoint_segments ?? '–'), fmt(r.checkpoint_inputs_mb), fmt(r.recompute_max_mb)] : []);
+  // docs/memory.md#flops and the process columns
+  const opCells = (r: ProfileRow) => [fmt(r.gflops_forward, 3), fmt(r.gflops_backward, 3), fmt(r.rss_peak_mb, 0), fmt(r.wasm_heap_mb, 0)];
+  const headers = [
+    'batch',
+    'analytic fwd MB',
+    'analytic bwd MB',
+    'measured backprop MB',
+    'meas/anal',
+    'step peak MB',
+    'infer peak MB',
+    'step ms',
+    'step cpu ms',
+  ];
   // webgpu: the GPU's own bytes beside the engine's.
   const gpu = report.rows.some((r) => r.gpu_step_peak_mb !== undefined);
   if (gpu) headers.push('GPU step peak MB', 'GPU infer peak MB', 'GPU pool MB');
+  headers.push('GFLOPs fwd', 'GFLOPs bwd', 'RSS peak MB', 'WASM heap MB');
+  if (gc) headers.push('ckpt segments', 'ckpt inputs MB', 'recompute max MB');
   const gpuCells = (r: ProfileRow) => (gpu ? [fmt(r.gpu_step_peak_mb), fmt(r.gpu_inference_peak_mb), fmt(r.gpu_allocated_mb)] : []);
   const rows = report.rows.map((r) =>
     r.error && r.measured_backprop_mb === null
@@ -435,9 +528,31 @@ export function summaryTable(report: ProfileReport): string {
           fmt(r.step_ms, 0),
           fmt(r.step_cpu_ms, 0),
           ...gpuCells(r),
+          ...opCells(r),
+          ...gcCells(r),
         ],
   );
   return textTable(headers, rows);
+}
+
+const STATE_HEADERS: Record<StateBytesKind, string> = {
+  teacher: 'teacher MB',
+  anchor: 'anchor MB',
+  memoryBank: 'memory bank MB',
+  optimizer: 'optimizer MB',
+  snapshot: 'reset snapshot MB',
+  other: 'other MB',
+};
+
+/**
+ * What the method holds beyond the model's weights after each batch size's step, by kind
+ * (Algorithm.stateBytes, docs/memory.md#method-state); null when the method reports none.
+ */
+export function stateTable(report: ProfileReport): string | null {
+  const kinds = STATE_BYTES_KINDS.filter((k) => report.rows.some((r) => r.state_mb?.[k] !== undefined));
+  if (kinds.length === 0) return null;
+  const rows = report.rows.map((r) => [String(r.batch_size), ...kinds.map((k) => fmt(r.state_mb?.[k], 2))]);
+  return textTable(['batch', ...kinds.map((k) => STATE_HEADERS[k])], rows);
 }
 
 /** The per-layer table of the trainable conv / linear / embedding layers of one row (--per-layer). */
@@ -452,28 +567,46 @@ export function weightLayerTable(row: ProfileRow): string {
 
 /** The per-layer table of one row (--per-layer). */
 export function layerTable(row: ProfileRow): string {
-  const headers = ['layer', 'input NHWC', 'beta', 'cached', 'analytic fwd MB', 'analytic bwd MB', 'measured norm MB', 'measured after MB'];
+  // --cache-budget-mb: the kept fraction the budget chose for each layer
+  const kept = (row.layers ?? []).some((l) => l.kept_ratio !== undefined);
+  const headers = ['layer', 'input NHWC', 'beta', 'cached', ...(kept ? ['kept'] : []), 'analytic fwd MB', 'analytic bwd MB', 'measured norm MB', 'measured after MB'];
   const rows = (row.layers ?? []).map((l) => [
     l.name,
     l.shape.join('×'),
     l.beta === null ? '–' : l.beta.toPrecision(3),
     l.cached ? 'yes' : 'no',
+    ...(kept ? [l.kept_ratio === undefined ? '–' : l.kept_ratio.toFixed(2)] : []),
     fmt(l.analytic_forward_mb, 2),
     fmt(l.analytic_backward_mb, 2),
     fmt(l.measured_norm_mb, 2),
     fmt(l.measured_after_mb, 2),
   ]);
   const sum = (f: (l: LayerRow) => number) => (row.layers ?? []).reduce((a, l) => a + f(l), 0);
-  rows.push(['(before the first norm layer)', '', '', '', '', '', '', fmt(row.preamble_mb ?? 0, 2)]);
+  const pad = kept ? [''] : [];
+  rows.push(['(before the first norm layer)', '', '', '', ...pad, '', '', '', fmt(row.preamble_mb ?? 0, 2)]);
   rows.push([
     'total',
     '',
     '',
     '',
+    ...pad,
     '',
     fmt(sum((l) => l.analytic_backward_mb), 2),
     fmt(sum((l) => l.measured_norm_mb), 2),
     fmt(sum((l) => l.measured_after_mb) + (row.preamble_mb ?? 0), 2),
   ]);
   return textTable(headers, rows);
+}
+
+/**
+ * --cache-budget-mb: one line per batch size with the kept-channel fraction of every norm layer
+ * (module order; 0 = not caching) the budget chose for the step (docs/memory.md#cache-budget).
+ */
+export function keptRatioLines(report: ProfileReport): string[] {
+  return report.rows
+    .filter((r) => r.kept_ratios)
+    .map((r) => {
+      const k = r.kept_ratios!;
+      return `batch ${r.batch_size}: ${k.filter((v) => v > 0).length} of ${k.length} layers cache; kept fraction per layer: ${k.map((v) => v.toFixed(2)).join(' ')}`;
+    });
 }

@@ -7,8 +7,11 @@ import { tf } from '../tf.js';
 import { CtaError, listSome } from '../util/errors.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
-import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter, ParamKind } from './types.js';
+import type { Classifier, ClassifierOutput, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter, ParamKind } from './types.js';
 import { BatchNormLayer } from './batch-norm.js';
+import type { AdapterHooks, AdapterSet, AdapterSite } from './injection.js';
+import { CacheBudget, type BudgetMode } from './cache-budget.js';
+import { withoutSideEffects } from './norm-policy.js';
 import { Conv2d, type Conv2dSpec } from './ops/conv.js';
 import { Linear } from './ops/linear.js';
 import { rawToTensor, usingTemps, type WeightOptions } from './ops/weights.js';
@@ -308,7 +311,12 @@ export abstract class BaseClassifier implements Classifier {
     return tf.mul(tf.sub(x, this.inputMean), this.inputInvStd) as tf.Tensor4D;
   }
 
-  abstract forward(x: tf.Tensor4D): tf.Tensor2D;
+  /** Logits: `forwardFeatures` without the features. */
+  forward(x: tf.Tensor4D): tf.Tensor2D {
+    return tf.tidy(() => this.forwardFeatures(x).logits);
+  }
+
+  abstract forwardFeatures(x: tf.Tensor4D): ClassifierOutput;
 
   /**
    * A new model of the same class and constructor options (the same Rng included) built from
@@ -333,6 +341,11 @@ export abstract class BaseClassifier implements Classifier {
     return this.mode;
   }
 
+  /** The input normalisation applied before the first layer (weights' mu/sigma or the fallback); null for none. */
+  get inputNormalisation(): { mean: number[]; std: number[] } | null {
+    return this.inputStats ? { mean: [...this.inputStats.mean], std: [...this.inputStats.std] } : null;
+  }
+
   /** The MECTA options last set (kept while another mode is active, e.g. during EATA's Fisher pass). */
   get mectaOptions(): MectaOptions | null {
     return this.mecta;
@@ -347,6 +360,22 @@ export abstract class BaseClassifier implements Classifier {
 
   setPruneChooser(chooser: ((layer: string, channels: number) => Int32Array) | null): void {
     this.chooser = chooser;
+  }
+
+  /**
+   * docs/memory.md#cache-budget: one budget shared by every BatchNorm layer. A forward of one
+   * blank image without side effects and without a tape registers the layers' shapes in forward
+   * order, so the first real forward can already be planned. Needs norm mode 'mecta'.
+   */
+  setCacheBudget(bytes: number | null, mode: BudgetMode = 'greedy'): CacheBudget | null {
+    for (const l of this.norms) l.cacheBudget = null;
+    if (bytes === null) return null;
+    if (this.mode !== 'mecta') throw new CtaError(`--cache-budget-mb needs the MECTA norm layer (--accum-bn); the model is in norm mode '${this.mode}'`);
+    const budget = new CacheBudget(bytes, mode);
+    for (const l of this.norms) l.cacheBudget = budget;
+    const [h, w, c] = this.inputShape;
+    withoutSideEffects(this, () => tf.tidy(() => void this.forward(tf.zeros([1, h, w, c]) as tf.Tensor4D)));
+    return budget;
   }
 
   /**
@@ -368,11 +397,36 @@ export abstract class BaseClassifier implements Classifier {
   }
 
   parameters(): readonly ModelParameter[] {
-    return this.params.list();
+    const own = this.params.list();
+    return this.adapterSet ? [...own, ...this.adapterSet.parameters()] : own;
   }
 
   requiresGrad(filter: ParamFilter): void {
     this.params.requiresGrad(filter);
+    this.adapterSet?.requiresGrad(filter);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Injection point (src/models/injection.ts, docs/adapters.md): the 1×1 convs a subclass lists
+
+  private adapterSet: AdapterSet | null = null;
+
+  /** The sites in forward order (the subclass's 1×1 convs). */
+  abstract adapterSites(): readonly AdapterSite[];
+
+  get adapters(): AdapterSet | null {
+    return this.adapterSet;
+  }
+
+  /** The hooks the forward calls (the attached set, or none). */
+  protected get adapterHooks(): AdapterHooks | null {
+    return this.adapterSet;
+  }
+
+  setAdapters(set: AdapterSet | null): void {
+    if (set === this.adapterSet) return;
+    this.adapterSet?.dispose();
+    this.adapterSet = set;
   }
 
   trainableParams(): tf.Variable[] {
@@ -417,6 +471,7 @@ export abstract class BaseClassifier implements Classifier {
     copy.params.requiresGrad((p) => training.has(p.name));
     const mine = this.trainableWeights();
     copy.trainableWeights().forEach((w, i) => (w.variable.trainable = mine[i].variable.trainable));
+    if (this.adapterSet) copy.setAdapters(this.adapterSet.clone());
     return copy;
   }
 
@@ -424,6 +479,7 @@ export abstract class BaseClassifier implements Classifier {
     if (this.disposed) return;
     this.disposed = true;
     for (const o of this.owned) o.dispose();
+    this.setAdapters(null);
     this.inputMean?.dispose();
     this.inputInvStd?.dispose();
   }

@@ -26,6 +26,7 @@ import { CtaError } from '../util/errors.js';
 import type { MectaOptions, NormLayer, NormMode, NormRecord } from './types.js';
 import { BatchPolicy, foldAffine, MectaPolicy, MixedPolicy, SourcePolicy } from './norm-policy.js';
 import type { NormModeOptions, NormPolicy, RemovedChannelSource } from './norm-policy.js';
+import type { CacheBudget } from './cache-budget.js';
 
 export { meanDistance, type RemovedChannelSource } from './norm-policy.js';
 
@@ -53,6 +54,8 @@ export class BatchNormLayer implements NormLayer {
   private readonly mecta: MectaPolicy;
   /** False inside `withoutSideEffects` (norm-policy.ts): forwards change no state or record. */
   sideEffects = true;
+  /** The model's backprop-cache budget, shared by its layers (cache-budget.ts); null: none. */
+  cacheBudget: CacheBudget | null = null;
   /** The last 'ema' / 'alpha' policy (immutable), reused when the mode is set again by name. */
   private mixed: MixedPolicy | null = null;
 
@@ -124,6 +127,7 @@ export class BatchNormLayer implements NormLayer {
   reset(): void {
     this.mecta.reset();
     this.record = null;
+    this.cacheBudget?.reset();
   }
 
   /**
@@ -155,7 +159,7 @@ export class BatchNormLayer implements NormLayer {
     // Decided outside the op: inside a custom op's forward the tape is always paused.
     const tapeOn = tf.engine().isTapeOn();
     const r = this.policy.forward(this, x, tapeOn, this.sideEffects);
-    if (this.sideEffects) this.setRecord(x, r.keptChannels, r.beta, r.cached);
+    if (this.sideEffects) this.setRecord(x, r.keptChannels, r.beta, r.cached, r.keptRatio);
     return r.y;
   }
 
@@ -179,10 +183,10 @@ export class BatchNormLayer implements NormLayer {
     if (this.sideEffects) this.setRecord(shape, this.numFeatures, null, false);
   }
 
-  private setRecord(x: tf.Tensor4D | readonly number[], keptChannels: number, beta: number | null, cached: boolean): void {
+  private setRecord(x: tf.Tensor4D | readonly number[], keptChannels: number, beta: number | null, cached: boolean, keptRatio?: number): void {
     const [n, h, w] = x instanceof tf.Tensor ? x.shape : x;
     const forwardBytes = n * keptChannels * h * w * 4; // docs/memory.md#analytic
-    this.record = { name: this.name, beta, cached, forwardBytes, backwardBytes: cached ? forwardBytes : 0 };
+    this.record = { name: this.name, beta, cached, forwardBytes, backwardBytes: cached ? forwardBytes : 0, ...(keptRatio !== undefined ? { keptRatio } : {}) };
   }
 }
 

@@ -10,6 +10,7 @@ import { bnKeys, divDim } from './infer.js';
 import type { BatchNormLayer } from './batch-norm.js';
 import { concatChannels } from './kernels.js';
 import { FoldedConvBn } from './fold.js';
+import type { AdapterHooks, ConvSite } from './injection.js';
 
 /**
  * A bottleneck block (ResNeXt / torchvision ResNet: 1×1 reduce → BN → ReLU → k×k conv, grouped
@@ -110,17 +111,35 @@ export function forEachBottleneck(stages: readonly BottleneckStage[], stem: numb
 export interface Bottleneck {
   layers: BottleneckLayers;
   folded: FoldedBottleneck;
+  /** Its 1×1 convs as injection sites (src/models/injection.ts). */
+  sites: BottleneckSites | null;
+}
+
+export interface BottleneckSites {
+  reduce: ConvSite;
+  expand: ConvSite;
+  down: ConvSite | null;
+}
+
+/** The 1×1 conv sites of block `b` (the `index`-th block in forward order) under `prefix`. */
+export function bottleneckSites(prefix: string, n: BottleneckNames, b: BottleneckBlock, index: number): BottleneckSites {
+  const site = (name: string, role: ConvSite['role'], inChannels: number, outChannels: number, stride: number): ConvSite => ({ kind: 'conv1x1', name: `${prefix}.${name}`, block: index, role, inChannels, outChannels, stride });
+  return {
+    reduce: site(n.reduce[0], 'reduce', b.inC, b.st.inner, 1),
+    expand: site(n.expand[0], 'expand', b.st.inner, b.st.out, 1),
+    down: b.down ? site('downsample.0', 'shortcut', b.inC, b.st.out, b.stride) : null,
+  };
 }
 
 /** `own` registers each folded layer with the model, which disposes it. */
-export function bottleneck(l: BottleneckLayers, own: <T extends { dispose(): void }>(o: T) => T): Bottleneck {
+export function bottleneck(l: BottleneckLayers, own: <T extends { dispose(): void }>(o: T) => T, sites: BottleneckSites | null = null): Bottleneck {
   const folded: FoldedBottleneck = {
     reduce: own(new FoldedConvBn(l.reduce[0], l.reduce[1], true, l.conv[0].groups)),
     conv: own(new FoldedConvBn(l.conv[0], l.conv[1], true)),
     expand: own(new FoldedConvBn(l.expand[0], l.expand[1], false)),
     down: l.down ? own(new FoldedConvBn(l.down[0], l.down[1], false)) : null,
   };
-  return { layers: l, folded };
+  return { layers: l, folded, sites };
 }
 
 const convBn = ([conv, bn]: [Conv2d, BatchNormLayer], x: tf.Tensor4D) => bn.apply(conv.apply(x));
@@ -129,7 +148,15 @@ const convBn = ([conv, bn]: [Conv2d, BatchNormLayer], x: tf.Tensor4D) => bn.appl
  * One bottleneck forward: the folded layers when `fold` (see `foldable`), otherwise conv → BN as
  * the PyTorch modules compute them, in any norm mode and under a gradient tape.
  */
-export function runBottleneck(b: Bottleneck, x: tf.Tensor4D, fold: boolean): tf.Tensor4D {
+export function runBottleneck(b: Bottleneck, x: tf.Tensor4D, fold: boolean, hooks: AdapterHooks | null = null): tf.Tensor4D {
+  if (hooks?.conv && b.sites) {
+    // A module set acts on the 1×1 conv outputs before their BN, so nothing is folded.
+    const s = b.sites;
+    const at = (site: ConvSite | null, [conv, bn]: [Conv2d, BatchNormLayer], xi: tf.Tensor4D) => bn.apply(site ? hooks.conv!(site, xi, conv.apply(xi)) : conv.apply(xi));
+    const l = b.layers;
+    const h = at(s.expand, l.expand, relu(convBn(l.conv, relu(at(s.reduce, l.reduce, x)))));
+    return addRelu(l.down ? at(s.down, l.down, x) : x, h);
+  }
   if (fold) {
     const f = b.folded;
     const groups = f.conv.applyParts(f.reduce.applyParts(x));

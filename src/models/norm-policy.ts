@@ -25,6 +25,7 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { AlphaStatsOptions, DistMetric, EmaStatsOptions, MectaOptions, NormLayer, NormMode, NormModeOptions } from './types.js';
 import { customOp } from './ops/custom-op.js';
+import type { CacheBudget } from './cache-budget.js';
 import { bnBackward, channelAffine, channelAffineKeep, channelMean, channelStats } from './kernels.js';
 
 /** Supplies the channels MECTA removes from the cache for one forward (docs/mecta-norm.md#pruning). */
@@ -127,6 +128,8 @@ export interface NormHost {
   readonly runningMean: tf.Variable;
   readonly runningVar: tf.Variable;
   readonly trainable: boolean;
+  /** The model's backprop-cache budget (cache-budget.ts), consulted by the 'mecta' policy; null: none. */
+  readonly cacheBudget: CacheBudget | null;
 }
 
 /** One policy forward: the output and what the layer records (docs/memory.md#analytic). */
@@ -136,6 +139,8 @@ export interface PolicyForward {
   keptChannels: number;
   beta: number | null;
   cached: boolean;
+  /** Kept fraction of the channels under a cache budget (0: not caching); absent without one. */
+  keptRatio?: number;
 }
 
 export interface NormPolicy {
@@ -235,6 +240,9 @@ export class MixedPolicy implements NormPolicy {
   readonly mode: 'ema' | 'alpha';
   /** Weight of the batch statistics. */
   readonly batchWeight: number;
+  /** 'alpha' only (AlphaStatsOptions): Bessel-corrected batch variance, constant statistics. */
+  readonly unbiased: boolean = false;
+  readonly detachStats: boolean = false;
 
   constructor(mode: 'ema' | 'alpha', options: NormModeOptions | undefined) {
     this.mode = mode;
@@ -246,12 +254,15 @@ export class MixedPolicy implements NormPolicy {
       const a = (options as Partial<AlphaStatsOptions> | undefined)?.alpha;
       if (a === undefined || !(a >= 0 && a <= 1)) throw new CtaError(`norm mode 'alpha' needs alpha in [0, 1], got ${a}`);
       this.batchWeight = 1 - a;
+      this.unbiased = (options as Partial<AlphaStatsOptions>).unbiased === true;
+      this.detachStats = (options as Partial<AlphaStatsOptions>).detachStats === true;
     }
   }
 
   /** The options this policy was made from (for model copies and `setNormMode` round trips). */
   get options(): EmaStatsOptions | AlphaStatsOptions {
-    return this.mode === 'ema' ? { momentum: this.batchWeight } : { alpha: 1 - this.batchWeight };
+    if (this.mode === 'ema') return { momentum: this.batchWeight };
+    return { alpha: 1 - this.batchWeight, unbiased: this.unbiased, detachStats: this.detachStats };
   }
 
   forward(layer: NormHost, x: tf.Tensor4D, tapeOn: boolean, sideEffects: boolean): PolicyForward {
@@ -264,9 +275,14 @@ export class MixedPolicy implements NormPolicy {
     const mu = new Float64Array(c);
     const v = new Float64Array(c);
     const rstd = new Float64Array(c);
+    const m = x.size / c;
+    if (this.unbiased && m < 2) throw new CtaError(`norm mode 'alpha' with the unbiased batch variance needs more than 1 value per channel (layer ${layer.name})`);
+    const bessel = this.unbiased ? m / (m - 1) : 1;
+    // constant statistics: the backward of eval BN with μ, v (w = 0 there)
+    const wGrad = this.detachStats ? 0 : w;
     for (let i = 0; i < c; i++) {
       mu[i] = (1 - w) * muR[i] + w * muB[i];
-      v[i] = (1 - w) * varR[i] + w * varB[i];
+      v[i] = (1 - w) * varR[i] + w * varB[i] * bessel;
       rstd[i] = 1 / Math.sqrt(v[i] + eps);
     }
     if (this.mode === 'ema' && sideEffects) {
@@ -288,8 +304,8 @@ export class MixedPolicy implements NormPolicy {
           const t = tf.sub(xs, mean);
           const gMean = channelMean(g);
           const gtMean = channelMean(tf.mul(g, t));
-          const k = tf.mul(tf.mul(tf.square(rs), gtMean), w);
-          const inner = tf.sub(tf.sub(g, tf.mul(gMean, w)), tf.mul(tf.sub(xs, meanB), k));
+          const k = tf.mul(tf.mul(tf.square(rs), gtMean), wGrad);
+          const inner = tf.sub(tf.sub(g, tf.mul(gMean, wGrad)), tf.mul(tf.sub(xs, meanB), k));
           return [tf.mul(inner, scale), tf.mul(tf.mul(gtMean, rs), count), tf.mul(gMean, count)];
         },
       };
@@ -373,8 +389,15 @@ export class MectaPolicy implements NormPolicy {
     const q = opts.pruneQ;
     // The analytic count uses floor((1 − q)·C) channels, which may differ by one from the
     // C − floor(q·C) actually kept (docs/memory.md#analytic); both formulas are the reference code's.
-    const accountedChannels = Math.floor((1 - q) * c);
+    let accountedChannels = Math.floor((1 - q) * c);
     const eps = layer.eps;
+    // Under a cache budget (docs/memory.md#cache-budget) the plan, not beta_thre / prune_q, says
+    // whether this layer caches and how many channels; a side-effect-free forward follows the
+    // plan of the last side-effect forward and its channel choice (no new plan, no draw).
+    const budget = layer.cacheBudget;
+    budget?.see(layer.name, c, x.shape[1] * x.shape[2]);
+    const alloc = budget ? (sideEffects ? budget.allocation(layer.name, n) : budget.current(layer.name)) : null;
+    if (alloc) accountedChannels = alloc.kept > 0 ? alloc.kept : alloc.forwardChannels;
 
     // Steps 1–5 of docs/mecta-norm.md#forward, decided before the output op is built: batch
     // statistics (no grad), β, the accumulated-statistics update (in float64, stored as float32;
@@ -395,7 +418,8 @@ export class MectaPolicy implements NormPolicy {
       rstdR[i] = 1 / Math.sqrt(newVar[i] + eps);
     }
     // Cache stopping only with the gate (docs/mecta-norm.md#cache-stopping).
-    const matched = opts.forgetGate && beta <= opts.betaThre;
+    const matched = alloc ? alloc.kept === 0 : opts.forgetGate && beta <= opts.betaThre;
+    if (sideEffects) budget?.noteBeta(layer.name, beta);
     if (sideEffects) {
       tf.tidy(() => {
         layer.runningMean.assign(vec(newMu));
@@ -422,8 +446,15 @@ export class MectaPolicy implements NormPolicy {
 
         // Channels removed from the cache are drawn for every caching forward, tape or not, so the
         // random stream does not depend on whether a backward follows.
-        const nRemove = sideEffects ? Math.floor(c * q) : 0;
-        const sp = nRemove > 0 ? new ChannelSplit(c, this.removedSource(layer.name, c, nRemove)) : null;
+        let sp: ChannelSplit | null;
+        if (alloc && budget) {
+          const removed = sideEffects ? (alloc.kept < c ? this.removedSource(layer.name, c, c - alloc.kept) : null) : budget.removedOf(layer.name);
+          if (sideEffects) budget.noteRemoved(layer.name, removed);
+          sp = removed && removed.length > 0 ? new ChannelSplit(c, removed) : null;
+        } else {
+          const nRemove = sideEffects ? Math.floor(c * q) : 0;
+          sp = nRemove > 0 ? new ChannelSplit(c, this.removedSource(layer.name, c, nRemove)) : null;
+        }
         // The output, and with a tape and pruning the kept channels to cache, from one pass over x.
         const [value, xKept] = tapeOn && sp ? channelAffineKeep(x4, s, shiftOut, sp.kept) : [channelAffine(x4, s, shiftOut), null];
 
@@ -465,7 +496,8 @@ export class MectaPolicy implements NormPolicy {
       });
       y = op(x, layer.weight, layer.bias);
     }
-    return { y, keptChannels: accountedChannels, beta, cached: layer.trainable && !matched };
+    const keptRatio = alloc ? alloc.kept / c : undefined;
+    return { y, keptChannels: accountedChannels, beta, cached: layer.trainable && !matched, ...(alloc ? { keptRatio } : {}) };
   }
 }
 

@@ -21,6 +21,8 @@ export interface ExpectedArch {
   depth?: number;
   cardinality?: number;
   baseWidth?: number;
+  /** ViT attention heads, when the weights carry them (Google .npz: query/kernel [D, heads, head_dim]). */
+  heads?: number;
 }
 
 export interface BuildOptions {
@@ -113,14 +115,18 @@ export const MODELS = {
       const out = mismatch('depth (blocks)', e.depth, a.depth);
       if (e.cardinality !== undefined) out.push(`cardinality ${e.cardinality} given, but vit_b16 has none`);
       if (e.baseWidth !== undefined) out.push(`base width ${e.baseWidth} given, but vit_b16 has none`);
-      if (a.dim !== UNKNOWN && a.dim % VIT_B16_CONFIG.heads !== 0) out.push(`width ${a.dim} is not divisible by the ${VIT_B16_CONFIG.heads} heads of vit_b16`);
+      const heads = e.heads ?? VIT_B16_CONFIG.heads;
+      if (a.dim !== UNKNOWN && a.dim % heads !== 0) out.push(`width ${a.dim} is not divisible by the ${heads} heads of ${e.heads === undefined ? 'vit_b16' : 'the checkpoint'}`);
       const tokens = sd.get('pos_embed')?.shape[1];
       if (tokens !== undefined && a.grid === UNKNOWN) out.push(`pos_embed has ${tokens} tokens, not 1 class token + a square patch grid (register tokens / other pooling are not supported)`);
       return out;
     },
     // The model config (heads, mean/std, ε) travels with the architecture; --model vit_b16 always
     // means timm's augreg normalisation unless a caller passes another explicitly.
-    build: (sd, opts) => new VisionTransformer(sd, inferVit(sd), opts.inputNorm ? { config: { inputNorm: opts.inputNorm } } : {}),
+    build: (sd, opts) => {
+      const config = { ...(opts.inputNorm ? { inputNorm: opts.inputNorm } : {}), ...(opts.expect?.heads !== undefined ? { heads: opts.expect.heads } : {}) };
+      return new VisionTransformer(sd, inferVit(sd), Object.keys(config).length > 0 ? { config } : {});
+    },
   },
 } satisfies Record<string, ModelSpec>;
 

@@ -20,6 +20,8 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
+import type { ClassifierOutput } from './types.js';
+import type { AdapterSite } from './injection.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
 import type { BatchNormLayer } from './batch-norm.js';
@@ -28,8 +30,9 @@ import { relu } from './ops/relu-mask.js';
 import type { Conv2d } from './ops/conv.js';
 import type { Linear } from './ops/linear.js';
 import { bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { bottleneck, bottleneckKeys, bottleneckLayers, forEachBottleneck, runBottleneck } from './bottleneck.js';
+import { bottleneck, bottleneckKeys, bottleneckLayers, bottleneckSites, forEachBottleneck, runBottleneck } from './bottleneck.js';
 import { FoldedConvBn, foldable } from './fold.js';
+import { GradCheckpoint } from './grad-checkpoint.js';
 import type { Bottleneck, BottleneckBlock, BottleneckNames, BottleneckStage } from './bottleneck.js';
 
 const STAGES = 4;
@@ -114,6 +117,7 @@ export class ResNet50 extends BaseClassifier {
   private readonly stemFolded: FoldedConvBn;
   private readonly blocks: Bottleneck[] = [];
   private readonly fc: Linear;
+  readonly gradCheckpoint: GradCheckpoint;
   /** The input normalisation in use (from `normalize.*`, the option, or ImageNet's). */
   private normValues: { mean: number[]; std: number[] };
   private normTensors: [tf.Tensor1D, tf.Tensor1D] | null = null;
@@ -135,10 +139,13 @@ export class ResNet50 extends BaseClassifier {
       this.stem = this.conv(`${p}conv1`, { stride: 2, pad: 3, groups: 1 });
       this.stemBn = this.norm(`${p}bn1`);
       this.stemFolded = this.own(new FoldedConvBn(this.stem, this.stemBn, true));
+      const prefixes: string[] = [];
       forEachBottleneck(arch.stages, arch.stem, (b) => {
         const layers = bottleneckLayers(blockPrefix(p, b), NAMES, b, arch.groups, (n, spec) => this.conv(n, spec), (n) => this.norm(n));
-        this.blocks.push(bottleneck(layers, (o) => this.own(o)));
+        this.blocks.push(bottleneck(layers, (o) => this.own(o), bottleneckSites(blockPrefix(p, b), NAMES, b, this.blocks.length)));
+        prefixes.push(blockPrefix(p, b));
       });
+      this.gradCheckpoint = new GradCheckpoint(this, arch.stages.map((st) => st.blocks), prefixes);
       this.fc = this.linear(`${p}fc`);
       this.finishBuild();
     } catch (e) {
@@ -170,7 +177,12 @@ export class ResNet50 extends BaseClassifier {
     return { mean: [...this.normValues.mean], std: [...this.normValues.std] };
   }
 
-  forward(x: tf.Tensor4D): tf.Tensor2D {
+  /** Every bottleneck's 1×1 convs, forward order (src/models/injection.ts). */
+  adapterSites(): readonly AdapterSite[] {
+    return this.blocks.flatMap((b) => (b.sites ? [b.sites.reduce, b.sites.expand, ...(b.sites.down ? [b.sites.down] : [])] : []));
+  }
+
+  forwardFeatures(x: tf.Tensor4D): ClassifierOutput {
     this.checkInput(x);
     const [mean, invStd] = this.normTensors!;
     const fold = foldable(this.normMode);
@@ -185,12 +197,10 @@ export class ResNet50 extends BaseClassifier {
         // gradient nowhere in either case: the ReLU's gradient is 0 there.
         return tf.maxPool(tf.pad(s, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, 'valid') as tf.Tensor4D;
       });
-      for (const b of this.blocks) {
-        const next = tf.tidy(() => runBottleneck(b, h, fold));
-        h.dispose(); // see resnext.ts: inference peak memory; the tape keeps its own copies
-        h = next;
-      }
-      return this.fc.apply(globalAvgPool(h));
+      // see resnext.ts: block inputs freed early; stages in segments with --grad-checkpoint-segments
+      h = this.gradCheckpoint.run(this.blocks, h, (b, xb) => runBottleneck(b, xb, fold, this.adapterHooks), true);
+      const features = globalAvgPool(h);
+      return { features, logits: this.fc.apply(features) };
     });
   }
 

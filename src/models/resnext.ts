@@ -15,6 +15,8 @@
 import { tf } from '../tf.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
+import type { ClassifierOutput } from './types.js';
+import type { AdapterSite } from './injection.js';
 import { BaseClassifier } from './base.js';
 import type { InputNorm } from './base.js';
 import type { BatchNormLayer } from './batch-norm.js';
@@ -23,8 +25,9 @@ import { relu } from './ops/relu-mask.js';
 import type { Conv2d } from './ops/conv.js';
 import type { Linear } from './ops/linear.js';
 import { UNKNOWN, bnKeys, childCount, dimOf, divDim } from './infer.js';
-import { bottleneck, bottleneckKeys, bottleneckLayers, forEachBottleneck, runBottleneck } from './bottleneck.js';
+import { bottleneck, bottleneckKeys, bottleneckLayers, bottleneckSites, forEachBottleneck, runBottleneck } from './bottleneck.js';
 import { FoldedConvBn, foldable } from './fold.js';
+import { GradCheckpoint } from './grad-checkpoint.js';
 import type { Bottleneck, BottleneckBlock, BottleneckNames, BottleneckStage } from './bottleneck.js';
 
 const STAGES = 3;
@@ -111,6 +114,7 @@ export class CifarResNeXt extends BaseClassifier {
   private readonly stemFolded: FoldedConvBn;
   private readonly blocks: Bottleneck[] = [];
   private readonly classifier: Linear;
+  readonly gradCheckpoint: GradCheckpoint;
 
   /** `sd` must already match `resnextExpectedKeys(arch)` (the registry checks it). */
   constructor(sd: StateDict, arch: ResNeXtArch, private readonly opts: ResNeXtOptions) {
@@ -123,10 +127,13 @@ export class CifarResNeXt extends BaseClassifier {
       this.stem = this.conv('conv_1_3x3', { stride: 1, pad: 1, groups: 1 });
       this.stemBn = this.norm('bn_1');
       this.stemFolded = this.own(new FoldedConvBn(this.stem, this.stemBn, true));
+      const prefixes: string[] = [];
       forEachBottleneck(arch.stages, arch.stem, (b) => {
         const layers = bottleneckLayers(blockPrefix(b), NAMES, b, arch.cardinality, (n, spec) => this.conv(n, spec), (n) => this.norm(n));
-        this.blocks.push(bottleneck(layers, (o) => this.own(o)));
+        this.blocks.push(bottleneck(layers, (o) => this.own(o), bottleneckSites(blockPrefix(b), NAMES, b, this.blocks.length)));
+        prefixes.push(blockPrefix(b));
       });
+      this.gradCheckpoint = new GradCheckpoint(this, arch.stages.map((st) => st.blocks), prefixes);
       this.classifier = this.linear('classifier');
       this.finishBuild();
     } catch (e) {
@@ -139,7 +146,12 @@ export class CifarResNeXt extends BaseClassifier {
     return new CifarResNeXt(sd, this.architecture, this.opts);
   }
 
-  forward(x: tf.Tensor4D): tf.Tensor2D {
+  /** Every bottleneck's 1×1 convs, forward order (src/models/injection.ts). */
+  adapterSites(): readonly AdapterSite[] {
+    return this.blocks.flatMap((b) => (b.sites ? [b.sites.reduce, b.sites.expand, ...(b.sites.down ? [b.sites.down] : [])] : []));
+  }
+
+  forwardFeatures(x: tf.Tensor4D): ClassifierOutput {
     this.checkInput(x);
     const fold = foldable(this.normMode);
     return tf.tidy(() => {
@@ -147,14 +159,12 @@ export class CifarResNeXt extends BaseClassifier {
         const xn = this.normalizeInput(x);
         return fold ? this.stemFolded.apply(xn) : relu(this.stemBn.apply(this.stem.apply(xn)));
       });
-      for (const b of this.blocks) {
-        const next = tf.tidy(() => runBottleneck(b, h, fold));
-        // Free the block input now rather than at the end of the outer tidy (inference peak
-        // memory); a recording tape keeps what it needs through its own saved tensors.
-        h.dispose();
-        h = next;
-      }
-      return this.classifier.apply(globalAvgPool(h));
+      // Each block input is freed once the next block has run, not at the end of the outer tidy
+      // (inference peak memory); a recording tape keeps what it needs through its own saved
+      // tensors. With --grad-checkpoint-segments the stages run in segments (grad-checkpoint.ts).
+      h = this.gradCheckpoint.run(this.blocks, h, (b, xb) => runBottleneck(b, xb, fold, this.adapterHooks), true);
+      const features = globalAvgPool(h);
+      return { features, logits: this.classifier.apply(features) };
     });
   }
 }

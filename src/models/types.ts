@@ -4,6 +4,7 @@
  * mu/sigma buffers, ImageNet mean/std) owns it.
  */
 import type { tf } from '../tf.js';
+import type { BudgetMode, CacheBudget } from './cache-budget.js';
 
 /**
  * How every norm layer normalises (docs/mecta-norm.md#norm-modes):
@@ -28,6 +29,16 @@ export interface EmaStatsOptions {
 /** Options of norm mode 'alpha': stats = α·source + (1 − α)·batch. */
 export interface AlphaStatsOptions {
   alpha: number;
+  /**
+   * The batch variance with Bessel's correction (M/(M − 1), M = N·H·W), as the official
+   * AlphaBatchNorm takes it from a momentum-1 BatchNorm's running_var; default false (biased).
+   */
+  unbiased?: boolean;
+  /**
+   * No gradient through the batch statistics (the official AlphaBatchNorm mixes buffers, which
+   * autograd treats as constants); default false (the gradient flows, as in RoTTA's module).
+   */
+  detachStats?: boolean;
 }
 
 /** What `setNormMode` takes besides the mode: MECTA's options for 'mecta', the above for 'ema' / 'alpha'. */
@@ -56,6 +67,8 @@ export interface NormRecord {
   forwardBytes: number;
   /** Analytic backward cache bytes: forwardBytes when the layer caches, else 0 (docs/memory.md). */
   backwardBytes: number;
+  /** Kept-channel fraction chosen by the cache budget (0: not caching); absent without a budget (docs/memory.md#cache-budget). */
+  keptRatio?: number;
 }
 
 export interface NormLayer {
@@ -89,6 +102,8 @@ export interface NormLayer {
    * the record): set through `withoutSideEffects` (norm-policy.ts).
    */
   sideEffects: boolean;
+  /** The model's backprop-cache budget (docs/memory.md#cache-budget), shared by its BatchNorm layers; absent or null: none. */
+  readonly cacheBudget?: CacheBudget | null;
   /** Clears MECTA per-run state (past_size, matched flag, last record); statistics are kept. */
   reset(): void;
 }
@@ -121,6 +136,12 @@ export interface ModelParameter {
 /** Chooses parameters for `Classifier.requiresGrad` (by PyTorch name and kind). */
 export type ParamFilter = (p: { name: string; kind: ParamKind }) => boolean;
 
+/** `Classifier.forwardFeatures`: penultimate features [N, D] and logits [N, K]. */
+export interface ClassifierOutput {
+  features: tf.Tensor2D;
+  logits: tf.Tensor2D;
+}
+
 export interface Classifier {
   /** Registry key of the architecture ('resnext29', 'wrn28_10', ...). */
   readonly arch: string;
@@ -129,6 +150,13 @@ export interface Classifier {
   readonly inputShape: readonly [number, number, number];
   /** Logits for a batch of NHWC images in [0, 1]. Runs the norm layers in the current mode. */
   forward(x: tf.Tensor4D): tf.Tensor2D;
+  /**
+   * One forward returning the logits and the penultimate features they are computed from (the
+   * input of the final linear layer: the pooled map of a CNN, a ViT's class token after its final
+   * LayerNorm), which LAME's affinity needs (Boudiaf et al., CVPR 2022). Same norm-mode effects as
+   * `forward`, whose logits it equals; the caller disposes both tensors.
+   */
+  forwardFeatures(x: tf.Tensor4D): ClassifierOutput;
   /** Norm layers in module (state_dict) order. */
   readonly normLayers: readonly NormLayer[];
   /**
@@ -139,11 +167,19 @@ export interface Classifier {
   readonly normMode: NormMode;
   /** The MECTA options last given to setNormMode (null if never in 'mecta' mode). */
   readonly mectaOptions: MectaOptions | null;
+  /** The input normalisation (x − mean)/std the model applies itself, null for none (the run's provenance). */
+  readonly inputNormalisation?: { mean: number[]; std: number[] } | null;
   /**
    * Overrides the random channel choice of MECTA pruning (tests): returns the indices of the
    * removed channels for a layer of C channels. Null restores the seeded random choice.
    */
   setPruneChooser(chooser: ((layer: string, channels: number) => Int32Array) | null): void;
+  /**
+   * Installs a backprop-cache budget of `bytes` on the MECTA layers (docs/memory.md#cache-budget;
+   * the model must be in norm mode 'mecta': a shape pass on one blank image registers the layers);
+   * null removes it. Returns the budget state. Absent on models without BatchNorm.
+   */
+  setCacheBudget?(bytes: number | null, mode?: BudgetMode): CacheBudget | null;
   /** Affine weight/bias variables of the trainable norm layers, in module order. */
   trainableParams(): tf.Variable[];
   /** Marks which norm layers adapt their affine parameters (all by default). */
@@ -169,6 +205,23 @@ export interface Classifier {
    * Dispose the copy on its own; it frees everything it holds.
    */
   clone(): Classifier;
+  /**
+   * Gradient checkpointing per stage (src/models/grad-checkpoint.ts,
+   * docs/memory.md#gradient-checkpointing); absent on a model without stages of blocks. A copy
+   * (`clone`) starts with it off.
+   */
+  readonly gradCheckpoint?: GradCheckpointControl;
   /** Frees every tensor the model holds (idempotent). */
   dispose(): void;
+}
+
+/** A model's gradient-checkpointing switch (MECTA's --layer_grad_chkpt_segment). */
+export interface GradCheckpointControl {
+  /** Blocks per stage, in forward order (ViT: its blocks as one stage). */
+  readonly stageBlocks: readonly number[];
+  /** Segments per stage S (1 = off; a stage of B < S blocks uses B). */
+  segments: number;
+  /** The checkpointed segments' input bytes (float32) and count in the last taped forward. */
+  readonly lastInputBytes: number;
+  readonly lastSegments: number;
 }

@@ -19,10 +19,12 @@
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { StateDict } from '../io/types.js';
-import type { Classifier, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter } from './types.js';
+import type { Classifier, ClassifierOutput, MectaOptions, ModelParameter, NormLayer, NormMode, NormModeOptions, ParamFilter } from './types.js';
 import type { InputNorm } from './base.js';
+import type { AdapterHooks, AdapterHost, AdapterSet, AdapterSite, BranchSite, ForwardContext, LinearSite, TokenSite } from './injection.js';
 import { ParamTable, readEntries, setNormTrainable, toRawStateDict, trainableNormParams, writeEntries, type StateEntry } from './base.js';
 import { Conv2d } from './ops/conv.js';
+import { GradCheckpoint } from './grad-checkpoint.js';
 import { customOp } from './ops/custom-op.js';
 import { add, reshape } from './ops/lean.js';
 import { Linear } from './ops/linear.js';
@@ -218,6 +220,8 @@ class FastLinear {
 
 
 interface Block {
+  /** Where a module set may act in this block (src/models/injection.ts), forward order. */
+  sites: { tokens: TokenSite; qkv: LinearSite; proj: LinearSite; attn: BranchSite; fc1: LinearSite; fc2: LinearSite; mlp: BranchSite };
   norm1: LayerNormLayer;
   qkv: FastLinear;
   proj: FastLinear;
@@ -232,7 +236,7 @@ export interface VitOptions {
 
 const fmt = (s: readonly number[]) => `[${s.join(',')}]`;
 
-export class VisionTransformer implements Classifier {
+export class VisionTransformer implements Classifier, AdapterHost {
   readonly arch = 'vit_b16';
   readonly numClasses: number;
   readonly inputShape: readonly [number, number, number];
@@ -240,12 +244,19 @@ export class VisionTransformer implements Classifier {
   readonly config: VitConfig;
   readonly mectaOptions: MectaOptions | null = null;
 
+  /** The input normalisation of the model config (timm's mean/std). */
+  get inputNormalisation(): { mean: number[]; std: number[] } {
+    return { mean: [...this.config.inputNorm.mean], std: [...this.config.inputNorm.std] };
+  }
+
   private readonly norms: LayerNormLayer[] = [];
   private readonly entries: StateEntry[] = [];
   /** Every parameter, state_dict order (Classifier.parameters). */
   private readonly params = new ParamTable();
   private readonly owned: { dispose(): void }[] = [];
   private readonly blocks: Block[] = [];
+  /** The blocks as one stage (docs/memory.md#gradient-checkpointing). */
+  readonly gradCheckpoint: GradCheckpoint;
   private mode: NormMode = 'source';
   private disposed = false;
   private sd: StateDict | null;
@@ -292,7 +303,18 @@ export class VisionTransformer implements Classifier {
       this.patchBias = this.constant('patch_embed.proj.bias') as tf.Tensor1D;
       for (let i = 0; i < arch.depth; i++) {
         const p = `blocks.${i}`;
+        const lin = (name: string, role: LinearSite['role'], inFeatures: number, outFeatures: number): LinearSite => ({ kind: 'linear', name: `${p}.${name}`, block: i, role, inFeatures, outFeatures });
+        const d = arch.dim;
         this.blocks.push({
+          sites: {
+            tokens: { kind: 'tokens', name: p, block: i, dim: d, tokens: arch.grid * arch.grid + 1 },
+            qkv: lin('attn.qkv', 'qkv', d, 3 * d),
+            proj: lin('attn.proj', 'proj', d, d),
+            attn: { kind: 'branch', name: `${p}.attn`, block: i, role: 'attn', dim: d },
+            fc1: lin('mlp.fc1', 'fc1', d, arch.mlpDim),
+            fc2: lin('mlp.fc2', 'fc2', arch.mlpDim, d),
+            mlp: { kind: 'branch', name: `${p}.mlp`, block: i, role: 'mlp', dim: d },
+          },
           norm1: this.layerNorm(`${p}.norm1`),
           qkv: this.linear(`${p}.attn.qkv`),
           proj: this.linear(`${p}.attn.proj`),
@@ -301,6 +323,7 @@ export class VisionTransformer implements Classifier {
           fc2: this.linear(`${p}.mlp.fc2`),
         });
       }
+      this.gradCheckpoint = new GradCheckpoint(this, [arch.depth], this.blocks.map((_, i) => `blocks.${i}`));
       this.finalNorm = this.layerNorm('norm');
       this.head = this.linear('head');
       this.sd = null;
@@ -407,7 +430,8 @@ export class VisionTransformer implements Classifier {
     const [n, t, d] = x.shape;
     const h = this.config.heads;
     const hd = this.headDim;
-    const qkv = b.qkv.apply(reshape<tf.Tensor2D>(x, [n * t, d]));
+    const x2 = reshape<tf.Tensor2D>(x, [n * t, d]);
+    const qkv = this.linearAt(b.sites.qkv, x2, b.qkv.apply(x2));
     // [N·T, 3D] (columns ordered 3, H, hd) → q, k, v [N·T, D] → [N, T, H, hd] → [N, H, T, hd].
     // Split first: WASM's Transpose is slow on the rank-5 [N, T, 3, H, hd] form
     // (docs/porting.md#matrix-products).
@@ -416,16 +440,29 @@ export class VisionTransformer implements Classifier {
     );
     const out = attentionCore(q, k, v, this.scale); // softmax(q·s·kᵀ)·v, [N·H, T, hd]
     const merged = reshape<tf.Tensor2D>(tf.transpose(reshape(out, [n, h, t, hd]), [0, 2, 1, 3]), [n * t, d]);
-    return reshape<tf.Tensor3D>(b.proj.apply(merged), [n, t, d]);
+    const y = reshape<tf.Tensor3D>(this.linearAt(b.sites.proj, merged, b.proj.apply(merged)), [n, t, d]);
+    return this.hooks?.branch ? this.hooks.branch(b.sites.attn, y) : y;
+  }
+
+  /** A linear site's output after the module set's `linear` hook (src/models/injection.ts). */
+  private linearAt(site: LinearSite, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
+    return this.hooks?.linear ? this.hooks.linear(site, x, y) : y;
   }
 
   private mlp(b: Block, x: tf.Tensor3D): tf.Tensor3D {
     const [n, t, d] = x.shape;
-    const hidden = gelu(b.fc1.apply(reshape<tf.Tensor2D>(x, [n * t, d])));
-    return reshape<tf.Tensor3D>(b.fc2.apply(hidden), [n, t, d]);
+    const x2 = reshape<tf.Tensor2D>(x, [n * t, d]);
+    const hidden = gelu(this.linearAt(b.sites.fc1, x2, b.fc1.apply(x2)));
+    const y = reshape<tf.Tensor3D>(this.linearAt(b.sites.fc2, hidden, b.fc2.apply(hidden)), [n, t, d]);
+    return this.hooks?.branch ? this.hooks.branch(b.sites.mlp, y) : y;
   }
 
   forward(x: tf.Tensor4D): tf.Tensor2D {
+    return tf.tidy(() => this.forwardFeatures(x).logits);
+  }
+
+  /** Classifier.forwardFeatures: the features are the class token after the final LayerNorm. */
+  forwardFeatures(x: tf.Tensor4D): ClassifierOutput {
     if (this.disposed) throw new CtaError(`${this.arch}: model used after dispose()`, 1);
     const [hh, ww, cc] = this.inputShape;
     if (x.rank !== 4 || x.shape[1] !== hh || x.shape[2] !== ww || x.shape[3] !== cc) {
@@ -433,6 +470,26 @@ export class VisionTransformer implements Classifier {
     }
     const n = x.shape[0];
     const d = this.architecture.dim;
+    const hooks = this.hooks;
+    const ctx: ForwardContext = {
+      input: x,
+      batch: n,
+      baseFeatures: () =>
+        this.withoutAdapters(() => {
+          const o = this.forwardFeatures(x);
+          o.logits.dispose();
+          return o.features;
+        }),
+    };
+    hooks?.begin?.(ctx);
+    try {
+      return this.forwardTokens(x, n, d, hooks, ctx);
+    } finally {
+      hooks?.end?.();
+    }
+  }
+
+  private forwardTokens(x: tf.Tensor4D, n: number, d: number, hooks: AdapterHooks | null, ctx: ForwardContext): ClassifierOutput {
     return tf.tidy(() => {
       let h = tf.tidy(() => {
         const xn = tf.mul(tf.sub(x, this.inputMean), this.inputInvStd) as tf.Tensor4D;
@@ -441,21 +498,28 @@ export class VisionTransformer implements Classifier {
         const cls = tf.tile(this.clsToken, [n, 1, 1]);
         return tf.add(tf.concat([cls, patches], 1), this.posEmbed) as tf.Tensor3D;
       });
-      for (const b of this.blocks) {
-        const next = tf.tidy(() => {
-          const mid = add(h, this.attention(b, b.norm1.apply(h)));
-          return add(mid, this.mlp(b, b.norm2.apply(mid)));
-        });
-        // Free each block's input (and its attention maps) now rather than at the end of the outer
-        // tidy: inference peak memory is then one block's worth. A recording tape keeps what the
-        // backward needs through its own saved copies. The block's reshapes and residual adds
-        // are lean ops (ops/lean.ts) so that the tape holds only what the gradients use.
-        h.dispose();
-        h = next;
+      // Each block's input (and its attention maps) is freed once the next block has run, not at
+      // the end of the outer tidy: inference peak memory is then one block's worth. A recording
+      // tape keeps what the backward needs through its own saved copies. The block's reshapes and
+      // residual adds are lean ops (ops/lean.ts) so that the tape holds only what the gradients
+      // use. With --grad-checkpoint-segments the blocks (one stage) run in segments
+      // (grad-checkpoint.ts), which find a segment's variables by their `blocks.<i>.` names.
+      if (hooks && this.gradCheckpoint.segments > 1) {
+        throw new CtaError('--grad-checkpoint-segments: not with an injected adapter (its parameters are not named by block)');
       }
+      h = this.gradCheckpoint.run(
+        this.blocks,
+        h,
+        (b, hb) => {
+          const hin = hooks?.tokens ? hooks.tokens(b.sites.tokens, hb, ctx) : hb;
+          const mid = add(hin, this.attention(b, b.norm1.apply(hin)));
+          return add(mid, this.mlp(b, b.norm2.apply(mid)));
+        },
+        true,
+      );
       const normed = this.finalNorm.apply(h);
-      const token0 = tf.reshape(tf.slice(normed, [0, 0, 0], [n, 1, d]), [n, d]) as tf.Tensor2D;
-      return this.head.apply(token0);
+      const token0 = hooks?.pool?.(normed, ctx) ?? (tf.reshape(tf.slice(normed, [0, 0, 0], [n, 1, d]), [n, d]) as tf.Tensor2D);
+      return { features: token0, logits: this.head.apply(token0) };
     });
   }
 
@@ -497,11 +561,52 @@ export class VisionTransformer implements Classifier {
   }
 
   parameters(): readonly ModelParameter[] {
-    return this.params.list();
+    const own = this.params.list();
+    return this.adapterSet ? [...own, ...this.adapterSet.parameters()] : own;
   }
 
   requiresGrad(filter: ParamFilter): void {
     this.params.requiresGrad(filter);
+    this.adapterSet?.requiresGrad(filter);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Injection point (src/models/injection.ts, docs/adapters.md)
+
+  private adapterSet: AdapterSet | null = null;
+  private adaptersOff = false;
+
+  /** The hooks the current forward calls: none while `withoutAdapters` runs. */
+  private get hooks(): AdapterHooks | null {
+    return this.adaptersOff ? null : this.adapterSet;
+  }
+
+  adapterSites(): readonly AdapterSite[] {
+    return this.blocks.flatMap((b) => [b.sites.tokens, b.sites.qkv, b.sites.proj, b.sites.attn, b.sites.fc1, b.sites.fc2, b.sites.mlp]);
+  }
+
+  get adapters(): AdapterSet | null {
+    return this.adapterSet;
+  }
+
+  setAdapters(set: AdapterSet | null): void {
+    if (set === this.adapterSet) return;
+    this.adapterSet?.dispose();
+    this.adapterSet = set;
+  }
+
+  /**
+   * Runs `fn` with the module set's hooks switched off: the pretrained model's forward (L2P's
+   * query features, Wang et al., CVPR 2022). Safe to call from inside a hook.
+   */
+  withoutAdapters<T>(fn: () => T): T {
+    const was = this.adaptersOff;
+    this.adaptersOff = true;
+    try {
+      return fn();
+    } finally {
+      this.adaptersOff = was;
+    }
   }
 
   stateDict(): Map<string, tf.Tensor> {
@@ -520,6 +625,7 @@ export class VisionTransformer implements Classifier {
     this.norms.forEach((layer, i) => copy.norms[i].copyStateFrom(layer));
     const training = this.params.trainingNames();
     copy.params.requiresGrad((p) => training.has(p.name));
+    if (this.adapterSet) copy.setAdapters(this.adapterSet.clone());
     return copy;
   }
 
@@ -527,6 +633,7 @@ export class VisionTransformer implements Classifier {
     if (this.disposed) return;
     this.disposed = true;
     for (const o of this.owned) o.dispose();
+    this.setAdapters(null);
     this.inputMean?.dispose();
     this.inputInvStd?.dispose();
   }

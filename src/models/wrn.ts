@@ -13,7 +13,10 @@
 import { tf } from '../tf.js';
 import type { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
+import type { ClassifierOutput } from './types.js';
+import type { AdapterSite, ConvSite } from './injection.js';
 import { BaseClassifier } from './base.js';
+import { GradCheckpoint } from './grad-checkpoint.js';
 import type { InputNorm } from './base.js';
 import type { BatchNormLayer } from './batch-norm.js';
 import { add, globalAvgPool } from './ops/lean.js';
@@ -88,6 +91,8 @@ interface BasicBlock {
   bn2: BatchNormLayer;
   conv2: Conv2d;
   shortcut: Conv2d | null; // present iff in ≠ out
+  /** The shortcut as an injection site (src/models/injection.ts). */
+  site: ConvSite | null;
 }
 
 export interface WrnOptions {
@@ -104,6 +109,7 @@ export class WideResNet extends BaseClassifier {
   private readonly blocks: BasicBlock[] = [];
   private readonly finalBn: BatchNormLayer;
   private readonly fc: Linear;
+  readonly gradCheckpoint: GradCheckpoint;
 
   constructor(sd: StateDict, arch: WrnArch, private readonly opts: WrnOptions) {
     super(sd, opts.rng);
@@ -113,6 +119,7 @@ export class WideResNet extends BaseClassifier {
       this.inputNormalization(opts.inputNorm);
       this.stem = this.conv('conv1', { stride: 1, pad: 1, groups: 1 });
       let inC = arch.stem;
+      const prefixes: string[] = [];
       arch.groups.forEach((grp, gi) => {
         for (let i = 0; i < grp.layers; i++) {
           const p = `block${gi + 1}.layer.${i}`;
@@ -122,10 +129,13 @@ export class WideResNet extends BaseClassifier {
           const bn2 = this.norm(`${p}.bn2`);
           const conv2 = this.conv(`${p}.conv2`, { stride: 1, pad: 1, groups: 1 });
           const shortcut = inC !== grp.width ? this.conv(`${p}.convShortcut`, { stride, pad: 0, groups: 1 }) : null;
-          this.blocks.push({ bn1, conv1, bn2, conv2, shortcut });
+          const site: ConvSite | null = shortcut ? { kind: 'conv1x1', name: `${p}.convShortcut`, block: this.blocks.length, role: 'shortcut', inChannels: inC, outChannels: grp.width, stride } : null;
+          this.blocks.push({ bn1, conv1, bn2, conv2, shortcut, site });
+          prefixes.push(p);
           inC = grp.width;
         }
       });
+      this.gradCheckpoint = new GradCheckpoint(this, arch.groups.map((g) => g.layers), prefixes);
       this.finalBn = this.norm('bn1');
       this.fc = this.linear('fc');
       this.finishBuild();
@@ -139,26 +149,29 @@ export class WideResNet extends BaseClassifier {
     return new WideResNet(sd, this.architecture, this.opts);
   }
 
+  /** The 1×1 shortcut convs (src/models/injection.ts). */
+  adapterSites(): readonly AdapterSite[] {
+    return this.blocks.flatMap((b) => (b.site ? [b.site] : []));
+  }
+
   private block(b: BasicBlock, x: tf.Tensor4D): tf.Tensor4D {
     const act = relu(b.bn1.apply(x));
     // Width change: the activation feeds both the conv path and the 1×1 shortcut. Otherwise the
     // shortcut is the raw block input.
-    const shortcut = b.shortcut ? b.shortcut.apply(act) : x;
+    const hooks = this.adapterHooks;
+    const shortcut = b.shortcut ? (hooks?.conv && b.site ? hooks.conv(b.site, act, b.shortcut.apply(act)) : b.shortcut.apply(act)) : x;
     const out = b.conv2.apply(relu(b.bn2.apply(b.conv1.apply(act))));
     return add(shortcut, out);
   }
 
-  forward(x: tf.Tensor4D): tf.Tensor2D {
+  forwardFeatures(x: tf.Tensor4D): ClassifierOutput {
     this.checkInput(x);
     return tf.tidy(() => {
-      let h = this.stem.apply(this.normalizeInput(x));
-      for (const b of this.blocks) {
-        const next = tf.tidy(() => this.block(b, h));
-        h.dispose(); // see CifarResNeXt.forward: frees inference memory early; the tape keeps its own
-        h = next;
-      }
-      const pooled = globalAvgPool(relu(this.finalBn.apply(h)));
-      return this.fc.apply(pooled);
+      // see CifarResNeXt.forward: block inputs freed early; groups in segments with
+      // --grad-checkpoint-segments (grad-checkpoint.ts)
+      const h = this.gradCheckpoint.run(this.blocks, this.stem.apply(this.normalizeInput(x)), (b, xb) => this.block(b, xb), true);
+      const features = globalAvgPool(relu(this.finalBn.apply(h)));
+      return { features, logits: this.fc.apply(features) };
     });
   }
 }

@@ -9,6 +9,7 @@ import { CtaError } from '../util/errors.js';
 import { FIELDS, toKebab } from '../config/schema.js';
 import type { DomainResult, Summary } from '../runner/output.js';
 import { NOT_HASHED, stableJson } from '../sweep/hash.js';
+import { protocolBlock, protocolOfRun } from '../runner/provenance.js';
 
 export interface RunRecord {
   dir: string;
@@ -103,6 +104,39 @@ export interface Group {
   meanErrorAll: Stat | null;
   maxCacheMb: Stat | null;
   avgCacheMb: Stat | null;
+  /** Test images per second of wall time over the whole stream (per run, then over seeds). */
+  imgPerS: Stat | null;
+  /**
+   * Forwards / backwards per test image over the stream (src/runner/pass-count.ts,
+   * docs/protocol.md#passes); null for runs written before the counts existed.
+   */
+  forwardsPerImage: Stat | null;
+  backwardsPerImage: Stat | null;
+  /** Orders per run (--domain-orders; 1 without): each order is one sample of the ± cells, as a seed is. */
+  orders: number;
+}
+
+/**
+ * A run's samples of a mean: one per order of a --domain-orders run (summary.orders,
+ * src/runner/plan.ts), else the run's own value.
+ */
+export function orderSamples(s: Summary, key: 'mean_error' | 'mean_error_all'): (number | null)[] {
+  const orders = (s as unknown as { orders?: { mean_error: number | null; mean_error_all: number | null }[] }).orders;
+  return Array.isArray(orders) ? orders.map((o) => o[key]) : [s[key]];
+}
+
+/** Σ top / Σ bottom over a run's domains; null when a domain lacks either or the bottom is 0. */
+function perRun(domains: readonly DomainResult[], top: (d: DomainResult) => number | undefined, bottom: (d: DomainResult) => number | undefined): number | null {
+  let t = 0;
+  let b = 0;
+  for (const d of domains) {
+    const x = top(d);
+    const y = bottom(d);
+    if (typeof x !== 'number' || typeof y !== 'number') return null;
+    t += x;
+    b += y;
+  }
+  return b > 0 ? t / b : null;
 }
 
 export function stat(xs: readonly number[]): Stat | null {
@@ -139,7 +173,8 @@ function compareValues(a: unknown, b: unknown, key: string): number {
   const f = (FIELDS as Record<string, { type: string; choices?: readonly string[] }>)[key];
   if (typeof a === 'number' && typeof b === 'number') return a - b;
   if (typeof a === 'boolean' && typeof b === 'boolean') return Number(a) - Number(b);
-  if (a === null || b === null) return a === null ? (b === null ? 0 : -1) : 1;
+  // a key missing from an older summary (added to the schema since) sorts like null
+  if (a == null || b == null) return a == null ? (b == null ? 0 : -1) : 1;
   if (f?.choices && typeof a === 'string' && typeof b === 'string') return f.choices.indexOf(a) - f.choices.indexOf(b);
   return stableJson(a).localeCompare(stableJson(b));
 }
@@ -169,9 +204,28 @@ const MECTA_KEYS = Object.entries(FIELDS)
  * no-key, everything else key=value.
  */
 export function labelKeys(configs: readonly Record<string, unknown>[], varied: readonly string[]): string[] {
-  if (!varied.includes('accumBn')) return [...varied];
+  let keys = [...varied];
+  if (keys.includes('alg')) {
+    // A sweep over methods, each with its own config (sweep runs:): method options that take one
+    // value per method (its lr, optimizer, …) say nothing the method's name does not. Protocol
+    // keys (data, model) stay: a setting that differs between methods must be read.
+    const method = (c: Record<string, unknown>) => `${String(c.alg)}|${c.accumBn === true}`;
+    keys = keys.filter((k) => {
+      if (k === 'alg' || k === 'accumBn') return true;
+      if ((FIELDS as Record<string, { group?: string }>)[k]?.group !== 'algorithm') return true;
+      const seen = new Map<string, string>();
+      for (const c of configs) {
+        const m = method(c);
+        const v = stableJson(c[k]);
+        if (seen.has(m) && seen.get(m) !== v) return true;
+        seen.set(m, v);
+      }
+      return false;
+    });
+  }
+  if (!keys.includes('accumBn')) return keys;
   const mecta = configs.filter((c) => c.accumBn === true);
-  return varied.filter((k) => !MECTA_KEYS.includes(k) || new Set(mecta.map((c) => stableJson(c[k]))).size > 1);
+  return keys.filter((k) => !MECTA_KEYS.includes(k) || new Set(mecta.map((c) => stableJson(c[k]))).size > 1);
 }
 
 export function labelFor(config: Record<string, unknown>, keys: readonly string[]): string {
@@ -234,12 +288,32 @@ export function groupRuns(runs: readonly RunRecord[]): Grouped {
       runs: rs,
       seeds: rs.map((r) => Number(r.summary.config.seed)),
       domains: domainStats,
-      meanError: num(rs.map((r) => r.summary.mean_error)),
-      meanErrorAll: num(rs.map((r) => r.summary.mean_error_all)),
+      meanError: num(rs.flatMap((r) => orderSamples(r.summary, 'mean_error'))),
+      meanErrorAll: num(rs.flatMap((r) => orderSamples(r.summary, 'mean_error_all'))),
+      orders: Math.max(...rs.map((r) => orderSamples(r.summary, 'mean_error').length)),
       maxCacheMb: num(caches.map((c) => c.max)),
       avgCacheMb: num(caches.map((c) => c.avg)),
+      imgPerS: num(rs.map((r) => perRun(r.summary.domains, (d) => d.n, (d) => d.seconds))),
+      forwardsPerImage: num(rs.map((r) => perRun(r.summary.domains, (d) => d.forwards, (d) => d.n))),
+      backwardsPerImage: num(rs.map((r) => perRun(r.summary.domains, (d) => d.backwards, (d) => d.n))),
     };
   });
   groups.sort((a, b) => compareConfigs(a.config, b.config, varied));
   return { groups, varied, domains };
+}
+
+/** The protocol lines of a report (src/runner/provenance.ts): one when all groups share it, else one per distinct protocol. */
+export function groupProtocolBlock(g: Grouped): string[] {
+  return protocolBlock(
+    g.groups.map((grp) => {
+      const r = grp.runs[0];
+      let manifest: Record<string, unknown> | null = null;
+      try {
+        manifest = JSON.parse(readFileSync(join(r.dir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+      } catch {
+        manifest = null;
+      }
+      return { label: grp.label, protocol: protocolOfRun(r.summary, manifest) };
+    }),
+  );
 }

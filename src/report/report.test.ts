@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { collectRuns, groupRuns, labelFor, stat } from './collect.js';
+import { collectRuns, groupRuns, labelFor, labelKeys, stat } from './collect.js';
 import { csvTable, markdownByTable, markdownTable, pivot } from './tables.js';
 import { byKeySvg, errorByDomainSvg, smoothError, streamSvg, bucket } from './plots.js';
 import { niceTicks, wrap } from './svg.js';
@@ -22,6 +22,8 @@ function writeRun(root: string, name: string, config: Record<string, unknown>, e
     seconds: 1,
     img_per_s: 4,
     ...(opts.cache !== undefined ? { max_cache_mb: opts.cache, avg_cache_mb: opts.cache / 2 } : {}),
+    // passes (src/runner/pass-count.ts) only on the runs with a cache, so the table shows both kinds
+    ...(opts.cache !== undefined ? { forwards: 8, backwards: 4 } : {}),
   }));
   const corr = domains.filter((d) => d.domain !== 'original');
   const summary = {
@@ -81,15 +83,15 @@ describe('report', () => {
   it('markdown and CSV tables carry the numbers in the paper layout', () => {
     const g = groupRuns(collectRuns([fixture()]).runs);
     const md = markdownTable(g).split('\n');
-    expect(md[0]).toBe('| method | seeds | gauss | fog | mean | max MB | avg MB |');
-    expect(md[2]).toBe('| tent | 3 | 20.0 ± 10.0 | 40.0 ± 0.0 | **30.0 ± 5.0** | – | – |');
-    expect(md[3]).toBe('| tent + MECTA | 1 | 12.0 | 30.0 | **21.0** | 8.0 | 4.0 |');
+    expect(md[0]).toBe('| method | seeds | gauss | fog | mean | max MB | avg MB | img/s | fwd/img | bwd/img |');
+    expect(md[2]).toBe('| tent | 3 | 20.0 ± 10.0 | 40.0 ± 0.0 | **30.0 ± 5.0** | – | – | 4.0 ± 0.0 | – | – |');
+    expect(md[3]).toBe('| tent + MECTA | 1 | 12.0 | 30.0 | **21.0** | 8.0 | 4.0 | 4.0 | 2.00 | 1.00 |');
     const csv = csvTable(g).trim().split('\n').map((l) => l.split(','));
     expect(csv[0].slice(0, 6)).toEqual(['label', 'accum-bn', 'forget-gate', 'prune-q', 'seeds', 'n_seeds']);
     const row = Object.fromEntries(csv[0].map((h, i) => [h, csv[1][i]]));
     expect(row).toMatchObject({ label: 'tent', 'accum-bn': 'false', seeds: '1 2 3', n_seeds: '3', gaussian_noise: '20', gaussian_noise_std: '10', original: '5', mean_error: '30', mean_error_std: '5', max_cache_mb: '' });
     const row2 = Object.fromEntries(csv[0].map((h, i) => [h, csv[2][i]]));
-    expect(row2).toMatchObject({ label: 'tent + MECTA', 'prune-q': '0.7', mean_error: '21', mean_error_std: '', max_cache_mb: '8', avg_cache_mb: '4' });
+    expect(row2).toMatchObject({ label: 'tent + MECTA', 'prune-q': '0.7', mean_error: '21', mean_error_std: '', max_cache_mb: '8', avg_cache_mb: '4', img_per_s: '4', forwards_per_image: '2', backwards_per_image: '1' });
   });
 
   it('--by KEY puts the values of one key in the columns', () => {
@@ -115,6 +117,18 @@ describe('report', () => {
     expect(labelFor({ accumBn: false }, ['accumBn'])).toBe('no MECTA');
     expect(labelFor({ alg: 'tent', forgetGate: false }, ['alg', 'forgetGate'])).toBe('tent no-forget-gate');
     expect(labelFor({ alg: 'norm', accumBn: true }, [])).toBe('norm + MECTA');
+  });
+
+  it('labels of a sweep over methods leave out the options each method fixes, not the protocol', () => {
+    const cfgs = [
+      { alg: 'tent', lr: 0.0025, optimizer: 'sgd', accumBn: false, severity: 5 },
+      { alg: 'tent', lr: 0.0025, optimizer: 'sgd', accumBn: true, severity: 5 },
+      { alg: 'cotta', lr: 0.001, optimizer: 'adam', accumBn: false, severity: 3 },
+    ];
+    const keys = labelKeys(cfgs, ['alg', 'lr', 'optimizer', 'accumBn', 'severity']);
+    expect(keys).toEqual(['alg', 'accumBn', 'severity']);
+    // a method run at two learning rates keeps lr in its label
+    expect(labelKeys([...cfgs, { alg: 'tent', lr: 0.01, optimizer: 'sgd', accumBn: false, severity: 5 }], ['alg', 'lr', 'optimizer', 'accumBn'])).toEqual(['alg', 'lr', 'accumBn']);
   });
 
   it('SVG figures are well-formed, finite and render', async () => {

@@ -43,17 +43,32 @@ function mdTable(head: string[], rows: string[][], alignLeft = 1): string {
 
 const hasCache = (groups: readonly Group[]) => groups.some((g) => g.maxCacheMb !== null);
 
-/** Paper layout: rows = groups; columns = corruption domains, mean, cache MB. */
+/** Paper layout: rows = groups; columns = corruption domains, mean, cache MB, img/s, passes. */
 export function markdownTable(g: Grouped): string {
   const corr = g.domains.filter((d) => d !== 'original');
   const cache = hasCache(g.groups);
-  const head = ['method', 'seeds', ...corr.map(shortName), 'mean', ...(cache ? ['max MB', 'avg MB'] : [])];
+  // Throughput and the passes per image (docs/protocol.md#passes): what a method costs beside its
+  // error, as EATA and SAR tabulate it. Absent for runs written before the counts existed.
+  const speed = g.groups.some((grp) => grp.imgPerS !== null);
+  const passes = g.groups.some((grp) => grp.forwardsPerImage !== null);
+  const head = [
+    'method',
+    'seeds',
+    ...corr.map(shortName),
+    'mean',
+    ...(cache ? ['max MB', 'avg MB'] : []),
+    ...(speed ? ['img/s'] : []),
+    ...(passes ? ['fwd/img', 'bwd/img'] : []),
+  ];
   const rows = g.groups.map((grp) => [
     grp.label,
-    String(grp.seeds.length),
+    // --domain-orders: every order is a sample of the ± cells too
+    grp.orders > 1 ? `${grp.seeds.length} × ${grp.orders} orders` : String(grp.seeds.length),
     ...corr.map((d) => fmtStat(grp.domains.find((x) => x.domain === d))),
     `**${fmtStat(grp.meanError)}**`,
     ...(cache ? [fmtStat(grp.maxCacheMb), fmtStat(grp.avgCacheMb)] : []),
+    ...(speed ? [fmtStat(grp.imgPerS)] : []),
+    ...(passes ? [fmtStat(grp.forwardsPerImage, 2), fmtStat(grp.backwardsPerImage, 2)] : []),
   ]);
   return mdTable(head, rows, 1);
 }
@@ -129,6 +144,9 @@ export function csvTable(g: Grouped): string {
     'mean_error_all',
     'max_cache_mb',
     'avg_cache_mb',
+    'img_per_s',
+    'forwards_per_image',
+    'backwards_per_image',
     'runs',
   ];
   const rows = g.groups.map((grp) => {
@@ -147,6 +165,9 @@ export function csvTable(g: Grouped): string {
       num(grp.meanErrorAll?.mean),
       num(grp.maxCacheMb?.mean),
       num(grp.avgCacheMb?.mean),
+      num(grp.imgPerS?.mean),
+      num(grp.forwardsPerImage?.mean),
+      num(grp.backwardsPerImage?.mean),
       grp.runs.map((r) => r.dir).join(' '),
     ];
   });

@@ -13,6 +13,7 @@ import { parseSafetensorsWithMetadata, readWeightBytes, serializeSafetensors, ty
 import type { Classifier } from '../models/types.js';
 import type { Algorithm } from '../algorithms/types.js';
 import type { Summary } from './output.js';
+import { isAdapterHost } from '../models/injection.js';
 
 const STATE_FILE = 'checkpoint.safetensors';
 const META_FILE = 'checkpoint.json';
@@ -47,6 +48,8 @@ export interface CheckpointMeta {
   batchIndex: number;
   rngs: Record<string, number[]>;
   pastSizes: number[];
+  /** --cache-budget-mb: each layer's β of the last forward, which orders the next plan (docs/memory.md#cache-budget). */
+  budgetBetas?: Record<string, number | null>;
   summary: Summary;
   /** Sample orders of finished domains, for the stream fingerprint. */
   orders: { name: string; severity: number | null; order: number[]; tag?: string }[];
@@ -69,6 +72,9 @@ export async function saveCheckpoint(dir: string, meta: CheckpointMeta, model: C
   const tensors = new Map<string, tf.Tensor>();
   for (const [k, t] of model.stateDict()) tensors.set(`model.${k}`, t);
   for (const [k, t] of alg.saveState()) tensors.set(`alg.${k}`, t);
+  // --adapt-params modules live outside the state_dict (docs/adapters.md#state).
+  const adapters = isAdapterHost(model) ? model.adapters : null;
+  if (adapters) for (const [k, t] of adapters.saveState()) tensors.set(`adapters.${k}`, t);
   try {
     const bytes = serializeSafetensors(await toWritable(tensors), boundaryTag(meta));
     writeFileSync(join(dir, STATE_FILE + '.tmp'), bytes);
@@ -113,16 +119,22 @@ export async function restoreCheckpoint(dir: string, model: Classifier, alg: Alg
   }
   const modelState = new Map<string, tf.Tensor>();
   const algState = new Map<string, tf.Tensor>();
+  const adapterState = new Map<string, tf.Tensor>();
   for (const [k, t] of raw) {
-    const tensor = tf.tensor(t.data, t.shape, t.dtype === 'int32' ? 'int32' : 'float32');
+    // The reader widens integers to Float64Array, which tf.tensor refuses for int32.
+    const tensor = t.dtype === 'int32' ? tf.tensor(Int32Array.from(t.data), t.shape, 'int32') : tf.tensor(t.data, t.shape, 'float32');
     if (k.startsWith('model.')) modelState.set(k.slice(6), tensor);
     else if (k.startsWith('alg.')) algState.set(k.slice(4), tensor);
+    else if (k.startsWith('adapters.')) adapterState.set(k.slice(9), tensor);
     else tensor.dispose();
   }
   try {
     model.loadStateDict(modelState);
+    const adapters = isAdapterHost(model) ? model.adapters : null;
+    if (adapters) adapters.loadState(adapterState);
+    else if (adapterState.size > 0) throw new CtaError(`--resume ${dir}: the checkpoint holds --adapt-params modules but the run has none`);
     alg.loadState(algState);
   } finally {
-    tf.dispose([...modelState.values(), ...algState.values()]);
+    tf.dispose([...modelState.values(), ...algState.values(), ...adapterState.values()]);
   }
 }

@@ -12,6 +12,7 @@ import { RunControl, type RunHooks } from './control.js';
 import { prepareRun } from './prepare.js';
 import { runDomains } from './loop.js';
 import { recordFinish } from './record.js';
+import { saveAdapterFile } from '../adapters/attach.js';
 
 export { RunInterrupted, type RunHooks, type RunPosition } from './control.js';
 export { adaptOptions, configureRunNorm, fileSize, mectaOptions, prepareModel, sha256File, type PreparedModel } from './prepare.js';
@@ -44,6 +45,10 @@ export async function runContinual(cfg: CtaConfig, outDir: string, hooks: RunHoo
   control.stopIfAsked();
   const run = await prepareRun(cfg, outDir, control, started, resume);
   await runDomains(run, control);
+  if (cfg.saveAdapted) {
+    await saveAdapterFile(run.model, cfg.saveAdapted);
+    hooks.log(`adapted modules (${cfg.adaptParams}): ${cfg.saveAdapted}`);
+  }
   run.alg.dispose();
   recordFinish(run);
   return { summary: run.summary, dir: outDir };

@@ -5,7 +5,7 @@
  * forward before its update. The next step decodes while the current one adapts.
  */
 import { tf } from '../tf.js';
-import { batchOrder, openDomain, type DomainStream } from '../data/stream.js';
+import { batchOrder, openDomain, type DomainStream, type FingerprintEntry } from '../data/stream.js';
 import { loadMixed, sortByDirichlet, type MixedDomain, type StreamStep } from '../data/settings.js';
 import { CtaError } from '../util/errors.js';
 import { MeasuredDomain, type StepMemory } from '../memory/probe.js';
@@ -15,6 +15,8 @@ import { domainProgress } from './progress.js';
 import { DomainTally, domainExtras, domainResult, recordBatch, recordDomain } from './record.js';
 import type { RunControl } from './control.js';
 import type { PreparedRun } from './prepare.js';
+import { planStepFields, planTagParts, restartRngs } from './plan.js';
+import { adaptTestCases } from './group-eval.js';
 
 /** Runs the domains from `run.first` to the end, recording each as it finishes. */
 export async function runDomains(run: PreparedRun, control: RunControl): Promise<void> {
@@ -24,6 +26,11 @@ export async function runDomains(run: PreparedRun, control: RunControl): Promise
   // decode batch by batch below.
   const open = (s: StreamStep): Promise<DomainStream> => (s.parts ? loadMixed(run.source, s.parts) : openDomain(run.sourceAt(s.severity), s.domain));
   let next = open(steps[run.first]);
+  // Forgetting (src/runner/forgetting.ts): the evaluated sets before any adaptation.
+  if (run.interleave && run.first === 0) {
+    const evals = await run.interleave.evaluate(-1);
+    if (evals.length) logEval(run, control, -1, evals);
+  }
   for (let di = run.first; di < steps.length; di++) {
     const step = steps[di];
     const name = step.domain;
@@ -38,17 +45,31 @@ export async function runDomains(run: PreparedRun, control: RunControl): Promise
     }
     // reset-each-shift: model, optimizer and method state back to their configure-time snapshot.
     if (step.reset) run.alg.reset();
-    const where = `${step.severity !== null ? ` severity ${step.severity}` : ''}${step.round !== null ? ` round ${step.round}` : ''}`;
+    // --domain-orders: every order after the first starts as a fresh run would (src/runner/plan.ts).
+    if (step.restart) restartRngs(run);
+    const where = `${step.severity !== null ? ` severity ${step.severity}` : ''}${step.round !== null ? ` round ${step.round}` : ''}${step.order !== undefined ? ` order ${step.order}` : ''}${step.previous !== undefined ? ` after ${step.previous}` : ''}`;
     const label = `${hooks.label ? hooks.label + ' ' : ''}[${di + 1}/${steps.length}] ${name}${where}`;
     const tally = await adaptDomain(run, control, domain, step, label);
-    const result = { ...domainResult(run, tally), ...stepFields(step) };
+    const result = { ...domainResult(run, tally), ...stepFields(step), ...planStepFields(step) };
+    // After the step, before its checkpoint: a resumed run does not evaluate this point again.
+    const evals = run.interleave ? await run.interleave.evaluate(di) : null;
     position.finished = di + 1;
     position.current = null;
     await recordDomain(run, di, result);
+    if (evals) logEval(run, control, di, evals);
     if (cfg.progress !== 'bar' && cfg.progress !== 'none' && !(cfg.progress === 'auto' && process.stdout.isTTY)) {
       hooks.log(`${label} error ${result.error.toFixed(2)}% (${tally.seen} images, ${result.img_per_s} img/s)${domainExtras(run, result)}`);
     }
   }
+}
+
+/** The plain-mode line of one evaluation point (--interleave-clean). */
+function logEval(run: PreparedRun, control: RunControl, di: number, evals: { key: string; acc: number }[]): void {
+  const { cfg } = run;
+  if (cfg.progress === 'bar' || cfg.progress === 'none' || (cfg.progress === 'auto' && process.stdout.isTTY)) return;
+  const where = di < 0 ? 'before the first step' : `after step ${di + 1}/${run.steps.length}`;
+  const shown = evals.slice(0, 4).map((e) => `${e.key} ${e.acc.toFixed(2)}%`).join(', ');
+  control.hooks.log(`${control.hooks.label ? control.hooks.label + ' ' : ''}  eval ${where}: accuracy ${shown}${evals.length > 4 ? ` (+${evals.length - 4} sets)` : ''}`);
 }
 
 /** One domain: every batch through the method's step, each recorded as it is predicted. */
@@ -61,7 +82,12 @@ async function adaptDomain(run: PreparedRun, control: RunControl, domain: Domain
     // After the shuffle, as mariodoebler sorts its shuffled sample list (src/data/settings.ts).
     order = sortByDirichlet(order, domain.labels, cfg.dirichletDelta ?? 0, run.rngs.shuffle);
   }
-  run.orders.push({ name, severity: domain.severity, order, ...(cfg.setting === 'continual' ? {} : { tag: stepTag(run, step) }) });
+  if (cfg.iters !== null) order = order.slice(0, (cfg.iters + 1) * cfg.batchSize); // MECTA's --iters k: batches 0…k
+  const tag = stepTag(run, step);
+  const entry: FingerprintEntry = { name, severity: domain.severity, order, ...(tag !== undefined ? { tag } : {}) };
+  run.orders.push(entry);
+  // MECTA's group / pair modes: test cases of support batches + one test batch (src/runner/group-eval.ts).
+  if (cfg.evalMode !== 'continual') return adaptTestCases(run, control, domain, step, label, order, entry);
   const progress = domainProgress(cfg.progress, label, Math.ceil(order.length / cfg.batchSize), control.hooks.log);
   const measured = new MeasuredDomain();
   const tally = new DomainTally(name, domain.severity, measured, Object.keys(run.spec.metrics ?? {}));
@@ -120,11 +146,15 @@ function stepFields(step: StreamStep): { round?: number; reset?: boolean } {
   return { ...(step.round !== null ? { round: step.round } : {}), ...(step.reset ? { reset: true } : {}) };
 }
 
-/** The stream fingerprint's record of what the setting decided for a step (src/data/stream.ts). */
-function stepTag(run: PreparedRun, step: StreamStep): string {
+/**
+ * The stream fingerprint's record of what the setting, --domain-orders, --eval-mode and --iters
+ * decided for a step (src/data/stream.ts, src/runner/plan.ts); none for a plain continual run.
+ */
+function stepTag(run: PreparedRun, step: StreamStep): string | undefined {
   const { cfg } = run;
-  const tag = [`setting=${cfg.setting}`, `round=${step.round ?? ''}`, `reset=${step.reset ? 1 : 0}`, `delta=${run.setting.correlated ? (cfg.dirichletDelta ?? 0) : ''}`];
+  const tag = cfg.setting === 'continual' ? [] : [`setting=${cfg.setting}`, `round=${step.round ?? ''}`, `reset=${step.reset ? 1 : 0}`, `delta=${run.setting.correlated ? (cfg.dirichletDelta ?? 0) : ''}`];
   // mixed: which domains were pooled, at which severity (the pooled step itself has none).
   if (step.parts) tag.push(`parts=${step.parts.join(',')}`, `severity=${cfg.severity}`);
-  return tag.join(';');
+  tag.push(...planTagParts(cfg, step));
+  return tag.length ? tag.join(';') : undefined;
 }

@@ -13,6 +13,12 @@ export interface DomainResult {
   round?: number;
   /** reset-each-shift: the method was reset before this domain. */
   reset?: boolean;
+  /** --domain-orders: the 1-based order of this step (src/runner/plan.ts). */
+  order?: number;
+  /** --eval-mode pair: the previous domain of this step's test cases. */
+  previous?: string;
+  /** --eval-mode group / pair: the support batches adapted on before the test batches (not scored). */
+  support?: { batches: number; n: number; correct: number; error: number | null };
   /** mixed: the pooled step's samples scored by the domain each came from. */
   per_domain?: { domain: string; severity: number | null; n: number; correct: number; error: number }[];
   n: number;
@@ -44,6 +50,16 @@ export interface Summary {
   mean_error: number | null; // over the corruption domains (all but 'original')
   mean_error_all: number | null; // over every domain
   complete: boolean;
+  /** --interleave-clean / --interleave-seen (src/runner/forgetting.ts, docs/protocol.md#forgetting). */
+  acc_matrix?: import('./forgetting.js').AccMatrix;
+  avg_acc?: number | null;
+  forgetting?: number | null;
+  bwt?: number | null;
+  /** --adapt-params and the number of parameters the method trains (docs/adapters.md#runs). */
+  adapt_params?: string;
+  trainable_params?: number;
+  /** The run's protocol facts (src/runner/provenance.ts). */
+  protocol?: import('./provenance.js').Protocol;
 }
 
 export class RunWriter {

@@ -6,7 +6,14 @@ import { PassCounter } from './pass-count.js';
 /** A linear "classifier" over the flattened image: enough to count its forwards. */
 function linearModel(w: tf.Variable): Classifier {
   return {
-    forward: (x: tf.Tensor4D) => tf.matMul(tf.reshape(x, [x.shape[0], -1]), w) as tf.Tensor2D,
+    forwardFeatures(x: tf.Tensor4D) {
+      const features = tf.reshape(x, [x.shape[0], -1]) as tf.Tensor2D;
+      return { features, logits: tf.matMul(features, w) as tf.Tensor2D };
+    },
+    // as BaseClassifier: the logits of forwardFeatures, through `this` (one forward, not two)
+    forward(x: tf.Tensor4D) {
+      return this.forwardFeatures(x).logits;
+    },
   } as unknown as Classifier;
 }
 
@@ -26,6 +33,7 @@ describe('PassCounter', () => {
     const before = tf.memory().numTensors;
     tf.tidy(() => {
       m.forward(x); // a prediction: forward only
+      m.forwardFeatures(x); // LAME's features: a forward too
       const { grads } = tf.variableGrads(() => tf.mean(m.forward(x)) as tf.Scalar, [w]);
       tf.dispose(grads);
       // a second pass on half the batch (SAR's second SAM step), through tf.grads
@@ -33,7 +41,7 @@ describe('PassCounter', () => {
       tf.grad((v: tf.Tensor) => tf.sum(tf.mul(m.forward(half), v)))(tf.ones([2, 3]));
     });
     expect(tf.memory().numTensors).toBe(before);
-    expect(counter.take()).toEqual({ forwards: 4 + 4 + 2, backwards: 4 + 2, forward_calls: 3, backward_calls: 2 });
+    expect(counter.take()).toEqual({ forwards: 4 + 4 + 4 + 2, backwards: 4 + 2, forward_calls: 4, backward_calls: 2 });
     expect(counter.take()).toEqual({ forwards: 0, backwards: 0, forward_calls: 0, backward_calls: 0 });
     tf.dispose([w, x]);
   });

@@ -5,7 +5,7 @@
  * (CoTTA's teacher, anchor and augmentations, SAR's second SAM pass, MEMO's augmented copies).
  *
  * - forwards: images through any forward of the run's model or of a copy the method made of it
- *   (ctx.cloneModel), counted where `Classifier.forward` is called;
+ *   (ctx.cloneModel), counted where `Classifier.forward` / `forwardFeatures` is called;
  * - backwards: images through the forwards that a gradient computation differentiates (a forward
  *   run inside the function given to tf.grads / tf.variableGrads), and backward_calls the number of
  *   such computations. A method that masks its loss (EATA's reliable samples) still differentiates
@@ -30,16 +30,32 @@ export class PassCounter {
   private depth = 0;
   private original: GradientsFn | null = null;
 
-  /** Counts `model`'s forwards from now on (an own `forward` wrapping the class's). */
+  /**
+   * Counts `model`'s forwards from now on: `forward` and `forwardFeatures` (LAME's), each an own
+   * property wrapping the class's; a call from one into the other is one forward.
+   */
   watch<M extends Classifier>(model: M): M {
-    const forward = model.forward.bind(model);
-    model.forward = (x) => {
-      const n = x.shape[0];
-      this.counts.forwards += n;
-      this.counts.forward_calls++;
-      if (this.depth > 0) this.counts.backwards += n;
-      return forward(x);
+    let inside = 0;
+    const count = <T>(x: tf.Tensor4D, run: () => T): T => {
+      if (inside === 0) {
+        const n = x.shape[0];
+        this.counts.forwards += n;
+        this.counts.forward_calls++;
+        if (this.depth > 0) this.counts.backwards += n;
+      }
+      inside++;
+      try {
+        return run();
+      } finally {
+        inside--;
+      }
     };
+    const forward = model.forward.bind(model);
+    model.forward = (x) => count(x, () => forward(x));
+    if (typeof model.forwardFeatures === 'function') {
+      const features = model.forwardFeatures.bind(model);
+      model.forwardFeatures = (x) => count(x, () => features(x));
+    }
     return model;
   }
 

@@ -10,20 +10,30 @@ import { tf, initBackend, type BackendInfo } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { FIELDS, type CtaConfig, type FieldKey, type FieldSpec } from '../config/schema.js';
-import { loadStateDict } from '../io/state-dict.js';
-import { buildModel } from '../models/registry.js';
+import { loadWeightFile } from '../io/state-dict.js';
+import { resolveWeights } from '../models/weights-variant.js';
+import { buildModel, MODELS } from '../models/registry.js';
+import { buildProtocol, normalisationText, type Protocol } from './provenance.js';
 import type { Classifier, MectaOptions } from '../models/types.js';
 import { ALGORITHMS, type AlgorithmName } from '../algorithms/registry.js';
 import { configureNorm } from '../algorithms/norm-mode.js';
+import { allocateCache } from '../models/cache-budget.js';
+import { MB } from './accounting.js';
 import type { Algorithm, AlgorithmSpec } from '../algorithms/types.js';
 import { copiesAndAugmentation } from '../algorithms/context.js';
+import { prepareAdapters, trainableCount } from '../adapters/attach.js';
+import { isAdapterHost } from '../models/injection.js';
 import { PASSES } from './pass-count.js';
 import { openDomain, type DomainSource, type DomainStream, type FingerprintEntry } from '../data/stream.js';
 import { openDataSource } from '../data/registry.js';
-import { checkSettingOptions, GRADUAL_SEVERITIES, streamSteps, type SettingSpec, type StreamStep } from '../data/settings.js';
+import { checkSettingOptions, GRADUAL_SEVERITIES, type SettingSpec, type StreamStep } from '../data/settings.js';
+import { checkEvalModeOptions, isDefaultCorruptions, streamCorruptions } from '../data/eval-modes.js';
+import { resolveDomainOrders, type DomainOrders } from '../data/orders.js';
+import { planSteps } from './plan.js';
 import { runnerProbe, type MemoryProbe } from '../memory/probe.js';
 import { clearCheckpoint, hasCheckpoint, readCheckpointMeta, restoreCheckpoint, type CheckpointMeta } from './checkpoint.js';
 import { RunWriter, type Summary } from './output.js';
+import { InterleavedEval } from './forgetting.js';
 import type { RunControl } from './control.js';
 
 /** Streams a file through sha256 (weights can be hundreds of MB: never read them twice in memory). */
@@ -46,12 +56,16 @@ export function mectaOptions(cfg: CtaConfig): MectaOptions {
 }
 
 /** Loads weights and builds the model; resolves the defaults that depend on it (FieldSpec.fromModel). */
-export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; weightsSha256: string | null; backend: BackendInfo; pruneRng: Rng }> {
+export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Promise<{ model: Classifier; weightsSha256: string | null; backend: BackendInfo; pruneRng: Rng; checkpoint: string }> {
   const backend = await initBackend(cfg.backend, cfg.threads);
   if (backend.notice) log(backend.notice);
   if (!cfg.weights) throw new CtaError('--weights: required (a .safetensors or PyTorch .pt state_dict for --model ' + cfg.model + ')');
-  const sd = await loadStateDict(cfg.weights);
+  // A Google ViT .npz (Flax names) becomes timm's state_dict here; the variant goes into the protocol.
+  const file = await loadWeightFile(cfg.weights);
+  const { sd, variant, heads } = resolveWeights(file.sd, file.format, cfg.model, cfg.weights);
   const weightsSha256 = await sha256File(cfg.weights);
+  // What the weights are (the protocol record, src/runner/provenance.ts), read before the build releases them.
+  const checkpoint = `${variant}: ${MODELS[cfg.model].describe(sd)}${heads !== undefined ? `, ${heads} heads` : ''}`;
   if (cfg.model === 'resnext29' && !sd.has('mu')) {
     // RobustBench's AugMix ResNeXt normalises (x − 0.5)/0.5 through mu/sigma buffers; a raw
     // checkpoint without them would silently get [0,1] input, so say so.
@@ -60,20 +74,38 @@ export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Pr
   const pruneRng = new Rng(cfg.seed + 7);
   const model = buildModel(cfg.model, sd, {
     rng: pruneRng,
-    expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined },
+    expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined, heads },
   });
   const values = cfg as Record<string, unknown>;
   for (const [k, f] of Object.entries(FIELDS) as [FieldKey, FieldSpec][]) {
     if (values[k] === null && 'fromModel' in f && f.fromModel) values[k] = f.fromModel(model);
   }
-  return { model, weightsSha256, backend, pruneRng };
+  applyGradCheckpoint(cfg, model);
+  return { model, weightsSha256, backend, pruneRng, checkpoint };
+}
+
+/** --grad-checkpoint-segments on the model (docs/memory.md#gradient-checkpointing). */
+export function applyGradCheckpoint(cfg: Pick<CtaConfig, 'gradCheckpointSegments' | 'model'>, model: Classifier): void {
+  if (cfg.gradCheckpointSegments === 1) return;
+  if (!model.gradCheckpoint) throw new CtaError(`--grad-checkpoint-segments: ${cfg.model} has no stages of blocks to checkpoint`);
+  model.gradCheckpoint.segments = cfg.gradCheckpointSegments;
 }
 
 export type PreparedModel = Awaited<ReturnType<typeof prepareModel>>;
 
-/** The norm mode of a run of `cfg`: what its method needs, with MECTA under --accum-bn. */
-export function configureRunNorm(cfg: CtaConfig, model: Classifier): void {
+/**
+ * The norm mode of a run of `cfg`: what its method needs, with MECTA under --accum-bn, and the
+ * backprop-cache budget of --cache-budget-mb (docs/memory.md#cache-budget), checked up front
+ * against the smallest achievable cache at each of `batchSizes`.
+ */
+export function configureRunNorm(cfg: CtaConfig, model: Classifier, batchSizes: readonly number[] = [cfg.batchSize]): void {
   configureNorm(model, ALGORITHMS[cfg.alg].norm, cfg.accumBn ? mectaOptions(cfg) : null);
+  if (cfg.cacheBudgetMb === null) return;
+  if (!model.setCacheBudget || model.normMode !== 'mecta') {
+    throw new CtaError(`--cache-budget-mb needs the MECTA norm layer: --alg ${cfg.alg} on --model ${cfg.model} does not run it`);
+  }
+  const budget = model.setCacheBudget(cfg.cacheBudgetMb * MB, cfg.cacheBudgetMode)!;
+  for (const n of batchSizes) allocateCache(budget.known, n, budget.bytes, budget.mode);
 }
 
 type UnionToIntersection<U> = (U extends unknown ? (u: U) => void : never) extends (i: infer I) => void ? I : never;
@@ -142,6 +174,10 @@ export interface PreparedRun {
   /** Batch orders of the domains so far (the stream fingerprint). */
   orders: FingerprintEntry[];
   rngs: RunRngs;
+  /** --domain-orders (src/data/orders.ts), or null. */
+  domainOrders: DomainOrders | null;
+  /** The generators' states once the method is configured: where every order restarts (src/runner/plan.ts). */
+  freshRngs: Record<string, number[]>;
   /** The stream setting (--setting) and the steps it makes of the source's domains. */
   setting: SettingSpec;
   steps: StreamStep[];
@@ -155,6 +191,8 @@ export interface PreparedRun {
   trackCache: boolean;
   /** Measured memory per step (engine hooks; cheap, no per-layer breakdown here). */
   probe: MemoryProbe;
+  /** --interleave-clean / --interleave-seen: the side-effect-free evaluations (src/runner/forgetting.ts). */
+  interleave: InterleavedEval | null;
 }
 
 /**
@@ -164,6 +202,17 @@ export interface PreparedRun {
 export async function prepareRun(cfg: CtaConfig, dir: string, control: RunControl, started: Date, resume: boolean): Promise<PreparedRun> {
   const { log } = control.hooks;
   const setting = checkSettingOptions(cfg);
+  // --eval-mode, --corruption-set, --domain-orders (src/data/eval-modes.ts, src/data/orders.ts):
+  // checked, and an order file read, before the model loads.
+  checkEvalModeOptions(cfg);
+  const stream = streamCorruptions(cfg);
+  const domainOrders = resolveDomainOrders(cfg.domainOrders, stream.corruptions, cfg.seed, cfg.corruptionSet === 'custom' && isDefaultCorruptions(cfg.corruptions));
+  if (domainOrders && setting.mixed) throw new CtaError('--domain-orders: --setting mixed pools every domain into one step, so there is no order to vary');
+  // The data of the orders' corruptions (every order names the same ones).
+  const dataCfg: CtaConfig = domainOrders ? { ...cfg, corruptionSet: 'custom', corruptions: domainOrders.orders[0], cleanLast: stream.cleanLast } : cfg;
+  if (cfg.cleanEvalN !== null && !cfg.interleaveClean && !cfg.interleaveSeen) throw new CtaError('--clean-eval-n: only with --interleave-clean or --interleave-seen');
+  // One matrix follows one adapting model; several orders are several runs from the source model.
+  if ((cfg.interleaveClean || cfg.interleaveSeen) && cfg.domainOrders !== null) throw new CtaError(`--${cfg.interleaveClean ? 'interleave-clean' : 'interleave-seen'}: not with --domain-orders (each order restarts from the source model; run one order per folder)`);
   // Resuming: the finished domains' results, rngs and model/algorithm state come from the
   // checkpoint; a run stopped before its first domain finished has none and starts over.
   let ckpt: CheckpointMeta | null = null;
@@ -172,16 +221,14 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
   else clearCheckpoint(dir);
   if (ckpt) control.position.finished = ckpt.nextDomain;
   control.stopIfAsked();
-  const { model, weightsSha256, backend, pruneRng } = await prepareModel(cfg, log);
+  const { model, weightsSha256, backend, pruneRng, checkpoint } = await prepareModel(cfg, log);
   control.stopIfAsked();
-  const source = await openDataSource(cfg);
-  const steps = streamSteps(source.names, cfg);
-  if (setting.correlated && source.open) throw new CtaError(`--setting ${cfg.setting}: the correlated order needs every label before decoding, which --data ${cfg.data} (decoded batch by batch) does not give`);
-  if (setting.mixed && source.open) throw new CtaError(`--setting mixed: pools whole domains in memory, which --data ${cfg.data} (decoded batch by batch) does not support`);
+  const source = await openDataSource(dataCfg);
+  const steps = planSteps(source.names, cfg, domainOrders, stream.cleanLast);
   // gradual: the same data at the other severities, each checked up front like --severity's.
   const bySeverity = new Map<number, DomainSource>([[cfg.severity, source]]);
   if (setting.gradual) {
-    for (const s of GRADUAL_SEVERITIES) if (!bySeverity.has(s)) bySeverity.set(s, await openDataSource({ ...cfg, severity: s }));
+    for (const s of GRADUAL_SEVERITIES) if (!bySeverity.has(s)) bySeverity.set(s, await openDataSource({ ...dataCfg, severity: s }));
   }
   const sourceAt = (severity: number | null): DomainSource => (severity === null ? source : bySeverity.get(severity)!);
   control.position.total = steps.length;
@@ -191,7 +238,7 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
   configureRunNorm(cfg, model);
 
   // Generated frost without the original photographs is our procedural texture: say so, always.
-  const proceduralFrost = cfg.data === 'synthetic-c' && cfg.corruptions.includes('frost') && !cfg.frostDir;
+  const proceduralFrost = cfg.data === 'synthetic-c' && source.names.includes('frost') && !cfg.frostDir;
   if (proceduralFrost) log('notice: frost uses the procedural texture (non-standard); --frost-dir <folder with frost1.png … frost6.jpg> gives the standard one');
   const writer = new RunWriter(dir, ckpt ? ckpt.batchIndex : 0);
   const manifest: Record<string, unknown> = {
@@ -211,11 +258,22 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     data_files: [...new Set([...bySeverity.values()].flatMap((s) => s.files()))].map((path) => ({ path, bytes: fileSize(path) })),
     ...(proceduralFrost ? { frost: 'procedural (non-standard: not the Hendrycks frost photographs)' } : {}),
     config: { ...cfg },
+    ...(domainOrders ? { domain_orders: { ...domainOrders.from, orders: domainOrders.orders } } : {}),
+    protocol: buildProtocol(cfg, {
+      weightsSha256,
+      normalisation: normalisationText(model.inputNormalisation),
+      checkpoint,
+      imagesPerDomain: await imagesPerDomain(source),
+    }),
     stream_fingerprint: null as string | null,
   };
   if (ckpt) {
     // Keep the original provenance; record when the run was resumed.
     const prev = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as Record<string, unknown>;
+    const prevOrders = (prev.domain_orders as { orders?: string[][] } | undefined)?.orders ?? null;
+    if (JSON.stringify(prevOrders) !== JSON.stringify(domainOrders?.orders ?? null)) {
+      throw new CtaError(`--resume ${dir}: the orders of --domain-orders ${cfg.domainOrders} differ from those the run started with (manifest.json domain_orders); restore the file or start a new run`);
+    }
     Object.assign(manifest, prev, { resumed: [...((prev.resumed as string[]) ?? []), started.toISOString()] });
   }
   writer.writeJson('manifest.json', manifest);
@@ -227,6 +285,9 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     fisherData: fisherBatches(() => openDomain(source, 'original'), cfg.fisherSize, cfg.batchSize, cfg.seed),
     ...copiesAndAugmentation(model, algRng),
   };
+  // --adapt-params (docs/adapters.md): the modules go on before the method configures, so they are
+  // what it trains and snapshots.
+  await prepareAdapters(cfg, model, (x) => ctx.augment(x));
   // Forwards / backwards per batch for every method (src/runner/pass-count.ts), copies included.
   PASSES.install();
   PASSES.watch(model);
@@ -240,6 +301,9 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     throw new CtaError(`--alg ${cfg.alg}: could not configure (${(e as Error).message})`, 1);
   }
   PASSES.take(); // configure-time passes (EATA's Fisher) are not the first batch's
+  // A method without gradients (source, norm) trains nothing, modules included.
+  if (!spec.usesGradients && isAdapterHost(model)) model.adapters?.requiresGrad(() => false);
+  const trainable = { adapt_params: cfg.adaptParams, trainable_params: trainableCount(model) };
 
   const run: PreparedRun = {
     cfg,
@@ -253,22 +317,41 @@ export async function prepareRun(cfg: CtaConfig, dir: string, control: RunContro
     alg,
     writer,
     manifest,
-    summary: ckpt?.summary ?? { config: { ...cfg }, domains: [], mean_error: null, mean_error_all: null, complete: false },
+    summary: { ...(ckpt?.summary ?? { config: { ...cfg }, protocol: manifest.protocol as Protocol, domains: [], mean_error: null, mean_error_all: null, complete: false }), ...trainable },
     orders: (ckpt?.orders ?? []).map((o) => ({ ...o, order: Int32Array.from(o.order) })),
     rngs: { shuffle: new Rng(cfg.seed), prune: pruneRng, alg: ctx.rng },
+    domainOrders,
+    freshRngs: {},
     first: ckpt?.nextDomain ?? 0,
     batchIndex: 0,
     trackCache: cfg.accumBn || spec.usesGradients,
     probe: runnerProbe(),
+    interleave: null,
   };
+  if (cfg.interleaveClean || cfg.interleaveSeen) run.interleave = new InterleavedEval(run);
+  run.freshRngs = Object.fromEntries(Object.entries(run.rngs).map(([k, r]) => [k, r.state()]));
   if (ckpt) {
     await restoreCheckpoint(dir, model, alg, ckpt);
     for (const [k, r] of Object.entries(run.rngs)) r.setState(ckpt.rngs[k]);
     model.normLayers.forEach((l, i) => (l.pastSize = ckpt.pastSizes[i] ?? 0));
+    if (ckpt.budgetBetas) model.normLayers.find((l) => l.cacheBudget)?.cacheBudget?.restoreBetas(ckpt.budgetBetas);
     run.batchIndex = ckpt.batchIndex;
     log(`resuming ${dir} at domain ${run.first + 1}/${steps.length} (${steps[run.first].domain})`);
   }
   return run;
+}
+
+/** Images in the stream's first domain (the protocol record); null when the source cannot say cheaply. */
+async function imagesPerDomain(source: DomainSource): Promise<number | null> {
+  const first = source.names[0];
+  if (first === undefined) return null;
+  try {
+    if (source.count) return await source.count(first);
+    if (source.open) return (await source.open(first)).n;
+  } catch {
+    // a missing domain is reported where it is read
+  }
+  return null;
 }
 
 let cachedVersion: string | null = null;

@@ -7,13 +7,14 @@
 import { CLEAN_DOMAIN, streamFingerprint } from '../data/stream.js';
 import { meanBy } from '../data/settings.js';
 import type { NormRecord } from '../models/types.js';
-import type { StepResult } from '../algorithms/types.js';
+import { STATE_BYTES_KINDS, type Algorithm, type StepResult } from '../algorithms/types.js';
 import type { MeasuredBatchFields, MeasuredDomain } from '../memory/probe.js';
 import { accountCache, MB, weightRecords } from './accounting.js';
 import { saveCheckpoint } from './checkpoint.js';
 import { meanErrors, type DomainResult } from './output.js';
 import { checkpointWritten } from './events.js';
 import type { PreparedRun } from './prepare.js';
+import { planSummary } from './plan.js';
 import type { PassCounts } from './pass-count.js';
 
 /** One domain's running totals, filled batch by batch. */
@@ -34,6 +35,8 @@ export class DomainTally {
   extra: Record<string, unknown> = {};
   /** mixed: the running counts per pooled domain. */
   parts: { domain: string; severity: number | null; n: number; correct: number }[] | null = null;
+  /** --eval-mode group / pair: the support batches adapted on (src/runner/group-eval.ts). */
+  support: { batches: number; n: number; correct: number } | null = null;
 
   constructor(
     readonly name: string,
@@ -94,10 +97,26 @@ export function recordBatch(
         }
       : {}),
     ...mem,
+    ...stateBytesFields(run.alg),
     ...(run.cfg.accumBn ? { beta: layerBetas, cached: records.map((r) => r?.cached ?? false) } : {}),
+    // docs/memory.md#cache-budget: the kept-channel fraction per layer (0 = not caching)
+    ...(run.cfg.cacheBudgetMb !== null ? { kept_ratio: records.map((r) => r?.keptRatio ?? 1) } : {}),
     ms: Math.round(ms * 10) / 10,
   });
 }
+
+/**
+ * Algorithm.stateBytes() as batches.jsonl fields `state_<kind>_mb` (MB = 1e6 bytes; none when the
+ * method keeps no such state, docs/memory.md#method-state).
+ */
+export function stateBytesFields(alg: Pick<Algorithm, 'stateBytes'>): Record<string, number> {
+  const out: Record<string, number> = {};
+  const b = alg.stateBytes?.() ?? {};
+  for (const k of STATE_BYTES_KINDS) if (b[k] !== undefined) out[`state_${snakeCase(k)}_mb`] = b[k]! / MB;
+  return out;
+}
+
+const snakeCase = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 /** The domain's summary.json entry. */
 export function domainResult(run: PreparedRun, t: DomainTally): DomainResult {
@@ -115,6 +134,7 @@ export function domainResult(run: PreparedRun, t: DomainTally): DomainResult {
     updates: t.updates,
     forwards: t.forwards,
     backwards: t.backwards,
+    ...(t.support ? { support: { ...t.support, error: t.support.n ? (100 * (t.support.n - t.support.correct)) / t.support.n : null } } : {}),
     ...(t.parts ? { per_domain: t.parts.map((p) => ({ ...p, error: p.n ? (100 * (p.n - p.correct)) / p.n : NaN })) } : {}),
     ...Object.fromEntries(metrics),
     ...(run.trackCache
@@ -154,6 +174,7 @@ export async function recordDomain(run: PreparedRun, di: number, result: DomainR
       batchIndex: run.batchIndex,
       rngs: Object.fromEntries(Object.entries(run.rngs).map(([k, r]) => [k, r.state()])),
       pastSizes: run.model.normLayers.map((l) => l.pastSize),
+      ...budgetBetas(run),
       summary,
       orders: run.orders.map((o) => ({ name: o.name, severity: o.severity ?? null, order: Array.from(o.order), ...(o.tag !== undefined ? { tag: o.tag } : {}) })),
     },
@@ -171,7 +192,9 @@ export async function recordDomain(run: PreparedRun, di: number, result: DomainR
  */
 export function settingSummary(run: PreparedRun, domains: readonly DomainResult[]): Record<string, unknown> {
   const { cfg, setting } = run;
-  if (cfg.setting === 'continual') return {};
+  // --domain-orders and --eval-mode (src/runner/plan.ts): nothing when neither is used.
+  const plan = planSummary(cfg, run.domainOrders, domains, run.steps.length);
+  if (cfg.setting === 'continual') return plan;
   const out: Record<string, unknown> = { setting: cfg.setting };
   if (setting.mixed) {
     // The means are over the domains the pooled samples came from, as in the other settings.
@@ -189,7 +212,7 @@ export function settingSummary(run: PreparedRun, domains: readonly DomainResult[
     const rounds = [...new Set(domains.map((d) => d.round ?? 1))];
     out.rounds = rounds.map((r) => ({ round: r, ...meanErrors(domains.filter((d) => (d.round ?? 1) === r)) }));
   }
-  return out;
+  return { ...out, ...plan };
 }
 
 /** Marks the run complete: final summary, and the manifest with the stream fingerprint. */
@@ -200,4 +223,10 @@ export function recordFinish(run: PreparedRun): void {
   run.manifest.finished = new Date().toISOString();
   run.manifest.config = { ...run.cfg };
   run.writer.writeJson('manifest.json', run.manifest);
+}
+
+/** The cache budget's β memory for a checkpoint (docs/memory.md#cache-budget); nothing without a budget. */
+function budgetBetas(run: PreparedRun): { budgetBetas?: Record<string, number | null> } {
+  const budget = run.model.normLayers.find((l) => l.cacheBudget)?.cacheBudget;
+  return budget ? { budgetBetas: budget.betas() } : {};
 }

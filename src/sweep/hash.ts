@@ -12,6 +12,8 @@
  * was computed without it.
  */
 import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { ordersCount } from '../data/orders.js';
 import type { CtaConfig } from '../config/schema.js';
 
 export const NOT_HASHED: readonly string[] = ['out', 'progress', 'backend', 'threads'];
@@ -27,10 +29,17 @@ export function stableJson(v: unknown): string {
   return JSON.stringify(v);
 }
 
-/** The hashed part of a config. */
+/**
+ * The hashed part of a config. An order file of --domain-orders (src/data/orders.ts) is hashed by
+ * its content as well as its path, so editing the file gives its runs new folders.
+ */
 export function hashedConfig(cfg: CtaConfig | Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(cfg)) if (!NOT_HASHED.includes(k)) out[k] = v;
+  const orders = out.domainOrders;
+  if (typeof orders === 'string' && ordersCount(orders) === null && existsSync(orders)) {
+    out.domainOrders = { path: orders, sha256: createHash('sha256').update(readFileSync(orders)).digest('hex') };
+  }
   return out;
 }
 

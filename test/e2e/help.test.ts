@@ -23,7 +23,9 @@ function parseHelp(help: string): Map<string, Entry> {
   const entries = new Map<string, string[]>();
   let current: string[] | null = null;
   for (const line of help.split('\n')) {
-    const m = /^ {2}(?:-\w, )? *--([\w-]+)\s|^ {2}-(\w)\s/.exec(line);
+    // An option starts in column 2 (`-j, --jobs`) or 6 (`--name`); a description that wraps to a
+    // line beginning with a flag name is indented further and stays part of its entry.
+    const m = /^ {2}(?:-\w, | {4})--([\w-]+)\s|^ {2}-(\w)\s/.exec(line);
     if (m) {
       current = [line.trim()];
       entries.set(m[1] ?? m[2], current);
@@ -51,7 +53,7 @@ type Bin = (typeof BINS)[number];
 
 /** Config fields a command does not read, so must not offer. */
 const IGNORED: Partial<Record<Bin, string[]>> = {
-  'profile-mem': ['out', 'progress', 'compare-with', 'batch-size', 'shuffle', 'corruptions', 'clean-last'],
+  'profile-mem': ['out', 'progress', 'compare-with', 'batch-size', 'shuffle', 'corruptions', 'clean-last', 'corruption-set', 'domain-orders', 'eval-mode', 'support-batch', 'merge-batches', 'cur-batch', 'iters'],
   'cta-sweep': ['out', 'config'],
 };
 /** Each command's own numeric options. */

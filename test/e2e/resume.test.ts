@@ -25,6 +25,8 @@ const crashAfterDomain = (domain: number) => ({
 describe.each([
   ['tent + MECTA (forget gate, beta-thre, prune-q)', ['--alg', 'tent', '--accum-bn', '--forget-gate', '--beta-thre', '0.01', '--prune-q', '0.5', '--lr', '0.01']],
   ['eata', ['--alg', 'eata', '--fisher-size', '8', '--e-margin', '2.2', '--lr', '0.01']],
+  // the budget's plan is ordered by the last forward's β, which the checkpoint keeps (docs/memory.md#cache-budget)
+  ['tent + MECTA + cache budget', ['--alg', 'tent', '--accum-bn', '--forget-gate', '--cache-budget-mb', '0.3', '--lr', '0.01']],
 ])('resume: %s', (_label, algArgs) => {
   it('gives the same summary and batch log as an uninterrupted run', async () => {
     const base = ['--data-dir', dataDir, '--weights', FIXTURE_WEIGHTS, '--corruptions', CORR.join(','), '--batch-size', '4', '--backend', 'wasm', '--progress', 'none', ...algArgs];

@@ -35,7 +35,9 @@ describe('cta-eval --setting', () => {
   it('continual keeps its summary keys (no setting fields)', async () => {
     const out = await run(['--alg', 'source']);
     const s = json(out, 'summary.json');
-    expect(Object.keys(s).sort()).toEqual(['complete', 'config', 'domains', 'mean_error', 'mean_error_all']);
+    // Other features add their own keys (protocol, trainable parameters); no setting adds any here.
+    expect(Object.keys(s)).toEqual(expect.arrayContaining(['complete', 'config', 'domains', 'mean_error', 'mean_error_all', 'protocol']));
+    for (const k of ['setting', 'rounds', 'dirichlet_delta', 'mean_error_by_severity', 'mean_error_severity5', 'acc_matrix']) expect(s).not.toHaveProperty(k);
     expect(s.domains.map((d: Entry) => d.domain)).toEqual([...CORR, 'original']);
     expect(s.domains.some((d: Entry) => 'round' in d || 'reset' in d)).toBe(false);
     expect(lines(out).some((l) => 'round' in l)).toBe(false);
@@ -159,8 +161,18 @@ describe('cta-eval --setting', () => {
     expect(lines(out)).toHaveLength(Math.ceil((3 * N) / 8));
   });
 
+  it('mixed-correlated: the pooled samples in a label-correlated order, the same per-domain errors for source', async () => {
+    const mixed = json(await run(['--alg', 'source', '--setting', 'mixed']), 'summary.json');
+    const out = await run(['--alg', 'source', '--setting', 'mixed-correlated', '--dirichlet-delta', '0.5']);
+    const s = json(out, 'summary.json');
+    expect(s.setting).toBe('mixed-correlated');
+    expect(s.dirichlet_delta).toBe(0.5);
+    expect(s.domains[0].per_domain).toEqual(mixed.domains[0].per_domain);
+    expect(json(out, 'manifest.json').stream_fingerprint).not.toBe(undefined);
+  });
+
   it('refuses options the setting does not use, and unknown settings, in one line (exit 2)', async () => {
-    for (const args of [['--rounds', '2'], ['--setting', 'gradual', '--dirichlet-delta', '0.1'], ['--setting', 'mixed-correlated'], ['--setting', 'mixed', '--rounds', '2']]) {
+    for (const args of [['--rounds', '2'], ['--setting', 'gradual', '--dirichlet-delta', '0.1'], ['--setting', 'mixed-gradual'], ['--setting', 'mixed', '--rounds', '2']]) {
       const r = await runBin('cta-eval', ['--data-dir', dataDir, '--weights', FIXTURE_WEIGHTS, '--backend', 'wasm', '--progress', 'none', ...args]);
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
