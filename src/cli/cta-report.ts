@@ -16,7 +16,7 @@ import { csvTable, markdownByTable, markdownTable } from '../report/tables.js';
 import { byKeySvg, errorByDomainSvg, streamSvg, svgToPng } from '../report/plots.js';
 import { accMatrixSvg, cleanCurveSvg, forgettingCsv, forgettingMarkdown } from '../report/forgetting.js';
 import { groupProtocolBlock } from '../report/collect.js';
-import { errorVsMemorySvg, memoryMarkdown } from '../report/memory.js';
+import { errorVsMemorySvg, errorVsParamsSvg, memoryMarkdown } from '../report/memory.js';
 
 const USAGE = '$0 DIR... [--by KEY] [--out DIR]';
 const ABOUT =
@@ -27,7 +27,7 @@ const ABOUT =
   'over the stream) and, with --by, by-KEY.svg to --out, each figure also as a PNG beside its SVG. Runs with ' +
   '--interleave-clean add a forgetting table (avg acc, forgetting, BWT), forgetting.csv, acc-matrix.svg (heat map) ' +
   'and clean-accuracy.svg. Runs that measured their backprop bytes add an error-against-memory table and ' +
-  'error-vs-memory.svg. Every table states the protocol (setting, images, severity, reset, batch, metric, ' +
+  'error-vs-memory.svg (and error-vs-params.svg where runs trained different parameter counts). Every table states the protocol (setting, images, severity, reset, batch, metric, ' +
   'model, corruption source). Unfinished runs are left out unless --include-partial.';
 
 export async function main(argv: string[]): Promise<void> {
@@ -117,6 +117,8 @@ export async function main(argv: string[]): Promise<void> {
       if (curve) await figure('clean-accuracy', curve);
       const mem = errorVsMemorySvg(g);
       if (mem) await figure('error-vs-memory', mem);
+      const params = errorVsParamsSvg(g);
+      if (params) await figure('error-vs-params', params);
     }
     const rel = relative(process.cwd(), outDir) || '.';
     log(`wrote ${written.map((f) => join(rel, f)).join(', ')}`);

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { collectRuns, groupRuns } from './collect.js';
-import { errorVsMemorySvg, memoryMarkdown, memoryRows } from './memory.js';
+import { errorVsMemorySvg, errorVsParamsSvg, memoryMarkdown, memoryRows } from './memory.js';
 import { PALETTE } from './svg.js';
 import { main as ctaReport } from '../cli/cta-report.js';
 
@@ -20,7 +20,7 @@ afterAll(() => {
 });
 
 /** tent and eata, each plain / +MECTA / +budget, one seed, two domains; error falls with memory. */
-function fixture(withMemory = true): string {
+function fixture(withMemory = true, withParams = false): string {
   const root = mkdtempSync(join(tmpdir(), 'report-mem-'));
   temps.push(root);
   const variants = [
@@ -47,7 +47,8 @@ function fixture(withMemory = true): string {
         ...(withMemory ? { measured_max_backprop_mb: v.mb + di * 0.1, measured_avg_backprop_mb: v.mb - 0.1 * (1 - di), measured_max_peak_mb: 20 + v.mb + di } : {}),
       }));
       const summary = {
-        config: { alg, accumBn: v.accumBn, cacheBudgetMb: v.cacheBudgetMb, seed: 1, out: dir, backend: 'wasm', batchSize: 16 },
+        config: { alg, accumBn: v.accumBn, cacheBudgetMb: v.cacheBudgetMb, seed: 1, out: dir, backend: 'wasm', batchSize: 16, ...(withParams ? { adaptParams: ['norm', 'lora', 'adapter'][vi] } : {}) },
+        ...(withParams ? { adapt_params: ['norm', 'lora', 'adapter'][vi], trainable_params: [480, 1536, 12000][vi] } : {}),
         domains,
         mean_error: (domains[0].error + domains[1].error) / 2,
         mean_error_all: (domains[0].error + domains[1].error) / 2,
@@ -75,6 +76,19 @@ describe('error against memory (report)', () => {
     expect(md.split('\n')).toHaveLength(2 + 6);
     expect(md).toContain('| measured backprop max MB |');
     expect(md).toMatch(/\| 30\.50 \| 14\.10 \| 13\.95 \| 35\.0 \| 13\.80 \| 120 \|/);
+  });
+
+  it('trainable parameters: a table column and error-vs-params.svg, one legend entry per configuration', () => {
+    const g = groupRuns(collectRuns([fixture(true, true)]).runs);
+    const md = memoryMarkdown(g)!;
+    expect(md.split('\n')[0]).toContain('| mean error (%) | trainable params | measured backprop max MB |');
+    expect(md).toMatch(/\| 30\.50 \| 480 \| 14\.10 \|/);
+    const svg = errorVsParamsSvg(g)!;
+    expect(svg).not.toMatch(/clip-path|clipPath|<mask|<filter|<style|foreignObject|rotate\(|transform=/);
+    expect(svg.match(/<circle /g)).toHaveLength(6 + 6); // a marker and a legend swatch per configuration
+    expect(svg).toContain('trainable parameters');
+    // without counts (or one count for all) there is nothing to plot
+    expect(errorVsParamsSvg(groupRuns(collectRuns([fixture()]).runs))).toBeNull();
   });
 
   it('has no table or figure when no run measured its memory', () => {

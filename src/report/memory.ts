@@ -36,6 +36,9 @@ export interface MemoryRow {
   maxCacheMb: Stat | null;
   /** Images over seconds, summed over domains. */
   imgPerS: Stat | null;
+  /** Parameters the run trained (summary.trainable_params) and what they were (--adapt-params). */
+  trainableParams: Stat | null;
+  adaptParams: string | null;
 }
 
 function runMemory(domains: readonly DomainResult[]) {
@@ -77,6 +80,8 @@ export function memoryRows(g: Grouped): MemoryRow[] {
       stepPeakMb: s(per.map((p) => p.peak)),
       maxCacheMb: grp.maxCacheMb,
       imgPerS: s(per.map((p) => p.imgPerS)),
+      trainableParams: s(grp.runs.map((r) => (typeof r.summary.trainable_params === 'number' ? r.summary.trainable_params : null))),
+      adaptParams: typeof grp.config.adaptParams === 'string' ? grp.config.adaptParams : null,
     });
   }
   return rows;
@@ -86,10 +91,13 @@ export function memoryRows(g: Grouped): MemoryRow[] {
 export function memoryMarkdown(g: Grouped): string | null {
   const rows = memoryRows(g);
   if (rows.length === 0) return null;
-  const head = '| run | mean error (%) | measured backprop max MB | measured backprop mean MB | step peak MB | analytic cache max MB | img/s |';
-  const lines = [head, '|---|---:|---:|---:|---:|---:|---:|'];
+  // KAdaptation's headline is accuracy against trainable parameters: shown where runs recorded them.
+  const params = rows.some((r) => r.trainableParams !== null);
+  const head = `| run | mean error (%) |${params ? ' trainable params |' : ''} measured backprop max MB | measured backprop mean MB | step peak MB | analytic cache max MB | img/s |`;
+  const lines = [head, `|---|---:|${params ? '---:|' : ''}---:|---:|---:|---:|---:|`];
   for (const r of rows) {
-    lines.push(`| ${r.label} | ${fmtStat(r.meanError, 2)} | ${fmtStat(r.maxBackpropMb, 2)} | ${fmtStat(r.avgBackpropMb, 2)} | ${fmtStat(r.stepPeakMb, 1)} | ${fmtStat(r.maxCacheMb, 2)} | ${fmtStat(r.imgPerS, 0)} |`);
+    const p = params ? ` ${r.trainableParams ? String(Math.round(r.trainableParams.mean)) : '–'} |` : '';
+    lines.push(`| ${r.label} | ${fmtStat(r.meanError, 2)} |${p} ${fmtStat(r.maxBackpropMb, 2)} | ${fmtStat(r.avgBackpropMb, 2)} | ${fmtStat(r.stepPeakMb, 1)} | ${fmtStat(r.maxCacheMb, 2)} | ${fmtStat(r.imgPerS, 0)} |`);
   }
   return lines.join('\n');
 }
@@ -129,3 +137,30 @@ export function errorVsMemorySvg(g: Grouped): string | null {
   });
 }
 
+
+/**
+ * Mean error against the trainable-parameter count (docs/adapters.md; KAdaptation's accuracy vs
+ * parameters), one point per configuration, each its own legend entry; null unless at least two
+ * groups recorded different counts. The same groups' memory is error-vs-memory.svg.
+ */
+export function errorVsParamsSvg(g: Grouped): string | null {
+  const rows = memoryRows(g).filter((r) => r.meanError && r.trainableParams);
+  if (new Set(rows.map((r) => r.trainableParams!.mean)).size < 2) return null;
+  const series: Series[] = rows.map((r, i) => ({
+    // the MB first: a long configuration label is cut at the legend's width
+    label: `${fmtTick(r.maxBackpropMb!.mean)} MB: ${r.label}`,
+    color: seriesStyle(i).color,
+    markers: true,
+    points: [{ x: r.trainableParams!.mean, y: r.meanError!.mean, err: r.meanError!.std }],
+  }));
+  const xMax = Math.max(...rows.map((r) => r.trainableParams!.mean));
+  const panel = { yLabel: 'mean error over the corruptions (%)', series, includeZero: false, height: 380 };
+  const errMin = panelRange(panel).yMin;
+  return renderChart({
+    title: 'Error against trainable parameters',
+    subtitle: 'one point per configuration: x = parameters the method trained (--adapt-params), y = mean error over the corruptions; the legend gives each configuration its measured max backprop MB',
+    warning: errMin > 0 ? `Note: the error axis starts at ${fmtTick(errMin)} %, not at 0 (zoomed in on the differences)` : undefined,
+    x: { label: 'trainable parameters', min: 0, max: xMax * 1.08 || 1 },
+    panels: [panel],
+  });
+}
