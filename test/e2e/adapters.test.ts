@@ -39,7 +39,7 @@ describe('cta-eval --adapt-params', () => {
       const s = summaryOf(out);
       expect(s.adapt_params).toBe(kind);
       if (count >= 0) expect(s.trainable_params).toBe(count);
-      expect(r.stdout).toContain(`tent: ${s.trainable_params} trainable parameters (--adapt-params ${kind})`);
+      expect(r.stdout).toContain(`tent: ${s.trainable_params} trainable parameters (${kind === 'norm' ? "the method's own choice" : `--adapt-params ${kind}`})`);
       expect(s.domains.map((d: { domain: string }) => d.domain)).toEqual(['gaussian_noise', 'original']);
       expect(s.domains.every((d: { max_cache_mb: number }) => d.max_cache_mb > 0)).toBe(true);
     });
