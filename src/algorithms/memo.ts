@@ -126,6 +126,7 @@ export async function createMemo(model: Classifier, opts: AdaptOptions, ctx: Alg
 export const memo = {
   description: 'MEMO: per-sample marginal-entropy step over AugMix views (all parameters, BN-α), reset after each sample',
   usesGradients: true,
+  predicts: 'after-update', // each sample is scored after its own update (MEMO's evaluation)
   norm: 'adaptive',
   options: MEMO_OPTIONS,
   metrics: METRICS,

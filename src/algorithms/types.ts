@@ -131,6 +131,12 @@ export interface AlgorithmSpec {
   readonly options: Readonly<Record<string, FieldSpec>>;
   /** The counters `step` returns in `StepResult.metrics`, by name. */
   readonly metrics?: Readonly<Record<string, MetricSpec>>;
+  /**
+   * Which forward a batch is scored on: 'before-update' (default; Tent, EATA, MECTA: the forward
+   * that the step then adapts on) or 'after-update' (MEMO adapts on a sample, then predicts it).
+   * The protocol line of every table says which (src/runner/provenance.ts).
+   */
+  readonly predicts?: 'before-update' | 'after-update';
   /** Configures `model` (its norm mode already set from `norm`) and returns the method. */
   create(model: Classifier, opts: AdaptOptions, ctx: AlgorithmContext): Promise<Algorithm>;
 }

@@ -14,6 +14,9 @@ describe('protocol record', () => {
     const p = buildProtocol(cfg, inputs);
     expect(p).toMatchObject({ setting: 'recurring (3 rounds)', images_per_domain: '10000', severity: '5', reset: 'never', batch_size: 64, model: 'resnext29', weights_sha256: 'abababababab', checkpoint: 'depth 29, cardinality 4', forgetting_eval: null });
     expect(p.metric).toContain('top-1 error');
+    expect(p.metric).toContain('before each batch');
+    // MEMO scores each sample after adapting on it (AlgorithmSpec.predicts)
+    expect(buildProtocol({ ...cfg, alg: 'memo' }, inputs).metric).toContain('after each sample’s update');
     expect(p.normalisation).toBe('(x − (0.5, 0.5, 0.5)) / (0.5, 0.5, 0.5) inside the model');
     expect(p.corruption_source).toContain('published set');
     expect(p.frost).toBe('as in the files');

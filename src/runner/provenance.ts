@@ -6,6 +6,7 @@
  * the one formatter here under every table: cta-eval's end table, cta-report's tables, report.md
  * and report.csv's header, so a number is never shown without the protocol that produced it.
  */
+import { ALGORITHMS } from '../algorithms/registry.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { CtaConfig } from '../config/schema.js';
@@ -36,6 +37,7 @@ export interface Protocol {
 }
 
 export const METRIC = 'top-1 error (%) of the prediction made before each batch’s update';
+export const METRIC_AFTER = 'top-1 error (%) of the prediction made after each sample’s update (the method predicts after adapting)';
 
 const fmtVec = (v: readonly number[]) => `(${v.map((x) => Number(x.toPrecision(4))).join(', ')})`;
 
@@ -124,7 +126,7 @@ export function buildProtocol(cfg: CtaConfig, x: ProtocolInputs): Protocol {
     severity: spec?.gradual ? '1, 2, 3, 4, 5, 4, 3, 2, 1 per corruption (gradual)' : String(cfg.severity),
     reset: resetText(c),
     batch_size: cfg.batchSize,
-    metric: METRIC,
+    metric: (ALGORITHMS as Record<string, { predicts?: string }>)[cfg.alg]?.predicts === 'after-update' ? METRIC_AFTER : METRIC,
     model: cfg.model,
     weights_sha256: x.weightsSha256 ? x.weightsSha256.slice(0, 12) : null,
     normalisation: x.normalisation,
