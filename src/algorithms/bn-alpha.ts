@@ -30,6 +30,9 @@ export interface BnAlphaValues {
 
 /** Sets `model` to the official AlphaBatchNorm statistics with test weight `bnAlpha`. */
 export function configureAlphaBn(model: Classifier, bnAlpha: number): void {
+  // A LayerNorm-only model (ViT) has no statistics to mix: the official code swaps only BatchNorm
+  // layers, so its LayerNorms keep normalising each token by its own statistics.
+  if (!model.normLayers.some((l) => l.kind === 'batch')) return;
   // the project's 'alpha' is the SOURCE weight (docs/mecta-norm.md#norm-policies)
   configureNorm(model, 'adaptive', undefined, { kind: 'alpha', alpha: 1 - bnAlpha, unbiased: true, detachStats: true });
 }
