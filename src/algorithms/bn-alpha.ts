@@ -13,8 +13,8 @@
  * statistics never drift. MECTA's accumulated statistics would replace the mix: --accum-bn is
  * refused (configureNorm).
  */
-import { tf } from '../tf.js';
-import type { Algorithm, AlgorithmSpec } from './types.js';
+import { predictOnly } from './source.js';
+import type { AlgorithmSpec } from './types.js';
 import type { FieldSpec } from '../config/schema.js';
 import { configureNorm } from './norm-mode.js';
 import type { Classifier } from '../models/types.js';
@@ -46,24 +46,6 @@ export const bnAlpha = {
     const a = (opts as typeof opts & BnAlphaValues).bnAlpha ?? BN_ALPHA_OPTIONS.bnAlpha.default;
     configureAlphaBn(model, a);
     model.setTrainable(false);
-    const alg: Algorithm = {
-      name: 'bn_alpha',
-      step(x) {
-        return { logits: tf.tidy(() => model.forward(x)), updated: false };
-      },
-      reset() {
-        /* stateless: the source statistics are never updated */
-      },
-      saveState() {
-        return new Map();
-      },
-      loadState() {
-        /* stateless */
-      },
-      dispose() {
-        /* nothing owned */
-      },
-    };
-    return alg;
+    return predictOnly('bn_alpha', model);
   },
 } satisfies AlgorithmSpec;

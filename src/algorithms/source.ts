@@ -4,6 +4,7 @@
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmSpec } from './types.js';
+import type { Classifier } from '../models/types.js';
 
 export const source = {
   description: 'Source: no adaptation (eval-mode norm layers with the training statistics)',
@@ -14,24 +15,31 @@ export const source = {
     // No parameter is adapted; also keeps the analytic backward cache at zero
     // (docs/memory.md#analytic).
     model.setTrainable(false);
-    const alg: Algorithm = {
-      name: 'source',
-      step(x) {
-        return { logits: tf.tidy(() => model.forward(x)), updated: false };
-      },
-      reset() {
-        /* stateless */
-      },
-      saveState() {
-        return new Map();
-      },
-      loadState() {
-        /* stateless */
-      },
-      dispose() {
-        /* nothing owned */
-      },
-    };
-    return alg;
+    return predictOnly('source', model);
   },
 } satisfies AlgorithmSpec;
+
+/**
+ * A method that only predicts (source, BN-α): the forward in the norm mode configured before, no
+ * state of its own to reset, save or free.
+ */
+export function predictOnly(name: string, model: Classifier): Algorithm {
+  return {
+    name,
+    step(x) {
+      return { logits: tf.tidy(() => model.forward(x)), updated: false };
+    },
+    reset() {
+      /* stateless: nothing is updated */
+    },
+    saveState() {
+      return new Map();
+    },
+    loadState() {
+      /* stateless */
+    },
+    dispose() {
+      /* nothing owned */
+    },
+  };
+}
