@@ -171,6 +171,13 @@ export function validateConfig(cfg: CtaConfig): CtaConfig {
   if (cfg.cacheBudgetMb === null && cfg.cacheBudgetMode !== 'greedy') {
     throw new CtaError('--cache-budget-mode only takes effect with --cache-budget-mb; add a budget or drop it');
   }
+  if (cfg.gradCheckpointScope !== 'stage' && cfg.gradCheckpointSegments === 1) {
+    throw new CtaError('--grad-checkpoint-scope only takes effect with --grad-checkpoint-segments > 1; add segments or drop it');
+  }
+  if (cfg.gradCheckpointSegments > 1 && cfg.accumBn && cfg.pruneQ > 0) {
+    // src/models/grad-checkpoint.ts: the pruned channels are drawn once per forward
+    throw new CtaError('--grad-checkpoint-segments > 1 does not combine with MECTA channel pruning (--prune-q > 0): a recomputed segment cannot replay the channels drawn in its first forward; use --prune-q 0 or drop checkpointing');
+  }
   if (cfg.cacheBudgetMb !== null && cfg.gradCheckpointSegments > 1) {
     // the budget's estimate (docs/memory.md#cache-budget) does not count the checkpointed segment inputs
     throw new CtaError('--cache-budget-mb does not combine with --grad-checkpoint-segments > 1 (the budget does not count the segment inputs checkpointing keeps); drop one of them');

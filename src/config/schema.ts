@@ -5,7 +5,7 @@
  */
 import { BACKENDS } from '../tf.js';
 import { MAX_WASM_THREADS } from '../wasm-threads.js';
-import { DIST_METRICS } from '../models/types.js';
+import { CHECKPOINT_SCOPES, DIST_METRICS } from '../models/types.js';
 import { BUDGET_MODES } from '../models/cache-budget.js';
 import { ALGORITHMS, ALGORITHM_NAMES, type AlgorithmName } from '../algorithms/registry.js';
 import { MODEL_NAMES } from '../models/registry.js';
@@ -123,6 +123,7 @@ export const FIELDS = {
   cacheBudgetMode: { type: 'enum', choices: BUDGET_MODES, default: 'greedy', group: 'mecta', description: "with --cache-budget-mb: 'greedy' = each layer in β order its whole cache first; 'spread' = every layer its 10 % floor first, then top-ups in β order" },
   nLayer: { type: 'int', min: 0, nullable: true, default: null, defaultText: 'all', group: 'mecta', description: "gradient methods: train only the affines of the last N BatchNorm layers (downsample BNs not counted; MECTA's --n_layer)" },
   gradCheckpointSegments: { type: 'int', min: 1, default: 1, group: 'mecta', description: "gradient checkpointing: cut each stage's blocks into S segments (MECTA's --layer_grad_chkpt_segment; S capped at a stage's block count), keep only the inputs of the first S − 1 and recompute them in the backward; 1 = off" },
+  gradCheckpointScope: { type: 'enum', choices: CHECKPOINT_SCOPES, default: 'stage', group: 'mecta', description: "with --grad-checkpoint-segments: 'stage' cuts each stage (MECTA's layout), 'model' cuts all blocks as one sequence (for models with few blocks per stage)" },
   matchedUpdate: { type: 'enum', choices: MATCHED_UPDATES, default: 'momentum', group: 'mecta', description: "matched layers' params: 'momentum' (zero grad, PyTorch 1.12) or 'skip' (PyTorch ≥ 2.0)" },
   compareWith: { type: 'enum', choices: ['none', ...ALGORITHM_NAMES], default: 'none', group: 'algorithm', description: 'also run this method on the same stream (fresh model) and print both side by side' },
   // --- output ---------------------------------------------------------------------------------

@@ -184,6 +184,49 @@ describe('checkpointed gradients equal the plain ones (1e-6)', () => {
   });
 });
 
+describe("--grad-checkpoint-scope model: all blocks as one sequence", () => {
+  // one block per stage, as the embedded demo model: per stage there is nothing to checkpoint
+  const ONE_PER_STAGE: ResNeXtArch = { ...RESNEXT, stages: RESNEXT.stages.map((st) => ({ ...st, blocks: 1 })), depth: 11 };
+  it('checkpoints across stages where the per-stage split cannot; gradients and MECTA statistics equal (1e-6)', () => {
+    const m = buildModel('resnext29', randomResNeXt(ONE_PER_STAGE, 8), { rng: new Rng(1) });
+    const x = images(2);
+    m.setNormMode('mecta', MECTA);
+    m.requiresGrad(TRAIN_NORM);
+    const s0 = snap(m);
+    const probe = new MemoryProbe();
+    try {
+      const gc = m.gradCheckpoint!;
+      gc.segments = 1;
+      probe.begin();
+      const ref = entropyGrads(m, x);
+      const plain = probe.end().backpropBytes!;
+      restore(m, s0);
+      gc.segments = 3;
+      probe.begin();
+      entropyGrads(m, x);
+      expect(probe.end().backpropBytes!).toBe(plain); // per stage: every stage is its own last segment
+      expect(gc.lastSegments).toBe(0);
+      gc.scope = 'model';
+      for (const s of [2, 3]) {
+        restore(m, s0);
+        gc.segments = s;
+        probe.begin();
+        const got = entropyGrads(m, x);
+        const mem = probe.end();
+        // 3 blocks in one sequence: S − 1 single-block segments are recomputed
+        expect(gc.lastSegments).toBe(s - 1);
+        expect(mem.backpropBytes!).toBeLessThan(plain);
+        got.grads.forEach((g, i) => expectClose(`scope model S=${s} grad ${i}`, g, ref.grads[i], 1e-6));
+        got.stats.forEach((v, i) => expectClose(`scope model S=${s} stats ${i}`, v, ref.stats[i], 1e-7));
+      }
+    } finally {
+      free(s0);
+      x.dispose();
+      m.dispose();
+    }
+  });
+});
+
 describe('whole adaptation steps with checkpointing leave the same model', () => {
   for (const [alg, arch] of [
     ['tent', 'resnext29'],

@@ -16,7 +16,7 @@
  */
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
-import type { GradCheckpointControl, ModelParameter, NormLayer, NormMode } from './types.js';
+import type { CheckpointScope, GradCheckpointControl, ModelParameter, NormLayer, NormMode } from './types.js';
 import { customOp } from './ops/custom-op.js';
 import { withoutSideEffects } from './norm-policy.js';
 import { duringRecompute } from '../memory/probe.js';
@@ -88,6 +88,7 @@ function writeStats(l: NormLayer, s: Stats): void {
  */
 export class GradCheckpoint implements GradCheckpointControl {
   private s = 1;
+  scope: CheckpointScope = 'stage';
   /** Bytes of the inputs of the checkpointed segments in the last taped forward (float32). */
   lastInputBytes = 0;
   /** Checkpointed segments in the last taped forward. */
@@ -133,7 +134,9 @@ export class GradCheckpoint implements GradCheckpointControl {
     this.lastSegments = 0;
     let cur = h;
     let base = 0;
-    for (const count of this.stageBlocks) {
+    // scope 'model': the whole body is one sequence (docs/memory.md#gradient-checkpointing)
+    const stages = this.scope === 'model' ? [this.stageBlocks.reduce((a, b) => a + b, 0)] : this.stageBlocks;
+    for (const count of stages) {
       for (const seg of stageSegments(count, this.s)) {
         const from = base + seg.start;
         const to = base + seg.end;

@@ -215,12 +215,21 @@ export interface Classifier {
   dispose(): void;
 }
 
+export const CHECKPOINT_SCOPES = ['stage', 'model'] as const;
+export type CheckpointScope = (typeof CHECKPOINT_SCOPES)[number];
+
 /** A model's gradient-checkpointing switch (MECTA's --layer_grad_chkpt_segment). */
 export interface GradCheckpointControl {
   /** Blocks per stage, in forward order (ViT: its blocks as one stage). */
   readonly stageBlocks: readonly number[];
   /** Segments per stage S (1 = off; a stage of B < S blocks uses B). */
   segments: number;
+  /**
+   * What is cut into segments: 'stage' = each stage's blocks (MECTA's layout), 'model' = all
+   * blocks as one sequence (checkpoint_sequential over the whole body; a model with one block
+   * per stage has nothing to checkpoint per stage).
+   */
+  scope: CheckpointScope;
   /** The checkpointed segments' input bytes (float32) and count in the last taped forward. */
   readonly lastInputBytes: number;
   readonly lastSegments: number;

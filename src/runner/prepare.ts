@@ -85,10 +85,11 @@ export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Pr
 }
 
 /** --grad-checkpoint-segments on the model (docs/memory.md#gradient-checkpointing). */
-export function applyGradCheckpoint(cfg: Pick<CtaConfig, 'gradCheckpointSegments' | 'model'>, model: Classifier): void {
+export function applyGradCheckpoint(cfg: Pick<CtaConfig, 'gradCheckpointSegments' | 'gradCheckpointScope' | 'model'>, model: Classifier): void {
   if (cfg.gradCheckpointSegments === 1) return;
   if (!model.gradCheckpoint) throw new CtaError(`--grad-checkpoint-segments: ${cfg.model} has no stages of blocks to checkpoint`);
   model.gradCheckpoint.segments = cfg.gradCheckpointSegments;
+  model.gradCheckpoint.scope = cfg.gradCheckpointScope;
 }
 
 export type PreparedModel = Awaited<ReturnType<typeof prepareModel>>;

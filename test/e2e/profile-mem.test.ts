@@ -71,8 +71,12 @@ describe('profile-mem: operation counts, process memory, method state, checkpoin
     expect(zero.stderr).toMatch(/--grad-checkpoint-segments/);
     const pruned = await runBin('profile-mem', [...BASE, '--alg', 'tent', '--accum-bn', '--prune-q', '0.5', '--grad-checkpoint-segments', '2']);
     expect(pruned.code).toBe(2);
-    expect(pruned.stderr).toMatch(/--grad-checkpoint-segments: MECTA channel pruning \(--prune-q > 0\)/);
+    expect(pruned.stderr).toMatch(/--grad-checkpoint-segments > 1 does not combine with MECTA channel pruning \(--prune-q > 0\)/);
     expect(pruned.stderr).not.toMatch(/\n\s+at /);
+    const scope = await runBin('profile-mem', [...BASE, '--alg', 'tent', '--grad-checkpoint-scope', 'model']);
+    expect(scope.code).toBe(2);
+    expect(scope.stderr.trim().split('\n')).toHaveLength(1);
+    expect(scope.stderr).toMatch(/--grad-checkpoint-scope only takes effect with --grad-checkpoint-segments > 1/);
   });
 });
 
