@@ -198,6 +198,8 @@ const MECTA_KEYS = Object.entries(FIELDS)
   .filter(([k, f]) => f.group === 'mecta' && k !== 'accumBn')
   .map(([k]) => k);
 
+const fieldDefault = (k: string): unknown => (FIELDS as Record<string, { default?: unknown }>)[k]?.default ?? null;
+
 /**
  * Short human labels from the varied keys: `alg` shows its value, accum-bn shows as "+ MECTA" (and
  * MECTA-only keys that do not vary among the MECTA runs are then left out), booleans as the key or
@@ -236,6 +238,9 @@ export function labelFor(config: Record<string, unknown>, keys: readonly string[
   if (keys.length === 0 && config.accumBn === true) parts.push('+ MECTA');
   for (const k of keys) {
     const v = config[k];
+    // A numeric memory knob at its default says nothing ("tent beta-thre=0 prune-q=0" is plain tent);
+    // groupRuns falls back to every varied key if the labels then collide.
+    if (typeof v !== 'boolean' && MECTA_KEYS.includes(k) && stableJson(v) === stableJson(fieldDefault(k))) continue;
     if (k === 'alg') parts.push(String(v));
     else if (k === 'accumBn') parts.push(v === true ? (parts.length ? '+ MECTA' : 'MECTA') : parts.length ? '' : 'no MECTA');
     else if (typeof v === 'boolean') parts.push(v ? toKebab(k) : `no-${toKebab(k)}`);

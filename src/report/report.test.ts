@@ -116,6 +116,9 @@ describe('report', () => {
     expect(labelFor({ alg: 'eata', accumBn: false, betaThre: 0.01 }, ['betaThre'])).toBe('beta-thre=0.01');
     expect(labelFor({ accumBn: false }, ['accumBn'])).toBe('no MECTA');
     expect(labelFor({ alg: 'tent', forgetGate: false }, ['alg', 'forgetGate'])).toBe('tent no-forget-gate');
+    // numeric memory knobs at their defaults are left out (plain runs in a memory sweep)
+    expect(labelFor({ alg: 'tent', accumBn: false, betaThre: 0, pruneQ: 0, cacheBudgetMb: null }, ['alg', 'accumBn', 'betaThre', 'pruneQ', 'cacheBudgetMb'])).toBe('tent');
+    expect(labelFor({ alg: 'tent', accumBn: true, betaThre: 0, pruneQ: 0.7, cacheBudgetMb: null }, ['alg', 'accumBn', 'betaThre', 'pruneQ', 'cacheBudgetMb'])).toBe('tent + MECTA prune-q=0.7');
     expect(labelFor({ alg: 'norm', accumBn: true }, [])).toBe('norm + MECTA');
   });
 
