@@ -41,6 +41,8 @@ function comparisonConfig(cfg: CtaConfig, out: string): CtaConfig {
     betaThre: 0,
     pruneQ: 0,
     initBeta: null,
+    cacheBudgetMb: null,
+    cacheBudgetMode: 'greedy',
     saveAdapted: null,
     out: join(out, `compare-${cfg.compareWith}`),
   };

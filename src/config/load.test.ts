@@ -73,6 +73,9 @@ describe('config', () => {
     expect(errorOf(() => resolveConfig(null, { batchSize: '1.5' }))).toContain('--batch-size: expected an integer');
     expect(errorOf(() => resolveConfig(null, { lr: 'abc' }))).toContain('--lr: expected a number > 0');
     expect(errorOf(() => resolveConfig(null, { lr: '0' }))).toContain('--lr');
+    // knobs that would change nothing: refused, not silently accepted
+    expect(errorOf(() => resolveConfig(null, { gradCheckpointScope: 'model' }))).toMatch(/^--grad-checkpoint-scope only takes effect with --grad-checkpoint-segments > 1/);
+    expect(errorOf(() => resolveConfig(null, { alg: 'tent', accumBn: true, pruneQ: 0.5, gradCheckpointSegments: 2 }))).toMatch(/^--grad-checkpoint-segments > 1 does not combine with MECTA channel pruning/);
     const p = yamlFile('prune-q: 2\n');
     expect(errorOf(() => resolveConfig(p, {}))).toContain(`${p}: prune-q: expected a number ≥ 0 and ≤ 1`);
   });
