@@ -22,6 +22,7 @@ import { isAdapterHost } from '../models/injection.js';
 import { expectClose, observed } from '../models/test-helpers.js';
 import { attachAdapters } from './attach.js';
 import { selectPrompts } from './prompt.js';
+import { PassCounter } from '../runner/pass-count.js';
 
 const FIX = join(process.cwd(), 'test', 'fixtures');
 const cfgJson = JSON.parse(readFileSync(join(FIX, 'prompt', 'config.json'), 'utf8')) as { tokens: number; pool: number; lp: number; top_n: number; lr: number; momentum: number; pull: number };
@@ -256,5 +257,25 @@ describe('prompts on the ViT (VPT, L2P) against PyTorch', () => {
     }
     expect(tf.memory().numTensors).toBe(start); // and dispose() frees the prompts, the kept pull term
     x.dispose();
+  });
+
+  it("the runner counts L2P's query forward (the prompt-free model) as a pass of its own, not a backward", () => {
+    const counter = new PassCounter();
+    const l2p = counter.watch(prompted('l2p'));
+    const vpt = counter.watch(prompted('vpt_shallow'));
+    try {
+      tf.tidy(() => l2p.forward(input));
+      const n = input.shape[0];
+      expect(counter.take()).toMatchObject({ forwards: 2 * n, forward_calls: 2, backwards: 0 });
+      tf.tidy(() => vpt.forward(input));
+      expect(counter.take()).toMatchObject({ forwards: n, forward_calls: 1 });
+      // a copy is watched on its own (ctx.cloneModel): it starts without the observer
+      const copy = l2p.clone();
+      expect(copy.innerPassObserver ?? null).toBeNull();
+      copy.dispose();
+    } finally {
+      l2p.dispose();
+      vpt.dispose();
+    }
   });
 });

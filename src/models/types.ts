@@ -211,6 +211,12 @@ export interface Classifier {
    * (`clone`) starts with it off.
    */
   readonly gradCheckpoint?: GradCheckpointControl;
+  /**
+   * Told of a forward the model runs inside its own forward, on `images` images, that is a pass of
+   * its own (L2P's query: the pretrained model's features without the prompts). The runner's pass
+   * counter sets it (src/runner/pass-count.ts); a copy (`clone`) starts without one.
+   */
+  innerPassObserver?: ((images: number) => void) | null;
   /** Frees every tensor the model holds (idempotent). */
   dispose(): void;
 }

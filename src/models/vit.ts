@@ -243,6 +243,7 @@ export class VisionTransformer implements Classifier, AdapterHost {
   readonly architecture: VitArch;
   readonly config: VitConfig;
   readonly mectaOptions: MectaOptions | null = null;
+  innerPassObserver: ((images: number) => void) | null = null;
 
   /** The input normalisation of the model config (timm's mean/std). */
   get inputNormalisation(): { mean: number[]; std: number[] } {
@@ -476,6 +477,7 @@ export class VisionTransformer implements Classifier, AdapterHost {
       batch: n,
       baseFeatures: () =>
         this.withoutAdapters(() => {
+          this.innerPassObserver?.(n);
           const o = this.forwardFeatures(x);
           o.logits.dispose();
           return o.features;

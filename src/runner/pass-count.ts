@@ -5,7 +5,8 @@
  * (CoTTA's teacher, anchor and augmentations, SAR's second SAM pass, MEMO's augmented copies).
  *
  * - forwards: images through any forward of the run's model or of a copy the method made of it
- *   (ctx.cloneModel), counted where `Classifier.forward` / `forwardFeatures` is called;
+ *   (ctx.cloneModel), counted where `Classifier.forward` / `forwardFeatures` is called, and the
+ *   passes a model runs inside its own forward (`Classifier.innerPassObserver`: L2P's query);
  * - backwards: images through the forwards that a gradient computation differentiates (a forward
  *   run inside the function given to tf.grads / tf.variableGrads), and backward_calls the number of
  *   such computations. A method that masks its loss (EATA's reliable samples) still differentiates
@@ -49,6 +50,12 @@ export class PassCounter {
       } finally {
         inside--;
       }
+    };
+    // A forward the model runs inside its own (L2P's query through the prompt-free model) is a
+    // pass of its own; its gradient is stopped (src/adapters/prompt.ts), so it is no backward.
+    model.innerPassObserver = (n) => {
+      this.counts.forwards += n;
+      this.counts.forward_calls++;
     };
     const forward = model.forward.bind(model);
     model.forward = (x) => count(x, () => forward(x));
