@@ -200,27 +200,29 @@ function parseHeaderDict(path: string, text: string): { descr: string; fortran: 
   return { descr: d[2], fortran: f[1] === 'True', shape };
 }
 
+/**
+ * The magic, version and header length of an npy preamble (`pre`: the first 10–12 bytes of a
+ * `size`-byte file or member). v1 has a 2-byte header length, v2/v3 a 4-byte one.
+ */
+function parsePreamble(pre: Uint8Array, size: number, label: string, notNpy: () => CtaError): { major: number; minor: number; headerStart: number; headerLen: number } {
+  for (let i = 0; i < MAGIC.length; i++) if (pre[i] !== MAGIC[i]) throw notNpy();
+  const major = pre[6];
+  const minor = pre[7];
+  if (major === 1) return { major, minor, headerStart: 10, headerLen: pre[8] | (pre[9] << 8) };
+  if (major === 2 || major === 3) {
+    if (size < 12) throw notNpy();
+    return { major, minor, headerStart: 12, headerLen: (pre[8] | (pre[9] << 8) | (pre[10] << 16)) + pre[11] * 0x1000000 };
+  }
+  throw new CtaError(`${label}: unsupported npy format version ${major}.${minor} (supported: 1.x, 2.x, 3.x)`);
+}
+
 async function readHeaderFrom(fh: FileHandle, path: string): Promise<NpyHeader> {
   const { size } = await fh.stat();
   const notNpy = (): CtaError =>
     new CtaError(`${path}: not an npy file (expected the \\x93NUMPY magic at the start of the file)`);
   if (size < 10) throw notNpy();
   const pre = await readExact(fh, path, 0, Math.min(12, size), 'npy preamble');
-  for (let i = 0; i < MAGIC.length; i++) if (pre[i] !== MAGIC[i]) throw notNpy();
-  const major = pre[6];
-  const minor = pre[7];
-  let headerLen: number;
-  let headerStart: number;
-  if (major === 1) {
-    headerLen = pre[8] | (pre[9] << 8);
-    headerStart = 10;
-  } else if (major === 2 || major === 3) {
-    if (size < 12) throw notNpy();
-    headerLen = (pre[8] | (pre[9] << 8) | (pre[10] << 16)) + pre[11] * 0x1000000;
-    headerStart = 12;
-  } else {
-    throw new CtaError(`${path}: unsupported npy format version ${major}.${minor} (supported: 1.x, 2.x, 3.x)`);
-  }
+  const { major, minor, headerStart, headerLen } = parsePreamble(pre, size, path, notNpy);
   const dataOffset = headerStart + headerLen;
   if (dataOffset > size) {
     throw new CtaError(
@@ -537,21 +539,7 @@ export async function writeNpy(
 export function parseNpyBytes(bytes: Uint8Array, label: string): NpyArray {
   const notNpy = (): CtaError => new CtaError(`${label}: not an npy array (expected the \\x93NUMPY magic at its start)`);
   if (bytes.length < 10) throw notNpy();
-  for (let i = 0; i < MAGIC.length; i++) if (bytes[i] !== MAGIC[i]) throw notNpy();
-  const major = bytes[6];
-  const minor = bytes[7];
-  let headerLen: number;
-  let headerStart: number;
-  if (major === 1) {
-    headerLen = bytes[8] | (bytes[9] << 8);
-    headerStart = 10;
-  } else if (major === 2 || major === 3) {
-    if (bytes.length < 12) throw notNpy();
-    headerLen = (bytes[8] | (bytes[9] << 8) | (bytes[10] << 16)) + bytes[11] * 0x1000000;
-    headerStart = 12;
-  } else {
-    throw new CtaError(`${label}: unsupported npy format version ${major}.${minor} (supported: 1.x, 2.x, 3.x)`);
-  }
+  const { major, minor, headerStart, headerLen } = parsePreamble(bytes, bytes.length, label, notNpy);
   const dataOffset = headerStart + headerLen;
   if (dataOffset > bytes.length) {
     throw new CtaError(`${label}: truncated npy array: header needs ${dataOffset} bytes but the member has ${bytes.length}`);
