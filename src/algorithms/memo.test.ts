@@ -17,6 +17,7 @@ import { buildModel } from '../models/registry.js';
 import type { Classifier } from '../models/types.js';
 import { Rng } from '../util/rng.js';
 import { ALGORITHMS } from './registry.js';
+import { weightRecords } from '../runner/accounting.js';
 import { createMemo, marginalEntropy, type MemoValues } from './memo.js';
 import { copiesAndAugmentation } from './context.js';
 import { resolveConfig } from '../config/load.js';
@@ -116,6 +117,12 @@ describe.skipIf(!available)('MEMO parity with PyTorch (resnext_small, AlphaBN)',
       r.logits.dispose();
       expect(r.updated).toBe(true);
       expect(r.metrics).toEqual({ views: 2 * c.views_per_sample });
+      // the analytic cache is that of the back-propagated views' forward, not of the prediction
+      const first = model.normLayers[0]; // after the stem conv: 32 × 32
+      expect(first.last!.forwardBytes).toBe(c.views_per_sample * first.numFeatures * 32 * 32 * 4);
+      const weightInputs = weightRecords(model);
+      expect(weightInputs.length).toBeGreaterThan(0);
+      for (const wr of weightInputs) expect(wr.shape[0], wr.name).toBe(c.views_per_sample); // NHWC / [rows, in]
     }
     for (const k of c.final_stored) errors.check(`memo final ${k}`, 'memo.final', torchValue(model, k), raw(fx, `final.${k}`), TOL);
     const norms = raw(fx, 'update_norms');

@@ -28,6 +28,7 @@ import { TRAIN_ALL } from './param-select.js';
 import { CtaError } from '../util/errors.js';
 import { BN_ALPHA_OPTIONS, configureAlphaBn, type BnAlphaValues } from './bn-alpha.js';
 import { augmixViews } from './augmix.js';
+import { withoutSideEffects } from '../models/norm-policy.js';
 
 // every optimizer field but `episodic`: MEMO resets before every sample by definition
 const { episodic: _episodic, ...OPTIMIZER_FIELDS } = GRADIENT_OPTIONS;
@@ -91,7 +92,9 @@ export async function createMemo(model: Classifier, opts: AdaptOptions, ctx: Alg
             } finally {
               v.dispose();
             }
-            rows.push(tf.tidy(() => model.forward(xi)));
+            // the prediction (one image, no tape) leaves the records of the adapted views'
+            // forward, which is what the analytic cache reports (docs/memory.md#analytic)
+            rows.push(tf.tidy(() => withoutSideEffects(model, () => model.forward(xi))));
           } finally {
             xi.dispose();
           }

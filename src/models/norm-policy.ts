@@ -25,6 +25,7 @@ import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { AlphaStatsOptions, DistMetric, EmaStatsOptions, MectaOptions, NormLayer, NormMode, NormModeOptions } from './types.js';
 import { customOp } from './ops/custom-op.js';
+import { withoutWeightRecords } from './ops/weights.js';
 import type { CacheBudget } from './cache-budget.js';
 import { bnBackward, channelAffine, channelAffineKeep, channelMean, channelStats } from './kernels.js';
 
@@ -504,7 +505,7 @@ export class MectaPolicy implements NormPolicy {
 /**
  * Runs `fn` with every norm layer of `model` side-effect free (see the file comment): for teacher,
  * augmented and SAM forwards that must not move the statistics, MECTA's past_size / matched flag,
- * the pruning stream or the per-layer records. Restores the previous flags afterwards, also on a
+ * the pruning stream or the per-layer records (norm layers' and trainable weights'). Restores the previous flags afterwards, also on a
  * throw; nests. `fn` must be synchronous (a forward is).
  */
 export function withoutSideEffects<T>(model: { readonly normLayers: readonly NormLayer[] }, fn: () => T): T {
@@ -512,7 +513,8 @@ export function withoutSideEffects<T>(model: { readonly normLayers: readonly Nor
   const before = layers.map((l) => l.sideEffects);
   for (const l of layers) l.sideEffects = false;
   try {
-    return fn();
+    // the trainable layers' analytic input records stay those of the last forward with effects
+    return withoutWeightRecords(fn);
   } finally {
     layers.forEach((l, i) => (l.sideEffects = before[i]));
   }

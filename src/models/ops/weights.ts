@@ -53,8 +53,24 @@ export interface WeightInput {
 const weightInputs = new WeakMap<tf.Tensor, WeightInput>();
 let weightInputSeq = 0;
 
+let recordsSuspended = 0;
+
+/**
+ * Runs `fn` without updating the records (withoutSideEffects, norm-policy.ts: a teacher,
+ * augmented or prediction-only forward must not replace what the adapted forward recorded).
+ */
+export function withoutWeightRecords<T>(fn: () => T): T {
+  recordsSuspended++;
+  try {
+    return fn();
+  } finally {
+    recordsSuspended--;
+  }
+}
+
 /** Called by a trainable layer on each forward: what its weight gradient will read. */
 export function recordWeightInput(weight: tf.Tensor, x: tf.Tensor): void {
+  if (recordsSuspended > 0) return;
   weightInputs.set(weight, { shape: x.shape.slice(), bytes: x.size * 4, buffer: x.dataId as object, seq: weightInputSeq++ });
 }
 
