@@ -226,8 +226,12 @@ export function labelKeys(configs: readonly Record<string, unknown>[], varied: r
     });
   }
   if (!keys.includes('accumBn')) return keys;
+  // a memory knob stays when it varies within either side (MECTA runs, or plain ones such as
+  // gradient checkpointing's --grad-checkpoint-segments)
+  const varies = (side: readonly Record<string, unknown>[], k: string) => new Set(side.map((c) => stableJson(c[k]))).size > 1;
   const mecta = configs.filter((c) => c.accumBn === true);
-  return keys.filter((k) => !MECTA_KEYS.includes(k) || new Set(mecta.map((c) => stableJson(c[k]))).size > 1);
+  const plain = configs.filter((c) => c.accumBn !== true);
+  return keys.filter((k) => !MECTA_KEYS.includes(k) || varies(mecta, k) || varies(plain, k));
 }
 
 export function labelFor(config: Record<string, unknown>, keys: readonly string[]): string {

@@ -134,6 +134,18 @@ describe('report', () => {
     expect(labelKeys([...cfgs, { alg: 'tent', lr: 0.01, optimizer: 'sgd', accumBn: false, severity: 5 }], ['alg', 'lr', 'optimizer', 'accumBn'])).toEqual(['alg', 'lr', 'accumBn']);
   });
 
+  it('a memory sweep keeps the knobs that vary among the plain runs (checkpointing) and drops the one MECTA implies', () => {
+    const cfgs = [
+      { alg: 'tent', accumBn: false, forgetGate: false, gradCheckpointSegments: 1, cacheBudgetMb: null },
+      { alg: 'tent', accumBn: false, forgetGate: false, gradCheckpointSegments: 3, cacheBudgetMb: null },
+      { alg: 'tent', accumBn: true, forgetGate: true, gradCheckpointSegments: 1, cacheBudgetMb: 3.5 },
+      { alg: 'tent', accumBn: true, forgetGate: true, gradCheckpointSegments: 1, cacheBudgetMb: 7 },
+    ];
+    const keys = labelKeys(cfgs, ['accumBn', 'forgetGate', 'cacheBudgetMb', 'gradCheckpointSegments']);
+    expect(keys).toEqual(['accumBn', 'cacheBudgetMb', 'gradCheckpointSegments']);
+    expect(cfgs.map((c) => labelFor(c, keys))).toEqual(['tent', 'tent grad-checkpoint-segments=3', 'tent + MECTA cache-budget-mb=3.5', 'tent + MECTA cache-budget-mb=7']);
+  });
+
   it('SVG figures are well-formed, finite and render', async () => {
     const root = fixture();
     const g = groupRuns(collectRuns([root]).runs);
