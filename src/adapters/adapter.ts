@@ -13,7 +13,7 @@ import type { AdapterSite, BranchSite, ConvSite } from '../models/injection.js';
 import { recordWeightInput } from '../models/ops/weights.js';
 import { gelu } from '../models/vit.js';
 import { add, reshape } from '../models/ops/lean.js';
-import { addBias } from './ops.js';
+import { addBias, matMul } from './ops.js';
 import { ModuleSet } from './module-set.js';
 import { ADAPTER_DIM, ADAPTER_TARGETS, blockCount, intOption, parseBlocks, parseTargets } from './options.js';
 import { CNN_CONV_TARGETS, convRows, isVit, selectConvSites } from './lora.js';
@@ -61,7 +61,7 @@ export function denseProjection(store: ParamStore, name: string, inF: number, ou
   const b = store.add(`${name}.bias`, [outF], 'same', zeros);
   return (x) => {
     recordWeightInput(w, x);
-    return addBias(tf.matMul(x, w) as tf.Tensor2D, b);
+    return addBias(matMul(x, w), b);
   };
 }
 

@@ -184,13 +184,12 @@ describe('--adapt-params on the reduced ViT', () => {
     for (const mode of ['official', 'paper'] as const) {
       const m = vit();
       const set = attachAdapters(m, 'vida', { ...SMALL.vida, vidaScaleUpdate: mode }, { seed: 3, augment: augment(new Rng(4)) })! as unknown as {
-        beforeStep(x: tf.Tensor4D): void;
-        uncertainty(x: tf.Tensor4D): number;
+        beforeStep(x: tf.Tensor4D, predict: (x: tf.Tensor4D) => tf.Tensor2D): void;
         scales: { low: number; high: number };
       };
       expect(set.scales).toEqual({ low: 1, high: 1 });
       const start = tf.memory().numTensors;
-      set.beforeStep(x);
+      set.beforeStep(x, (v) => m.forward(v));
       expect(tf.memory().numTensors).toBe(start);
       const { low, high } = set.scales;
       expect(low).not.toBe(1);
@@ -198,6 +197,21 @@ describe('--adapt-params on the reduced ViT', () => {
       expect(high).toBeCloseTo(mode === 'official' ? 1 : low > 1 ? 1 - u : 1 + u, 6);
       m.dispose();
     }
+  });
+
+  it('ViDA under tent: the scales are decided again at every step, also on the same batch tensor', async () => {
+    const m = vit();
+    const set = attachAdapters(m, 'vida', { ...SMALL.vida, vidaScaleUpdate: 'paper' }, { seed: 3, augment: augment(new Rng(4)) })! as unknown as { scales: { low: number; high: number } };
+    const alg = await ALGORITHMS.tent.create(m, tentOptions(), { rng: new Rng(2) });
+    const seen: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      alg.step(x).logits.dispose();
+      seen.push(set.scales.low);
+    }
+    // fresh augmentation draws each time: three different uncertainties
+    expect(new Set(seen).size).toBe(3);
+    alg.dispose();
+    m.dispose();
   });
 
   it('ViDA scale allotment follows the uncertainty (official: only λ_low moves)', () => {
@@ -237,19 +251,28 @@ describe('--adapt-params on the reduced ViT', () => {
   });
 });
 
+/** Options that fit the small ResNeXt (its narrowest 1×1 convs have 16 channels). */
+const CNN_SMALL: Record<string, Record<string, unknown>> = {
+  lora: { rank: 2 },
+  adapter: { adapterDim: 4 },
+  kadaptation: { kronFactors: 4 },
+  compacter: { kronFactors: 4 },
+};
+
 describe('--adapt-params on the small ResNeXt (1×1 convs)', () => {
-  for (const kind of ['lora', 'adapter']) {
+  for (const kind of Object.keys(CNN_SMALL)) {
     it(`${kind}: output unchanged at step 0 in every norm mode; Tent trains it`, async () => {
       const m = cnn();
       for (const mode of ['source', 'batch'] as const) {
         m.setNormMode(mode);
         const base = logits(m);
-        attachAdapters(m, kind, kind === 'lora' ? { rank: 2 } : { adapterDim: 4 }, { seed: 3 });
+        attachAdapters(m, kind, CNN_SMALL[kind], { seed: 3 });
         expect(maxDiff(logits(m), base)).toBeLessThan(1e-5);
         m.setAdapters(null);
       }
-      const set = attachAdapters(m, kind, kind === 'lora' ? { rank: 2 } : { adapterDim: 4 }, { seed: 3 })!;
+      const set = attachAdapters(m, kind, CNN_SMALL[kind], { seed: 3 })!;
       expect(set.parameters().some((p) => p.name.includes('downsample.0'))).toBe(true);
+      const before = set.saveState();
       const alg = await ALGORITHMS.tent.create(m, tentOptions(), { rng: new Rng(2) });
       const base = logits(m);
       alg.step(x).logits.dispose();
@@ -257,10 +280,62 @@ describe('--adapt-params on the small ResNeXt (1×1 convs)', () => {
       for (let i = 0; i < 5; i++) alg.step(x).logits.dispose();
       expect(tf.memory().numTensors).toBe(start);
       expect(maxDiff(logits(m), base)).toBeGreaterThan(0);
+      // every module parameter moved (the shared Kronecker rules included), except the
+      // up-projection biases: the conv's BatchNorm on batch statistics removes any per-channel
+      // constant, so their gradient is zero but for round-off
+      const after = set.saveState();
+      const still = [...after].filter(([k, t]) => !/\.up\.(bias|b)$/.test(k) && maxDiff(t.dataSync(), before.get(k)!.dataSync()) === 0).map(([k]) => k);
+      expect(still).toEqual([]);
+      tf.dispose([...before.values(), ...after.values()]);
       alg.dispose();
       m.dispose();
     });
   }
+
+  it('kadaptation: one shared rule per conv role; compacter: one rule, bottleneck width per conv', () => {
+    const m = cnn();
+    const k = attachAdapters(m, 'kadaptation', { kronFactors: 4 }, { seed: 1 })!;
+    const names = k.parameters().map((p) => p.name);
+    expect(names.filter((n) => n.startsWith('kadaptation.'))).toEqual(['reduce', 'expand', 'shortcut'].flatMap((r) => [`kadaptation.${r}.rule_left`, `kadaptation.${r}.rule_right`]).sort((a, b) => names.indexOf(a) - names.indexOf(b)));
+    // stage_1.0.conv_reduce is 16 → 16: u [4, 4, 1], v [4, 1, 4]
+    const shape = (n: string) => k.parameters().find((p) => p.name === n)!.shape;
+    expect(shape('stage_1.0.conv_reduce.kadaptation.W_left')).toEqual([4, 4, 1]);
+    expect(shape('stage_3.0.downsample.0.kadaptation.W_right')).toEqual([4, 1, 32]);
+    const c = attachAdapters(m, 'compacter', { kronFactors: 2 }, { seed: 1 })!;
+    const cs = (n: string) => c.parameters().find((p) => p.name === n)!.shape;
+    expect(c.parameters().filter((p) => p.name.startsWith('compacter.')).map((p) => p.name)).toEqual(['compacter.phm_rule']);
+    // bottleneck m = the conv's width / 32 rounded up to a multiple of n: 2 on 32 channels, 4 on 128
+    expect(cs('stage_1.0.conv_expand.compacter.down.W_right')).toEqual([2, 1, 1]);
+    expect(cs('stage_3.0.conv_expand.compacter.down.W_right')).toEqual([2, 1, 2]);
+    expect(cs('stage_3.0.conv_expand.compacter.up.W_left')).toEqual([2, 2, 1]);
+    m.dispose();
+  });
+
+  it('kadaptation / compacter: Kronecker factors that do not divide a 1×1 conv are one exit-2 line naming the flag and the conv', () => {
+    const wrn = buildModel('wrn28_10', wrnSd, { rng: new Rng(1) });
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+      ['kadaptation', {}, /^--kron-factors 32: must divide the channels of 1×1 conv block2\.layer\.0\.convShortcut \(16→32\); 16 divides every selected 1×1 conv of this model$/],
+      ['compacter', { kronFactors: 5 }, /^--kron-factors 5: must divide the 32 output channels of 1×1 conv block2\.layer\.0\.convShortcut; 4 divides every selected site of this model$/],
+    ];
+    for (const [kind, cfg, re] of cases) {
+      let err: unknown = null;
+      try {
+        attachAdapters(wrn, kind, cfg, { seed: 1 });
+      } catch (e) {
+        err = e;
+      }
+      expect(err, kind).toBeInstanceOf(CtaError);
+      expect((err as CtaError).exitCode).toBe(2);
+      expect((err as Error).message).toMatch(re);
+    }
+    // the suggested value works, output unchanged at step 0
+    wrn.setNormMode('batch');
+    const base = logits(wrn);
+    const set = attachAdapters(wrn, 'kadaptation', { kronFactors: 16 }, { seed: 3 })!;
+    expect(set.parameters().every((p) => p.name.startsWith('kadaptation.shortcut.') || p.name.includes('.convShortcut.kadaptation.'))).toBe(true);
+    expect(maxDiff(logits(wrn), base)).toBeLessThan(1e-5);
+    wrn.dispose();
+  });
 
   it('WRN: lora on the 1×1 shortcut convs only, output unchanged at step 0', () => {
     const m = buildModel('wrn28_10', wrnSd, { rng: new Rng(1) });

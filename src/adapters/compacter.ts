@@ -4,16 +4,19 @@
  * A_i ∈ R^{n×n} shared by every adapter layer and the "fast" weights B_i = s_i·t_iᵀ of rank r
  * (rank 1 in the paper) per layer. Initialisation as the PEViT Compacter code: A ~ U(−1, 1),
  * s, t glorot-uniform (gain √2), biases zero — except the up-projection's t, which is zero so the
- * model is unchanged at step 0. docs/adapters.md#compacter.
+ * model is unchanged at step 0. On a CNN the adapter sits on each 1×1 convolution's output
+ * (before its BatchNorm, as adapter.ts places it), the bottleneck width per site.
+ * docs/adapters.md#compacter.
  */
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { FieldSpec } from '../config/schema.js';
 import type { AdapterSite } from '../models/injection.js';
 import { recordWeightInput } from '../models/ops/weights.js';
-import { addBias } from './ops.js';
+import { addBias, matMul } from './ops.js';
 import { ModuleSet } from './module-set.js';
-import { ADAPTER_DIM, ADAPTER_TARGETS, KRON_FACTORS, RANK, intOption } from './options.js';
+import { ADAPTER_DIM, ADAPTER_TARGETS, KRON_FACTORS, RANK, commonFactor, intOption } from './options.js';
+import { isVit } from './lora.js';
 import { BottleneckSet, bottleneckSites, type Projection } from './adapter.js';
 import { kronSum, lowRankTerms } from './kron.js';
 import { uniform, xavierUniform, zeros, type ParamStore } from './store.js';
@@ -31,7 +34,7 @@ function phmProjection(store: ParamStore, rule: tf.Variable, name: string, n: nu
   return (x) => {
     recordWeightInput(left, x);
     const h = kronSum(rule as tf.Tensor3D, lowRankTerms(left as tf.Tensor3D, right as tf.Tensor3D));
-    return addBias(tf.matMul(x, h) as tf.Tensor2D, b);
+    return addBias(matMul(x, h), b);
   };
 }
 
@@ -45,15 +48,19 @@ class CompacterSet extends BottleneckSet {
     const n = intOption(cfg, 'kronFactors', 4);
     const r = intOption(cfg, 'rank', 1);
     const chosen = bottleneckSites(sites, cfg, 'compacter');
-    const width = chosen[0].dim;
-    const m = intOption(cfg, 'adapterDim', Math.max(n, Math.ceil(width / 32 / n) * n));
-    for (const s of chosen) {
-      if (s.dim % n !== 0) throw new CtaError(`--kron-factors ${n}: must divide ${s.name}'s width ${s.dim}`);
+    // Compacter's reduction factor 32 on each site's width (one width on the ViT; per conv on a CNN).
+    const dimOf = (width: number) => intOption(cfg, 'adapterDim', Math.max(n, Math.ceil(width / 32 / n) * n));
+    const bad = chosen.find((s) => s.dim % n !== 0);
+    if (bad) {
+      const where = isVit(sites) ? `${bad.name}'s width ${bad.dim}` : `the ${bad.dim} output channels of 1×1 conv ${bad.name}`;
+      throw new CtaError(`--kron-factors ${n}: must divide ${where}; ${commonFactor(n, chosen.map((s) => s.dim))} divides every selected site of this model`);
     }
-    if (m % n !== 0) throw new CtaError(`--kron-factors ${n}: must divide --adapter-dim ${m}`);
+    const m0 = dimOf(chosen[0].dim);
+    if (m0 % n !== 0) throw new CtaError(`--kron-factors ${n}: must divide --adapter-dim ${m0}`);
     // One set of rules for every PHM layer (Compacter's shared A_i).
     const rule = this.store.add('compacter.phm_rule', [n, n, n], 'same', uniform(1));
     for (const s of chosen) {
+      const m = dimOf(s.dim);
       this.blocks.set(s.name, {
         down: phmProjection(this.store, rule, `${s.name}.compacter.down`, n, r, s.dim, m, false),
         up: phmProjection(this.store, rule, `${s.name}.compacter.up`, n, r, m, s.dim, true),
@@ -67,8 +74,8 @@ class CompacterSet extends BottleneckSet {
 }
 
 export const compacter = {
-  description: 'Compacter: bottleneck adapters with PHM (Σ A_i ⊗ s_i t_iᵀ) down/up projections, rules A_i shared by all layers',
+  description: 'Compacter: bottleneck adapters with PHM (Σ A_i ⊗ s_i t_iᵀ) down/up projections after attention and MLP (ViT) or 1×1 convs (CNN), rules A_i shared by all layers',
   options: COMPACTER_OPTIONS,
-  models: ['vit'],
+  models: ['vit', 'cnn'],
   create: (model, cfg, ctx) => new CompacterSet(model.adapterSites(), cfg, ctx),
 } satisfies AdapterSpec;

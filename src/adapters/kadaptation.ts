@@ -7,6 +7,8 @@
  * product PEViT uses (a_i·b_iᵀ, U(±0.01)); u glorot-uniform (gain √2), v zero — PEViT zeroes
  * both factors, which would leave their gradients zero forever, so here only v starts at zero;
  * the model is unchanged at step 0 either way. s = 160 is PEViT's lora_attn_alpha / lora_attn_dim · 5.
+ * On a CNN the same ΔW ∈ R^{in×out} goes beside each 1×1 convolution (a linear map on channels,
+ * as LoRA's, lora.ts), with one set of A_i per conv role (reduce, expand, shortcut) for all blocks.
  * Left out of the official code: the extra shared bias b, the dropout on ΔW, and adding the q
  * update after q's 1/√d scaling (here ΔW is part of the q projection, as the paper writes it).
  * docs/adapters.md#kadaptation.
@@ -14,12 +16,13 @@
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { FieldSpec } from '../config/schema.js';
-import type { AdapterSite, LinearSite } from '../models/injection.js';
+import type { AdapterSite, ConvSite, LinearSite } from '../models/injection.js';
 import { recordWeightInput } from '../models/ops/weights.js';
-import { addColumns, scaled } from './ops.js';
+import { add, reshape } from '../models/ops/lean.js';
+import { addColumns, matMul, scaled } from './ops.js';
 import { ModuleSet } from './module-set.js';
-import { ADAPTER_TARGETS, KRON_FACTORS, RANK, blockCount, intOption, parseBlocks, parseTargets } from './options.js';
-import { VIT_LINEAR_TARGETS, selectLinearSites } from './lora.js';
+import { ADAPTER_TARGETS, KRON_FACTORS, RANK, blockCount, commonFactor, intOption, parseBlocks, parseTargets } from './options.js';
+import { CNN_CONV_TARGETS, VIT_LINEAR_TARGETS, convRows, isVit, selectConvSites, selectLinearSites } from './lora.js';
 import { kronSum, lowRankTerms } from './kron.js';
 import { uniform, xavierUniform, zeros } from './store.js';
 import type { AdapterConfig, AdapterContext, AdapterSpec } from './types.js';
@@ -42,6 +45,7 @@ interface Update {
 
 class KAdaptationSet extends ModuleSet {
   private readonly updates = new Map<string, Update[]>();
+  private readonly convs = new Map<string, { update: Update; stride: number }>();
   private readonly scale: number;
 
   constructor(
@@ -53,7 +57,6 @@ class KAdaptationSet extends ModuleSet {
     const n = intOption(cfg, 'kronFactors', 32);
     const r = intOption(cfg, 'rank', 1);
     this.scale = Number(cfg.kronScale ?? KADAPTATION_OPTIONS.kronScale.default);
-    const targets = parseTargets(cfg, VIT_LINEAR_TARGETS.filter((t) => t !== 'qkv'), ['q', 'v'], 'kadaptation');
     const inBlocks = parseBlocks(cfg, blockCount(sites));
     const rules = new Map<string, tf.Variable[]>();
     const ruleFor = (t: string): tf.Variable[] => {
@@ -65,6 +68,27 @@ class KAdaptationSet extends ModuleSet {
       }
       return pair;
     };
+    // u_i [in/n, r] and v_i [r, out/n] of one site (a q / v slice, a linear or a 1×1 conv).
+    const fast = (base: string, inF: number, outF: number, t: string, offset: number): Update => {
+      const k = inF / n;
+      const p = outF / n;
+      const [rl, rr] = ruleFor(t); // the shared A_i first (declared with the first block)
+      const left = this.store.add(`${base}.W_left`, [n, k, r], 'same', xavierUniform(r, k, Math.SQRT2));
+      const right = this.store.add(`${base}.W_right`, [n, r, p], 'same', zeros);
+      return { offset, width: outF, rule: [rl as tf.Tensor3D, rr as tf.Tensor3D], left, right };
+    };
+    if (!isVit(sites)) {
+      const convs = selectConvSites(sites, parseTargets(cfg, CNN_CONV_TARGETS, CNN_CONV_TARGETS, 'kadaptation'), inBlocks);
+      const bad = convs.find((s) => s.inChannels % n !== 0 || s.outChannels % n !== 0);
+      if (bad) {
+        const m = commonFactor(n, convs.flatMap((s) => [s.inChannels, s.outChannels]));
+        throw new CtaError(`--kron-factors ${n}: must divide the channels of 1×1 conv ${bad.name} (${bad.inChannels}→${bad.outChannels}); ${m} divides every selected 1×1 conv of this model`);
+      }
+      for (const s of convs) this.convs.set(s.name, { update: fast(`${s.name}.kadaptation`, s.inChannels, s.outChannels, s.role, 0), stride: s.stride });
+      if (this.convs.size === 0) throw new CtaError(`--adapt-params kadaptation: no layer matches --adapt-targets / --adapt-blocks on this model`);
+      return;
+    }
+    const targets = parseTargets(cfg, VIT_LINEAR_TARGETS.filter((t) => t !== 'qkv'), ['q', 'v'], 'kadaptation');
     for (const s of selectLinearSites(sites, targets, inBlocks)) {
       const parts: { t: string; offset: number; width: number }[] =
         s.role === 'qkv'
@@ -73,13 +97,7 @@ class KAdaptationSet extends ModuleSet {
       const list: Update[] = [];
       for (const { t, offset, width } of parts) {
         if (s.inFeatures % n !== 0 || width % n !== 0) throw new CtaError(`--kron-factors ${n}: must divide ${s.name} (${t})'s ${s.inFeatures}×${width} weight (PEViT uses 32 for ViT-B's 768)`);
-        const k = s.inFeatures / n;
-        const p = width / n;
-        const base = s.role === 'qkv' ? `${s.name}.kadaptation.${t}` : `${s.name}.kadaptation`;
-        const [rl, rr] = ruleFor(t); // the shared A_i first (declared with the first block)
-        const left = this.store.add(`${base}.W_left`, [n, k, r], 'same', xavierUniform(r, k, Math.SQRT2));
-        const right = this.store.add(`${base}.W_right`, [n, r, p], 'same', zeros);
-        list.push({ offset, width, rule: [rl as tf.Tensor3D, rr as tf.Tensor3D], left, right });
+        list.push(fast(s.role === 'qkv' ? `${s.name}.kadaptation.${t}` : `${s.name}.kadaptation`, s.inFeatures, width, t, offset));
       }
       this.updates.set(s.name, list);
     }
@@ -89,15 +107,26 @@ class KAdaptationSet extends ModuleSet {
   linear(site: LinearSite, x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
     const list = this.updates.get(site.name);
     if (!list) return y;
-    const deltas = list.map((u) => {
-      recordWeightInput(u.left, x);
-      const a = lowRankTerms(u.rule[0], u.rule[1]); // A_i [n, n]
-      // s·ΔW on the weight-sized matrix, not on the activation
-      const dw = scaled(kronSum(a, lowRankTerms(u.left as tf.Tensor3D, u.right as tf.Tensor3D)), this.scale); // [in, width]
-      return { offset: u.offset, t: tf.matMul(x, dw) as tf.Tensor2D };
-    });
+    const deltas = list.map((u) => ({ offset: u.offset, t: this.delta(u, x) }));
     // Each slice's update at its columns of the (fused) output.
     return addColumns(y, deltas);
+  }
+
+  conv(site: ConvSite, x: tf.Tensor4D, y: tf.Tensor4D): tf.Tensor4D {
+    const e = this.convs.get(site.name);
+    if (!e) return y;
+    // a strided 1×1 conv sees every s-th pixel, and so does its update (as LoRA's, lora.ts)
+    const { rows, outShape } = convRows(x, e.stride);
+    return add(y, reshape<tf.Tensor4D>(this.delta(e.update, rows), [...outShape, site.outChannels]));
+  }
+
+  /** x·ΔW for rows x [R, in]: [R, width]. */
+  private delta(u: Update, x: tf.Tensor2D): tf.Tensor2D {
+    recordWeightInput(u.left, x);
+    const a = lowRankTerms(u.rule[0], u.rule[1]); // A_i [n, n]
+    // s·ΔW on the weight-sized matrix, not on the activation
+    const dw = scaled(kronSum(a, lowRankTerms(u.left as tf.Tensor3D, u.right as tf.Tensor3D)), this.scale); // [in, width]
+    return matMul(x, dw);
   }
 
   protected rebuild(ctx: AdapterContext): ModuleSet {
@@ -106,8 +135,8 @@ class KAdaptationSet extends ModuleSet {
 }
 
 export const kadaptation = {
-  description: 'KAdaptation: ΔW = s·Σ A_i ⊗ u_i v_iᵀ on the attention q, v projections, slow A_i shared across layers',
+  description: 'KAdaptation: ΔW = s·Σ A_i ⊗ u_i v_iᵀ on the attention q, v projections (ViT) or the 1×1 convs (CNN), slow A_i shared across layers',
   options: KADAPTATION_OPTIONS,
-  models: ['vit'],
+  models: ['vit', 'cnn'],
   create: (model, cfg, ctx) => new KAdaptationSet(model.adapterSites(), cfg, ctx),
 } satisfies AdapterSpec;

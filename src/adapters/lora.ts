@@ -12,7 +12,7 @@ import type { FieldSpec } from '../config/schema.js';
 import type { AdapterSite, ConvSite, LinearSite } from '../models/injection.js';
 import { recordWeightInput } from '../models/ops/weights.js';
 import { add, reshape } from '../models/ops/lean.js';
-import { addColumns, scaled } from './ops.js';
+import { addColumns, matMul, scaled } from './ops.js';
 import { ModuleSet } from './module-set.js';
 import { ADAPTER_TARGETS, RANK, blockCount, intOption, parseBlocks, parseTargets } from './options.js';
 import { kaimingUniform, zeros } from './store.js';
@@ -39,9 +39,9 @@ export interface LowRank {
 export function lowRank(p: LowRank, x: tf.Tensor2D): tf.Tensor2D {
   recordWeightInput(p.a, x);
   // The scale on the r-wide hidden: nothing activation-sized is kept for it.
-  const xa = scaled(tf.matMul(x, p.a) as tf.Tensor2D, p.scale);
+  const xa = scaled(matMul(x, p.a), p.scale);
   recordWeightInput(p.b, xa);
-  return tf.matMul(xa, p.b) as tf.Tensor2D;
+  return matMul(xa, p.b);
 }
 
 /** Which slice of a qkv linear: 0 = q, 1 = k, 2 = v. */

@@ -24,6 +24,12 @@ export const ADAPTER_DIM = {
   adapterDim: { type: 'int', min: 1, nullable: true, default: null, defaultText: 'adapter 64, compacter width/32 (≥ n)', group: 'adapters', description: 'bottleneck width of the adapter / compacter down-projection' },
 } as const satisfies Record<string, FieldSpec>;
 
+/** The largest m ≤ n dividing every width (1 always does): the --kron-factors to suggest when n does not divide them. */
+export function commonFactor(n: number, widths: readonly number[]): number {
+  for (let m = n; m > 1; m--) if (widths.every((w) => w % m === 0)) return m;
+  return 1;
+}
+
 /** The resolved value of a shared nullable int option (its per-kind default when unset). */
 export function intOption(cfg: AdapterConfig, key: string, fallback: number): number {
   const v = cfg[key];

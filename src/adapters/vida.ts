@@ -9,13 +9,14 @@
  * the other way round. The official set_scale only ever changes λ_low (its `elif` for scale2 is
  * never reached, every injected module having both), which is `--vida-scale-update official`,
  * the default; `paper` moves both, `off` keeps both at 1. Under a method without a teacher the
- * model itself (with its current adapters) gives the augmented predictions.
- * docs/adapters.md#vida.
+ * model itself (with its current adapters) gives the augmented predictions; under a mean teacher
+ * (cotta) the teacher gives them and both models get the scales, as in the official
+ * forward_and_adapt (src/adapters/teacher.ts). docs/adapters.md#vida.
  */
 import { tf } from '../tf.js';
 import { CtaError } from '../util/errors.js';
 import type { FieldSpec } from '../config/schema.js';
-import type { AdapterSite, LinearSite } from '../models/injection.js';
+import type { AdapterSet, AdapterSite, LinearSite } from '../models/injection.js';
 import { ModuleSet } from './module-set.js';
 import { add } from '../models/ops/lean.js';
 import { scaled } from './ops.js';
@@ -53,7 +54,6 @@ class VidaSet extends ModuleSet {
     private readonly sites: readonly AdapterSite[],
     private readonly cfg: AdapterConfig,
     private readonly ctx: AdapterContext,
-    private readonly predict: ((x: tf.Tensor4D) => tf.Tensor2D) | null,
   ) {
     super('vida', ctx);
     const r1 = Number(cfg.vidaLowRank ?? VIDA_OPTIONS.vidaLowRank.default);
@@ -85,12 +85,11 @@ class VidaSet extends ModuleSet {
     return add(add(y, low), high);
   }
 
-  /** The uncertainty of `x` under the model: 0.1·mean over logits of the unbiased variance across augmentations. */
-  uncertainty(x: tf.Tensor4D): number {
-    if (!this.predict || !this.ctx.augment) throw new CtaError('--adapt-params vida: the scale update needs the model and the test-time augmentation', 1);
+  /** The uncertainty of `x` under `predict`: 0.1·mean over logits of the unbiased variance across augmentations. */
+  uncertainty(x: tf.Tensor4D, predict: (x: tf.Tensor4D) => tf.Tensor2D): number {
+    if (!this.ctx.augment) throw new CtaError('--adapt-params vida: the scale update needs the test-time augmentation', 1);
     const n = Number(this.cfg.vidaAugmentations ?? VIDA_OPTIONS.vidaAugmentations.default);
     const augment = this.ctx.augment;
-    const predict = this.predict;
     const u = tf.tidy(() => {
       const outs = Array.from({ length: n }, () => predict(augment(x)));
       const stack = tf.stack(outs); // [n, N, K]
@@ -103,13 +102,20 @@ class VidaSet extends ModuleSet {
     return value;
   }
 
-  beforeStep(x: tf.Tensor4D): void {
+  beforeStep(x: tf.Tensor4D, predict: (x: tf.Tensor4D) => tf.Tensor2D): void {
     if (this.mode === 'off') return;
     const thr = Number(this.cfg.vidaUncThr ?? VIDA_OPTIONS.vidaUncThr.default);
     // The augmented predictions use the current scales (the official code sets them after).
-    const s = vidaScales(this.uncertainty(x), thr, this.mode);
+    const s = vidaScales(this.uncertainty(x, predict), thr, this.mode);
     this.scaleLow = s.low;
     this.scaleHigh = s.high;
+  }
+
+  /** The scales a mean teacher's set decided (official: set_scale on the student and on model_ema). */
+  copyStepState(from: AdapterSet): void {
+    if (!(from instanceof VidaSet)) throw new Error(`vida: cannot take the step state of a '${from.kind}' set`);
+    this.scaleLow = from.scaleLow;
+    this.scaleHigh = from.scaleHigh;
   }
 
   override saveState(): Map<string, tf.Tensor> {
@@ -134,7 +140,7 @@ class VidaSet extends ModuleSet {
   }
 
   protected rebuild(ctx: AdapterContext): ModuleSet {
-    return new VidaSet(this.sites, this.cfg, { ...ctx, augment: this.ctx.augment }, this.predict);
+    return new VidaSet(this.sites, this.cfg, { ...ctx, augment: this.ctx.augment });
   }
 }
 
@@ -142,5 +148,5 @@ export const vida = {
   description: "ViDA: rank-1 and rank-128 adapters beside the attention linears, scaled by the batch's uncertainty",
   options: VIDA_OPTIONS,
   models: ['vit'],
-  create: (model, cfg, ctx) => new VidaSet(model.adapterSites(), cfg, ctx, (x) => model.forward(x)),
+  create: (model, cfg, ctx) => new VidaSet(model.adapterSites(), cfg, ctx),
 } satisfies AdapterSpec;

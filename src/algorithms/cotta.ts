@@ -43,6 +43,9 @@
  *   outside MECTA norm, so only MECTA's per-copy statistics differ from that).
  * - saveState holds the optimizer and the teacher's trained parameters; the teacher's and anchor's
  *   MECTA statistics are not part of it.
+ * - With --adapt-params modules that keep per-batch state (ViDA's scales) the teacher decides it
+ *   from its own predictions and both models take it before the batch's forwards, as the official
+ *   ViDA code does (docs/adapters.md#vida); reset and resume give the teacher the student's.
  */
 import { tf } from '../tf.js';
 import type { Algorithm, AlgorithmContext, AlgorithmSpec, AdaptOptions, StepResult } from './types.js';
@@ -53,6 +56,7 @@ import type { Classifier } from '../models/types.js';
 import { TRAIN_ALL, TRAIN_NORM } from './param-select.js';
 import { modelBytes, tensorBytes } from './state-bytes.js';
 import { CtaError } from '../util/errors.js';
+import { mirrorStepState } from '../adapters/teacher.js';
 
 /** CoTTA's options (the official conf.py OPTIM.MT / RST / AP, the N and loss of forward_and_adapt). */
 export const COTTA_OPTIONS = {
@@ -207,6 +211,7 @@ export async function createCotta(name: string, trainAll: boolean, model: Classi
     // Trained parameters outside the state_dict (--adapt-params modules, docs/adapters.md#state)
     // go back to their configure-time values too (for state_dict parameters this is a no-op).
     teacherVars.forEach((t, i) => t.assign(source[i]));
+    mirrorStepState(teacher, model);
   };
 
   const alg: Algorithm = {
@@ -218,6 +223,9 @@ export async function createCotta(name: string, trainAll: boolean, model: Classi
         adapter.restore();
         restoreTeacher();
       }
+      // A module set's per-batch state (ViDA's scales) comes from the teacher, set on both models
+      // before either forward (the official ViDA forward_and_adapt; src/adapters/teacher.ts).
+      adapter.prepare(x, teacher);
       const { target, augmented } = teacherTarget(x);
       let r: ReturnType<GradientAdapter['grads']>;
       try {
@@ -258,6 +266,8 @@ export async function createCotta(name: string, trainAll: boolean, model: Classi
         const t = state.get(`cotta.teacher.${k}`);
         if (t) teacherVars[i].assign(t);
       });
+      // the student's modules are loaded before the method's state (src/runner/checkpoint.ts)
+      mirrorStepState(teacher, model);
     },
     stateBytes() {
       const own = adapter.stateBytes();

@@ -12,6 +12,7 @@ import { optimizerBytes, tensorBytes } from './state-bytes.js';
 import { CtaError } from '../util/errors.js';
 import { moduleOf, nLayerFilter, TRAIN_ADAPTERS, trainingParameters } from './param-select.js';
 import { isAdapterHost, type AdapterSet } from '../models/injection.js';
+import { prepareModules } from '../adapters/teacher.js';
 
 /**
  * The MECTA options the model currently runs with, needed to switch back to 'mecta' after a
@@ -109,7 +110,7 @@ export class GradientAdapter {
   /** The attached module set (--adapt-params, docs/adapters.md), whose parameters are then the trained ones. */
   private readonly adapters: AdapterSet | null;
   private initialAdapters: Map<string, tf.Tensor> | null;
-  /** The batch `beforeStep` last ran on (SAR's second pass on the same batch does not repeat it). */
+  /** The batch `beforeStep` last ran on, until `apply` (SAR's second pass on the same batch does not repeat it). */
   private prepared: tf.Tensor4D | null = null;
 
   constructor(
@@ -171,6 +172,16 @@ export class GradientAdapter {
   }
 
   /**
+   * The module set's per-batch preparation for `x` (`beforeStep`, once per batch; `grads` calls
+   * it). A mean-teacher method calls it first with its teacher, which then decides for both
+   * models (ViDA's scales from the EMA teacher, src/adapters/teacher.ts).
+   */
+  prepare(x: tf.Tensor4D, teacher?: Classifier): void {
+    if (x === this.prepared) return;
+    if (prepareModules(x, this.model, teacher)) this.prepared = x;
+  }
+
+  /**
    * Forward `x`, build the loss and back-propagate, without touching the parameters — or skip the
    * backward entirely when the loss function returns null or no MECTA layer caches. The backward
    * is skipped by returning a scalar that is not connected to the tape, so the engine finds no
@@ -178,11 +189,8 @@ export class GradientAdapter {
    * non-matched layer (`hadGrad`), whether or not the gradients are applied.
    */
   grads(x: tf.Tensor4D, lossFn: LossFn): AdaptGrads {
+    this.prepare(x);
     // filled inside the taped function (a holder object, because TS does not track closures)
-    if (this.adapters?.beforeStep && x !== this.prepared) {
-      this.adapters.beforeStep(x);
-      this.prepared = x;
-    }
     const out: { logits?: tf.Tensor2D; wantStep: boolean } = { wantStep: false };
     let value: tf.Tensor;
     let grads: (tf.Tensor | undefined)[];
@@ -227,6 +235,8 @@ export class GradientAdapter {
    * null). Does not dispose the gradients.
    */
   apply(grads: Pick<AdaptGrads, 'grads' | 'matched'>): boolean {
+    // the next step prepares again, even on the same batch tensor
+    this.prepared = null;
     const g = grads.grads;
     if (!g) return false;
     if (g.length !== this.params.length || grads.matched.length !== this.layers.length) {

@@ -117,9 +117,16 @@ export interface AdapterSet extends AdapterHooks {
   requiresGrad(filter: (p: { name: string; kind: 'adapter' }) => boolean): void;
   /**
    * Called by the gradient methods before each adaptation forward, outside the gradient tape
-   * (ViDA's uncertainty-driven scale update, src/adapters/vida.ts); `x` is the test batch.
+   * (ViDA's uncertainty-driven scale update, src/adapters/vida.ts); `x` is the test batch and
+   * `predict` the forward of the model whose predictions decide: the set's own model, or a mean
+   * teacher's (src/adapters/teacher.ts).
    */
-  beforeStep?(x: tf.Tensor4D): void;
+  beforeStep?(x: tf.Tensor4D, predict: (x: tf.Tensor4D) => tf.Tensor2D): void;
+  /**
+   * Takes the per-batch state `beforeStep` decided (not parameters: ViDA's scales) from `from`,
+   * a set of the same kind and sites, so that a student and its mean teacher agree on it.
+   */
+  copyStepState?(from: AdapterSet): void;
   /**
    * A term added to the method's loss inside the gradient tape, after the forward of the same
    * batch (L2P's pull constraint); null = nothing. Read only when the method takes a step.

@@ -1,9 +1,9 @@
 /**
  * End-to-end --adapt-params (docs/adapters.md): every kind through the built `cta-eval` on the
- * shipped Fashion-MNIST stream with the reduced ViT fixture (timm names, 32 px), lora and adapter
- * on the small ResNeXt; trainable-parameter counts in summary.json and under the table;
- * --save-adapted → --init-adapters round trip; checkpoint resume keeps the modules; bad options
- * exit 2 with one line.
+ * shipped Fashion-MNIST stream with the reduced ViT fixture (timm names, 32 px), lora, adapter,
+ * kadaptation and compacter on the small ResNeXt; trainable-parameter counts in summary.json and
+ * under the table; --save-adapted → --init-adapters round trip; checkpoint resume keeps the
+ * modules (also cotta with vida's scales); bad options exit 2 with one line.
  */
 import { describe, it, expect } from 'vitest';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -64,10 +64,11 @@ describe('cta-eval --adapt-params', () => {
     expect(bad.stderr).toMatch(/--init-adapters .*wrong shape/);
   });
 
-  for (const kind of ['lora', 'adapter']) {
+  // the small ResNeXt's narrowest 1×1 convs have 16 channels: KAdaptation's default 32 factors do not divide them
+  for (const [kind, extra] of [['lora', []], ['adapter', []], ['kadaptation', ['--kron-factors', '8']], ['compacter', []]] as const) {
     it(`${kind} on the small ResNeXt (1×1 convs) under eata`, async () => {
       const out = outDir();
-      const r = await cli([...stream, '--model', 'resnext29', '--weights', FIXTURE_WEIGHTS, '--alg', 'eata', '--fisher-size', '8', '--adapt-params', kind, '--out', out]);
+      const r = await cli([...stream, '--model', 'resnext29', '--weights', FIXTURE_WEIGHTS, '--alg', 'eata', '--fisher-size', '8', '--adapt-params', kind, ...extra, '--out', out]);
       expect(r.code, r.stderr).toBe(0);
       expect(summaryOf(out).trainable_params).toBeGreaterThan(0);
     });
@@ -96,10 +97,37 @@ describe('cta-eval --adapt-params', () => {
     for (const [k, t] of a) expect(Array.from(b.get(k)!.data), k).toEqual(Array.from(t.data));
   });
 
+  it('cotta with vida: a run killed at a domain boundary and resumed gives the uninterrupted numbers (scales in the checkpoint)', async () => {
+    const args = [...stream, '--model', 'vit_b16', '--weights', VIT, '--alg', 'cotta', '--lr', '0.01', '--cotta-augmentations', '2', '--cotta-anchor-threshold', '1', '--adapt-params', 'vida', '--vida-high-rank', '4', '--vida-augmentations', '2', '--vida-scale-update', 'paper', '--vida-unc-thr', '0'];
+    const whole = outDir();
+    expect((await cli([...args, '--save-adapted', `${whole}.safetensors`, '--out', whole])).code).toBe(0);
+    const cut = outDir();
+    const killed = await runBin('cta-eval', [...args, '--save-adapted', `${cut}.safetensors`, '--out', cut], {
+      CTA_TEST_EXIT_AFTER_DOMAIN: '1',
+      NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${pathToFileURL(join(ROOT, 'test/e2e/exit-after-domain.mjs')).href}`.trim(),
+    });
+    expect(killed.code).toBe(99);
+    const ck = await readSafetensors(join(cut, 'checkpoint.safetensors'));
+    // the scales moved (threshold 0, so U ≥ it: λ_low = 1 − U, λ_high = 1 + U); with the zero-initialised
+    // up-projections they barely change the teacher's predictions, so the check that the teacher
+    // gets them back is src/adapters/parity.test.ts (non-zero modules)
+    const scales = Array.from(ck.get('adapters.vida.scales')!.data);
+    expect(scales[0]).toBeLessThan(1);
+    expect(scales[1]).toBeGreaterThan(1);
+    const resumed = await cli(['--resume', cut, '--progress', 'none']);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const errs = (d: string) => summaryOf(d).domains.map((x: { error: number }) => x.error);
+    expect(errs(cut)).toEqual(errs(whole));
+    const [a, b] = [await readSafetensors(`${whole}.safetensors`), await readSafetensors(`${cut}.safetensors`)];
+    expect([...b.keys()]).toEqual([...a.keys()]);
+    for (const [k, t] of a) expect(Array.from(b.get(k)!.data), k).toEqual(Array.from(t.data));
+  });
+
   it('bad options: exit 2, one line', async () => {
     const cases: [string[], RegExp][] = [
       [['--model', 'vit_b16', '--weights', VIT, '--alg', 'tent', '--adapt-params', 'lora', '--adapt-targets', 'q,nope'], /--adapt-targets: 'nope'/],
       [['--model', 'vit_b16', '--weights', VIT, '--alg', 'tent', '--adapt-params', 'kadaptation'], /--kron-factors 32/],
+      [['--model', 'resnext29', '--weights', FIXTURE_WEIGHTS, '--alg', 'tent', '--adapt-params', 'kadaptation'], /--kron-factors 32: must divide the channels of 1×1 conv stage_1\.0\.conv_reduce \(16→16\); 16 divides every selected 1×1 conv/],
       [['--model', 'resnext29', '--weights', FIXTURE_WEIGHTS, '--alg', 'tent', '--adapt-params', 'vida'], /applies to the ViT/],
       [['--model', 'vit_b16', '--weights', VIT, '--alg', 'tent', '--save-adapted', '/tmp/x.safetensors'], /needs --adapt-params/],
       [['--model', 'vit_b16', '--weights', VIT, '--alg', 'tent', '--adapt-params', 'lora', '--rank', '0'], /--rank/],
