@@ -30,6 +30,11 @@ const HELP = `npm run bench -- [flags]
   --quick              resnext29, batch 16, all modes, 5 reps, 1 warm-up, 1 Fisher batch
                        (< 10 min on 2 cores)
   --no-jpeg            skip the ImageNet-C JPEG pipeline bench that runs last
+  --vit-adapt-params   also run every --adapt-params kind on the full-size ViT-B/16 through the
+                       CLI (tent; eata with lora), batch 4, 1 thread: exit code, wall s, domains,
+                       trainable parameters, measured backprop MB per run (scripts/vit-b16-adapt-params.mjs;
+                       ~15-30 min; its own flags: node scripts/vit-b16-adapt-params.mjs --help)
+  --only-vit-adapt-params  that suite alone (no speed measurements, ceiling or JPEG bench)
   --no-ceiling         skip the convolution ceiling (ResNeXt-29's forward conv calls timed alone in
                        TF.js and, with the PyTorch reference, in PyTorch: the best ratio a
                        conv-bound step can reach)
@@ -253,12 +258,22 @@ async function main() {
       help: { type: 'boolean', short: 'h', default: false },
       jpeg: { type: 'boolean', default: true },
       ceiling: { type: 'boolean', default: true },
+      'vit-adapt-params': { type: 'boolean', default: false },
+      'only-vit-adapt-params': { type: 'boolean', default: false },
     },
     allowNegative: true,
     strict: true,
   });
   if (values.help) {
     process.stdout.write(HELP);
+    return;
+  }
+  if (values['only-vit-adapt-params']) {
+    const t0 = performance.now();
+    if (values.json) writeFileSync(values.json, '');
+    const code = vitAdaptParams(values.json);
+    process.stdout.write(`total ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+    if (code !== 0) process.exitCode = 1;
     return;
   }
   const { MODEL_NAMES } = await import('../dist/models/registry.js');
@@ -367,7 +382,21 @@ async function main() {
     process.stdout.write(r.stdout);
     if (values.json) appendFileSync(values.json, r.stdout);
   }
+  if (values['vit-adapt-params'] && vitAdaptParams(values.json) !== 0) process.exitCode = 1;
   process.stdout.write(`total ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+}
+
+/**
+ * Every --adapt-params kind end to end at the full ViT-B/16 size (scripts/vit-b16-adapt-params.mjs):
+ * its JSON lines (one per run, then the suite's) to stdout and --json, its table on stderr; returns
+ * its exit status (1 when a run failed).
+ */
+function vitAdaptParams(json) {
+  process.stdout.write('\nEvery --adapt-params kind on the full-size ViT-B/16 (scripts/vit-b16-adapt-params.mjs):\n');
+  const r = spawnSync(process.execPath, [join(ROOT, 'scripts', 'vit-b16-adapt-params.mjs')], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 * 2 ** 20 });
+  process.stdout.write(r.stdout ?? '');
+  if (json) appendFileSync(json, r.stdout ?? '');
+  return r.status ?? 1;
 }
 
 main().catch((e) => {

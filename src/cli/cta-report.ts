@@ -17,6 +17,7 @@ import { byKeySvg, errorByDomainSvg, streamSvg, svgToPng } from '../report/plots
 import { accMatrixSvg, cleanCurveSvg, forgettingCsv, forgettingMarkdown } from '../report/forgetting.js';
 import { groupProtocolBlock } from '../report/collect.js';
 import { errorVsMemorySvg, errorVsParamsSvg, memoryMarkdown } from '../report/memory.js';
+import { errorParamsCacheSvg } from '../report/adapt-params.js';
 
 const USAGE = '$0 DIR... [--by KEY] [--out DIR]';
 const ABOUT =
@@ -27,7 +28,7 @@ const ABOUT =
   'over the stream) and, with --by, by-KEY.svg to --out, each figure also as a PNG beside its SVG. Runs with ' +
   '--interleave-clean add a forgetting table (avg acc, forgetting, BWT), forgetting.csv, acc-matrix.svg (heat map) ' +
   'and clean-accuracy.svg. Runs that measured their backprop bytes add an error-against-memory table and ' +
-  'error-vs-memory.svg (and error-vs-params.svg where runs trained different parameter counts). Every table states the protocol (setting, images, severity, reset, batch, metric, ' +
+  'error-vs-memory.svg (and error-vs-params.svg where runs trained different parameter counts; error-params-cache.svg, error against trainable parameters and backprop MB, where they differ in adapt-params). Every table states the protocol (setting, images, severity, reset, batch, metric, ' +
   'model, corruption source). Unfinished runs are left out unless --include-partial.';
 
 export async function main(argv: string[]): Promise<void> {
@@ -119,6 +120,9 @@ export async function main(argv: string[]): Promise<void> {
       if (mem) await figure('error-vs-memory', mem);
       const params = errorVsParamsSvg(g);
       if (params) await figure('error-vs-params', params);
+      // Runs that differ in --adapt-params: error vs trainable parameters vs backprop MB (docs/adapters.md#report).
+      const adapt = errorParamsCacheSvg(g);
+      if (adapt) await figure('error-params-cache', adapt);
     }
     const rel = relative(process.cwd(), outDir) || '.';
     log(`wrote ${written.map((f) => join(rel, f)).join(', ')}`);
