@@ -1,7 +1,9 @@
 /**
  * cta-train: trains a source model from scratch on a clean labelled set and writes a RobustBench
  * state_dict (.safetensors) that `cta-eval --model resnext29 --weights FILE` loads unchanged.
- * See src/train/trainer.ts for the recipe (SGD + cosine, crop/flip, train-mode BN).
+ * See src/train/trainer.ts for the recipe (SGD + cosine, crop/flip, train-mode BN). With
+ * `--model vit_b16` it trains a small timm-layout ViT instead (src/train/vit-command.ts,
+ * vit-trainer.ts: AdamW + warmup/cosine) that `cta-eval --model vit_b16 --weights FILE` loads.
  *
  * Own flags (not the run config), parsed with yargs; every error is one CtaError line (runMain).
  */
@@ -22,6 +24,8 @@ import { checkKeys, loadStateDict } from '../io/state-dict.js';
 import { inferResNeXt, resnextExpectedKeys } from '../models/resnext.js';
 import type { StateDict } from '../io/types.js';
 import { DEFAULT_TRAIN, buildTrainable, saveModel, trainModel, type EpochRecord, type TrainOptions } from '../train/trainer.js';
+import { DEFAULT_VIT_TRAIN } from '../train/vit-trainer.js';
+import { RESNEXT_ONLY_FLAGS, VIT_DEFAULTS, VIT_ONLY_FLAGS, trainVitCommand } from '../train/vit-command.js';
 
 const USAGE = '$0 --data PATH --out FILE.safetensors [options]';
 const ABOUT =
@@ -30,7 +34,10 @@ const ABOUT =
   'RobustBench key names, mu/sigma input-normalisation buffers (the training images\' per-channel mean/std) ' +
   'and num_batches_tracked. --data: an IDX images file (.gz ok; labels beside it), a CIFAR binary batch, an ' +
   '.npy pair, or a folder holding train-images-idx3-ubyte[.gz] (then t10k-images-idx3-ubyte[.gz] there is ' +
-  'the default --test). Grey 28×28 images are padded to 32×32 RGB. The weights are rewritten after every epoch.';
+  'the default --test). Grey 28×28 images are padded to 32×32 RGB. The weights are rewritten after every epoch. ' +
+  '--model vit_b16 trains a small Vision Transformer with timm key names instead (--vit-dim/--vit-depth/--vit-heads/' +
+  '--vit-mlp-dim/--patch; AdamW with linear warmup + cosine, decay on matrices only, timm init); the head count and ' +
+  'input normalisation go into the file\'s safetensors metadata, so cta-eval --model vit_b16 --weights FILE needs no extra flag.';
 
 function last(v: unknown): unknown {
   return Array.isArray(v) ? v[v.length - 1] : v;
@@ -84,18 +91,24 @@ export async function main(argv: string[]): Promise<void> {
       .option('data', { type: 'string', describe: 'training set: IDX images file, CIFAR binary batch, .npy, or a folder with train-images-idx3-ubyte[.gz]' })
       .option('test', { type: 'string', defaultDescription: 't10k-images-idx3-ubyte[.gz] beside a --data folder', describe: 'evaluation set after each epoch ("none" to skip)' })
       .option('out', { type: 'string', describe: 'output .safetensors (rewritten after every epoch)' })
-      .option('model', { type: 'string', default: 'resnext29', defaultDescription: 'resnext29', describe: 'architecture (only resnext29: the RobustBench CifarResNeXt family)' })
+      .option('model', { type: 'string', default: 'resnext29', defaultDescription: 'resnext29', describe: 'architecture: resnext29 (RobustBench CifarResNeXt) or vit_b16 (a small timm-layout ViT)' })
       .option('depth', { ...int, defaultDescription: '29', describe: 'depth 9·blocks+2 (11 = one block per stage)' })
       .option('cardinality', { ...int, defaultDescription: '4', describe: 'groups of the 3×3 convs' })
       .option('base-width', { ...int, defaultDescription: '32', describe: 'base_width: dim = floor(planes·base_width/64) per group' })
       .option('width', { ...int, defaultDescription: '64', describe: "stem width = stage-1 planes (RobustBench's 64); stages use w, 2w, 4w" })
-      .option('init', { type: 'string', defaultDescription: 'none (random init)', describe: 'start from these resnext29 weights (.safetensors/.pt, with mu/sigma) instead of a random init; the architecture flags, if given, must match' })
+      .option('init', { type: 'string', defaultDescription: 'none (random init)', describe: 'start from these weights instead of a random init: resnext29 .safetensors/.pt with mu/sigma, or a cta-train vit_b16 file (heads from its metadata); the architecture flags, if given, must match' })
+      .option('vit-dim', { ...int, defaultDescription: String(VIT_DEFAULTS.dim), describe: 'vit_b16: token width D' })
+      .option('vit-depth', { ...int, defaultDescription: String(VIT_DEFAULTS.depth), describe: 'vit_b16: transformer blocks' })
+      .option('vit-heads', { ...int, defaultDescription: String(VIT_DEFAULTS.heads), describe: 'vit_b16: attention heads (divides --vit-dim; stored in the file metadata)' })
+      .option('vit-mlp-dim', { ...int, defaultDescription: '4 × --vit-dim', describe: 'vit_b16: MLP hidden width' })
+      .option('patch', { ...int, defaultDescription: String(VIT_DEFAULTS.patch), describe: 'vit_b16: patch side in pixels (divides 32)' })
+      .option('warmup-steps', { ...int, defaultDescription: '5 % of all steps', describe: 'vit_b16: linear learning-rate warmup steps before the cosine' })
       .option('num-classes', { ...int, defaultDescription: 'max label + 1, at least 10', describe: 'classes' })
       .option('epochs', { ...int, defaultDescription: String(DEFAULT_TRAIN.epochs), describe: 'epochs' })
       .option('batch-size', { ...int, defaultDescription: String(DEFAULT_TRAIN.batchSize), describe: 'batch size (the last partial batch of an epoch is dropped)' })
-      .option('lr', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.lr), describe: 'initial learning rate of the cosine schedule' })
-      .option('momentum', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.momentum), describe: 'SGD momentum' })
-      .option('weight-decay', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.weightDecay), describe: 'L2 on conv/linear weights' })
+      .option('lr', { ...valueOption('number'), defaultDescription: `${DEFAULT_TRAIN.lr} (vit_b16: ${DEFAULT_VIT_TRAIN.lr})`, describe: 'initial (vit_b16: peak, after warmup) learning rate of the cosine schedule' })
+      .option('momentum', { ...valueOption('number'), defaultDescription: String(DEFAULT_TRAIN.momentum), describe: 'SGD momentum (resnext29)' })
+      .option('weight-decay', { ...valueOption('number'), defaultDescription: `${DEFAULT_TRAIN.weightDecay} (vit_b16: ${DEFAULT_VIT_TRAIN.weightDecay})`, describe: 'L2 on conv/linear weights (vit_b16: AdamW decoupled decay on the weight matrices)' })
       .option('no-augment', { type: 'boolean', default: false, describe: 'no random crop / flip' })
       .option('crop-pad', { ...int, defaultDescription: '4', describe: 'RandomCrop padding; 0 = horizontal flip only' })
       .option('n-train', { ...int, defaultDescription: 'all', describe: 'use the first N training images' })
@@ -116,13 +129,22 @@ export async function main(argv: string[]): Promise<void> {
     if (!out) throw new CtaError('--out: required (the .safetensors file to write)');
     checkOutFile('--out', out);
     const model = str('model', p.model)!;
-    if (model !== 'resnext29') throw new CtaError(`--model ${model}: cta-train builds resnext29 (RobustBench CifarResNeXt) only`);
+    if (model !== 'resnext29' && model !== 'vit_b16') throw new CtaError(`--model ${model}: cta-train builds resnext29 (RobustBench CifarResNeXt) or vit_b16 (a small timm-layout ViT)`);
+    // Each architecture's shape flags are refused for the other (argv spelling, as the user typed them).
+    for (const flag of model === 'vit_b16' ? RESNEXT_ONLY_FLAGS : VIT_ONLY_FLAGS) {
+      const key = flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+      if (p[key] !== undefined) throw new CtaError(`--${flag}: not an option of --model ${model} (${model === 'vit_b16' ? 'resnext29' : 'vit_b16'} only)`);
+    }
     const backend = (p.backend === undefined ? FIELDS.backend.default : coerce('backend', last(p.backend), { kind: 'flag' })) as BackendName;
     const threads = (p.threads === undefined ? FIELDS.threads.default : coerce('threads', last(p.threads), { kind: 'flag' })) as number;
     const testArg = str('test', p.test);
     const files = resolveData(dataArg, testArg === 'none' ? undefined : testArg);
     if (testArg === 'none') files.test = null;
 
+    if (model === 'vit_b16') {
+      await trainVitCommand({ p, files, argv, out, backend, threads, num, str });
+      return;
+    }
     const opts: TrainOptions = {
       ...DEFAULT_TRAIN,
       epochs: num('epochs', p.epochs, { int: true, min: 1 }) ?? DEFAULT_TRAIN.epochs,

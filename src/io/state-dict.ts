@@ -9,7 +9,7 @@
 import { stat } from 'node:fs/promises';
 import { extname } from 'node:path';
 import { CtaError, listSome } from '../util/errors.js';
-import { parseSafetensors, readWeightBytes } from './safetensors.js';
+import { parseSafetensors, parseSafetensorsWithMetadata, readWeightBytes } from './safetensors.js';
 import { isLegacyTorch, isZip, legacyTorchMessage, parseTorchPt } from './torch-pt.js';
 import { looksLikeNpz, parseNpz } from './npz.js';
 import type { StateDict } from './types.js';
@@ -35,8 +35,12 @@ export async function loadStateDict(path: string): Promise<StateDict> {
   return (await loadWeightFile(path)).sd;
 }
 
-/** {@link loadStateDict} plus the container the file turned out to be. */
-export async function loadWeightFile(path: string): Promise<{ sd: StateDict; format: WeightFileFormat }> {
+/**
+ * {@link loadStateDict} plus the container the file turned out to be and, for safetensors, its
+ * `__metadata__` string map (empty otherwise): what a timm-layout ViT written by cta-train keeps
+ * there (head count, input normalisation) is read by src/models/weights-variant.ts.
+ */
+export async function loadWeightFile(path: string): Promise<{ sd: StateDict; format: WeightFileFormat; metadata: Record<string, string> }> {
   // Probe first so the usual mistake (a wrong --weights path) gets the flag's name in the message.
   let isDir: boolean;
   try {
@@ -50,7 +54,11 @@ export async function loadWeightFile(path: string): Promise<{ sd: StateDict; for
   if (isDir) throw new CtaError(`--weights ${path}: is a directory, expected a .safetensors, .pt or .npz file`);
   const buf = await readWeightBytes(path);
   const format = weightFileFormat(buf, path);
-  return { sd: normalizeStateDict(parseWeights(buf, path), path), format };
+  if (format === 'safetensors' && !isLegacyTorch(buf)) {
+    const { tensors, metadata } = parseSafetensorsWithMetadata(buf, path);
+    return { sd: normalizeStateDict(tensors, path), format, metadata };
+  }
+  return { sd: normalizeStateDict(parseWeights(buf, path), path), format, metadata: {} };
 }
 
 /** Which parser {@link parseWeights} picks for `buf` (same rules; refusals are left to it). */

@@ -62,7 +62,7 @@ export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Pr
   if (!cfg.weights) throw new CtaError('--weights: required (a .safetensors or PyTorch .pt state_dict for --model ' + cfg.model + ')');
   // A Google ViT .npz (Flax names) becomes timm's state_dict here; the variant goes into the protocol.
   const file = await loadWeightFile(cfg.weights);
-  const { sd, variant, heads } = resolveWeights(file.sd, file.format, cfg.model, cfg.weights);
+  const { sd, variant, heads, inputNorm } = resolveWeights(file.sd, file.format, cfg.model, cfg.weights, file.metadata);
   const weightsSha256 = await sha256File(cfg.weights);
   // What the weights are (the protocol record, src/runner/provenance.ts), read before the build releases them.
   const checkpoint = `${variant}: ${MODELS[cfg.model].describe(sd)}${heads !== undefined ? `, ${heads} heads` : ''}`;
@@ -75,6 +75,8 @@ export async function prepareModel(cfg: CtaConfig, log: (l: string) => void): Pr
   const model = buildModel(cfg.model, sd, {
     rng: pruneRng,
     expect: { depth: cfg.depth ?? undefined, cardinality: cfg.cardinality ?? undefined, heads },
+    // A cta-train ViT's recorded mean/std (the same as vit_b16's default 0.5 unless trained otherwise).
+    ...(inputNorm ? { inputNorm } : {}),
   });
   const values = cfg as Record<string, unknown>;
   for (const [k, f] of Object.entries(FIELDS) as [FieldKey, FieldSpec][]) {

@@ -63,7 +63,7 @@ const NUMERIC: Record<Bin, string[]> = {
   'cta-sweep': ['jobs', 'cpus', 'gpus', 'max-parallel'],
   'cta-corrupt': ['n', 'seed'],
   'cta-report': ['smooth'],
-  'cta-train': ['depth', 'cardinality', 'base-width', 'width', 'num-classes', 'epochs', 'batch-size', 'lr', 'momentum', 'weight-decay', 'crop-pad', 'n-train', 'n-test', 'seed', 'log-every', 'threads'],
+  'cta-train': ['depth', 'cardinality', 'base-width', 'width', 'vit-dim', 'vit-depth', 'vit-heads', 'vit-mlp-dim', 'patch', 'warmup-steps', 'num-classes', 'epochs', 'batch-size', 'lr', 'momentum', 'weight-decay', 'crop-pad', 'n-train', 'n-test', 'seed', 'log-every', 'threads'],
 };
 /** Options without a default (the command refuses to run without them). */
 const REQUIRED: Partial<Record<Bin, string[]>> = { 'cta-corrupt': ['input', 'out'], 'cta-train': ['data', 'out'] };
