@@ -148,6 +148,94 @@ export function trainStep(
   });
 }
 
+/** What the epoch loop needs of one recipe (ResNeXt's SGD, the ViT's AdamW: vit-trainer.ts). */
+export interface EpochRecipe {
+  epochs: number;
+  batchSize: number;
+  augment: AugmentOptions | null;
+  seed: number;
+  logEvery: number;
+  /** Sets the learning rate of global step `step` (of `total`) and returns it. */
+  schedule(step: number, total: number): number;
+  /** One optimizer step on a batch. */
+  step(x: tf.Tensor4D, labels: tf.Tensor1D): StepResult;
+  /** Test accuracy after an epoch (the caller's evaluation mode). */
+  evaluate(test: ImageSet): number;
+  /** Before each epoch's steps (e.g. BatchNorm in train mode), and after them. */
+  beginEpoch?(): void;
+  endEpoch?(): void;
+  /** The learning rate in progress lines (default: 5 decimals). */
+  formatLr?(lr: number): string;
+}
+
+/**
+ * The epochs of a recipe on `train` (uint8 NHWC RGB, drop_last batches of a seeded permutation),
+ * with progress lines, a divergence check and the test accuracy after every epoch.
+ */
+export async function runEpochs<M>(
+  model: M,
+  train: ImageSet,
+  test: ImageSet | null,
+  recipe: EpochRecipe,
+  hooks: { log?: (line: string) => void; onEpoch?: (rec: EpochRecord, model: M) => Promise<void> | void } = {},
+): Promise<EpochRecord[]> {
+  const log = hooks.log ?? (() => {});
+  const rng = new Rng(recipe.seed);
+  const stepsPerEpoch = Math.floor(train.n / recipe.batchSize); // drop_last, as the usual CIFAR scripts
+  const total = stepsPerEpoch * recipe.epochs;
+  const img = train.height * train.width * train.channels;
+  const buf = new Float32Array(recipe.batchSize * img);
+  const records: EpochRecord[] = [];
+  let step = 0;
+  let lr = 0;
+  for (let epoch = 1; epoch <= recipe.epochs; epoch++) {
+    const t0 = Date.now();
+    recipe.beginEpoch?.();
+    const perm = rng.permutation(train.n);
+    let lossSum = 0;
+    let correct = 0;
+    let seen = 0;
+    let lastLog = Date.now();
+    for (let s = 0; s < stepsPerEpoch; s++, step++) {
+      lr = recipe.schedule(step, total);
+      const idx = perm.subarray(s * recipe.batchSize, (s + 1) * recipe.batchSize);
+      makeBatch(train, idx, buf, recipe.augment, rng);
+      const x = tf.tensor4d(buf, [recipe.batchSize, train.height, train.width, train.channels]);
+      const y = tf.tensor1d(Int32Array.from(idx, (i) => train.labels[i]), 'int32');
+      let r: StepResult;
+      try {
+        r = recipe.step(x, y);
+      } finally {
+        x.dispose();
+        y.dispose();
+      }
+      if (!Number.isFinite(r.loss)) throw new Error(`training diverged: loss ${r.loss} at epoch ${epoch} step ${s + 1}`);
+      lossSum += r.loss * recipe.batchSize;
+      correct += r.correct;
+      seen += recipe.batchSize;
+      if (recipe.logEvery > 0 && (s + 1) % recipe.logEvery === 0) {
+        const now = Date.now();
+        const ips = (recipe.logEvery * recipe.batchSize) / ((now - lastLog) / 1000);
+        lastLog = now;
+        log(
+          `epoch ${epoch} step ${s + 1}/${stepsPerEpoch} loss ${(lossSum / seen).toFixed(4)} acc ${(correct / seen).toFixed(4)} lr ${recipe.formatLr ? recipe.formatLr(lr) : lr.toFixed(5)} ${ips.toFixed(1)} img/s tensors ${tf.memory().numTensors}`,
+        );
+      }
+    }
+    recipe.endEpoch?.();
+    const testAcc = test ? recipe.evaluate(test) : null;
+    const rec: EpochRecord = { epoch, steps: step, trainLoss: lossSum / seen, trainAcc: correct / seen, testAcc, lr, seconds: (Date.now() - t0) / 1000 };
+    records.push(rec);
+    log(
+      `epoch ${epoch}/${recipe.epochs} done: train loss ${rec.trainLoss.toFixed(4)} train acc ${rec.trainAcc.toFixed(4)}` +
+        (testAcc === null ? '' : ` test acc ${testAcc.toFixed(4)}`) +
+        ` (${rec.seconds.toFixed(0)} s)`,
+    );
+    await hooks.onEpoch?.(rec, model);
+  }
+  return records;
+}
+
 /**
  * Trains `model` in place on `train` (uint8 NHWC RGB); evaluates on `test` after every epoch when
  * given. Returns the per-epoch records.
@@ -159,7 +247,6 @@ export async function trainModel(
   opts: TrainOptions,
   hooks: TrainHooks = {},
 ): Promise<EpochRecord[]> {
-  const log = hooks.log ?? (() => {});
   const weights = model.trainableWeights();
   model.setTrainable(true);
   const params = [...weights.map((w) => w.variable), ...model.trainableParams()];
@@ -167,68 +254,19 @@ export async function trainModel(
   // SGD reads opts.lr on every step: the schedule updates this object in place.
   const sgdOpts = { lr: opts.lr, momentum: opts.momentum };
   const opt = new SGD(params, sgdOpts);
-  const rng = new Rng(opts.seed);
-  const stepsPerEpoch = Math.floor(train.n / opts.batchSize); // drop_last, as the usual CIFAR scripts
-  const total = stepsPerEpoch * opts.epochs;
-  const img = train.height * train.width * train.channels;
-  const buf = new Float32Array(opts.batchSize * img);
-  const records: EpochRecord[] = [];
-  let step = 0;
   try {
-    for (let epoch = 1; epoch <= opts.epochs; epoch++) {
-      const t0 = Date.now();
-      model.setNormMode('train-update');
-      const perm = rng.permutation(train.n);
-      let lossSum = 0;
-      let correct = 0;
-      let seen = 0;
-      let lastLog = Date.now();
-      for (let s = 0; s < stepsPerEpoch; s++, step++) {
-        sgdOpts.lr = cosineLr(opts.lr, step, total);
-        const idx = perm.subarray(s * opts.batchSize, (s + 1) * opts.batchSize);
-        makeBatch(train, idx, buf, opts.augment, rng);
-        const x = tf.tensor4d(buf, [opts.batchSize, train.height, train.width, train.channels]);
-        const y = tf.tensor1d(Int32Array.from(idx, (i) => train.labels[i]), 'int32');
-        const r = trainStep(model, params, decay, opt, opts.weightDecay, x, y);
-        x.dispose();
-        y.dispose();
-        if (!Number.isFinite(r.loss)) throw new Error(`training diverged: loss ${r.loss} at epoch ${epoch} step ${s + 1}`);
-        lossSum += r.loss * opts.batchSize;
-        correct += r.correct;
-        seen += opts.batchSize;
-        if (opts.logEvery > 0 && (s + 1) % opts.logEvery === 0) {
-          const now = Date.now();
-          const ips = (opts.logEvery * opts.batchSize) / ((now - lastLog) / 1000);
-          lastLog = now;
-          log(
-            `epoch ${epoch} step ${s + 1}/${stepsPerEpoch} loss ${(lossSum / seen).toFixed(4)} acc ${(correct / seen).toFixed(4)} lr ${sgdOpts.lr.toFixed(5)} ${ips.toFixed(1)} img/s tensors ${tf.memory().numTensors}`,
-          );
-        }
-      }
-      model.setNormMode('source');
-      const testAcc = test ? evaluate(model, test, opts.evalBatchSize).accuracy : null;
-      const rec: EpochRecord = {
-        epoch,
-        steps: step,
-        trainLoss: lossSum / seen,
-        trainAcc: correct / seen,
-        testAcc,
-        lr: sgdOpts.lr,
-        seconds: (Date.now() - t0) / 1000,
-      };
-      records.push(rec);
-      log(
-        `epoch ${epoch}/${opts.epochs} done: train loss ${rec.trainLoss.toFixed(4)} train acc ${rec.trainAcc.toFixed(4)}` +
-          (testAcc === null ? '' : ` test acc ${testAcc.toFixed(4)}`) +
-          ` (${rec.seconds.toFixed(0)} s)`,
-      );
-      await hooks.onEpoch?.(rec, model);
-    }
+    return await runEpochs(model, train, test, {
+      ...opts,
+      schedule: (step, total) => (sgdOpts.lr = cosineLr(opts.lr, step, total)),
+      step: (x, y) => trainStep(model, params, decay, opt, opts.weightDecay, x, y),
+      beginEpoch: () => model.setNormMode('train-update'),
+      endEpoch: () => model.setNormMode('source'),
+      evaluate: (set) => evaluate(model, set, opts.evalBatchSize).accuracy,
+    }, hooks);
   } finally {
     opt.dispose();
     model.setNormMode('source');
   }
-  return records;
 }
 
 /**

@@ -15,7 +15,6 @@
  */
 import { rename } from 'node:fs/promises';
 import { tf } from '../tf.js';
-import { Rng } from '../util/rng.js';
 import type { StateDict } from '../io/types.js';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { VisionTransformer, inferVit } from '../models/vit.js';
@@ -23,8 +22,8 @@ import type { InputNorm } from '../models/base.js';
 import { VIT_METADATA } from '../models/weights-variant.js';
 import { crossEntropy } from '../algorithms/losses.js';
 import { AdamW, type ParamGroup } from '../algorithms/optim.js';
-import { makeBatch, type AugmentOptions, type ImageSet } from './augment.js';
-import { evaluate, type EpochRecord } from './trainer.js';
+import type { AugmentOptions, ImageSet } from './augment.js';
+import { evaluate, runEpochs, type EpochRecord } from './trainer.js';
 import { vitDecays } from './vit-init.js';
 
 /** safetensors `__metadata__` keys of a cta-train ViT (read back by resolveWeights). */
@@ -135,66 +134,24 @@ export async function trainVit(
   opts: VitTrainOptions,
   hooks: VitTrainHooks = {},
 ): Promise<EpochRecord[]> {
-  const log = hooks.log ?? (() => {});
   const { groups } = vitParamGroups(model, opts.weightDecay);
   // AdamW reads the group's lr at every step: the schedule writes it there.
   const opt = new AdamW(groups, { lr: opts.lr, beta1: opts.beta1, beta2: opts.beta2 });
-  const setLr = (lr: number) => {
-    for (const g of groups) (g as { lr?: number }).lr = lr;
-  };
-  const rng = new Rng(opts.seed);
-  const stepsPerEpoch = Math.floor(train.n / opts.batchSize); // drop_last
-  const total = stepsPerEpoch * opts.epochs;
-  const img = train.height * train.width * train.channels;
-  const buf = new Float32Array(opts.batchSize * img);
-  const records: EpochRecord[] = [];
-  let step = 0;
-  let lr = 0;
   try {
-    for (let epoch = 1; epoch <= opts.epochs; epoch++) {
-      const t0 = Date.now();
-      const perm = rng.permutation(train.n);
-      let lossSum = 0;
-      let correct = 0;
-      let seen = 0;
-      let lastLog = Date.now();
-      for (let s = 0; s < stepsPerEpoch; s++, step++) {
-        lr = warmupCosineLr(opts.lr, step, total, opts.warmupSteps);
-        setLr(lr);
-        const idx = perm.subarray(s * opts.batchSize, (s + 1) * opts.batchSize);
-        makeBatch(train, idx, buf, opts.augment, rng);
-        const x = tf.tensor4d(buf, [opts.batchSize, train.height, train.width, train.channels]);
-        const y = tf.tensor1d(Int32Array.from(idx, (i) => train.labels[i]), 'int32');
-        const r = vitTrainStep(model, opt, x, y);
-        x.dispose();
-        y.dispose();
-        if (!Number.isFinite(r.loss)) throw new Error(`training diverged: loss ${r.loss} at epoch ${epoch} step ${s + 1}`);
-        lossSum += r.loss * opts.batchSize;
-        correct += r.correct;
-        seen += opts.batchSize;
-        if (opts.logEvery > 0 && (s + 1) % opts.logEvery === 0) {
-          const now = Date.now();
-          const ips = (opts.logEvery * opts.batchSize) / ((now - lastLog) / 1000);
-          lastLog = now;
-          log(
-            `epoch ${epoch} step ${s + 1}/${stepsPerEpoch} loss ${(lossSum / seen).toFixed(4)} acc ${(correct / seen).toFixed(4)} lr ${lr.toExponential(3)} ${ips.toFixed(1)} img/s tensors ${tf.memory().numTensors}`,
-          );
-        }
-      }
-      const testAcc = test ? evaluate(model, test, opts.evalBatchSize).accuracy : null;
-      const rec: EpochRecord = { epoch, steps: step, trainLoss: lossSum / seen, trainAcc: correct / seen, testAcc, lr, seconds: (Date.now() - t0) / 1000 };
-      records.push(rec);
-      log(
-        `epoch ${epoch}/${opts.epochs} done: train loss ${rec.trainLoss.toFixed(4)} train acc ${rec.trainAcc.toFixed(4)}` +
-          (testAcc === null ? '' : ` test acc ${testAcc.toFixed(4)}`) +
-          ` (${rec.seconds.toFixed(0)} s)`,
-      );
-      await hooks.onEpoch?.(rec, model);
-    }
+    return await runEpochs(model, train, test, {
+      ...opts,
+      schedule: (step, total) => {
+        const lr = warmupCosineLr(opts.lr, step, total, opts.warmupSteps);
+        for (const g of groups) (g as { lr?: number }).lr = lr;
+        return lr;
+      },
+      step: (x, y) => vitTrainStep(model, opt, x, y),
+      evaluate: (set) => evaluate(model, set, opts.evalBatchSize).accuracy,
+      formatLr: (lr) => lr.toExponential(3),
+    }, hooks);
   } finally {
     opt.dispose();
   }
-  return records;
 }
 
 /** The model's state_dict (timm order, float32) plus the metadata cta-eval needs to rebuild it. */
