@@ -18,6 +18,7 @@ import { expectClose } from '../models/test-helpers.js';
 import { channelStats, makeBatch, type ImageSet } from './augment.js';
 import { checkResNeXtConfig, countValues, initResNeXt, resnextShapes, type ResNeXtConfig } from './init.js';
 import { buildTrainable, cosineLr, evaluate, saveModel, trainModel, trainStep } from './trainer.js';
+import { toySet } from './toy-set.js';
 
 const TINY: ResNeXtConfig = { depth: 11, cardinality: 2, baseWidth: 32, width: 4, numClasses: 10 };
 const NORM = { mean: [0.4, 0.45, 0.5], std: [0.25, 0.2, 0.3] };
@@ -30,26 +31,6 @@ beforeAll(async () => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A learnable toy set: class k = a bright square at one of 10 positions, plus noise. */
-function toySet(n: number, seed: number): ImageSet {
-  const rng = new Rng(seed);
-  const h = 32;
-  const images = new Uint8Array(n * h * h * 3);
-  const labels = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    const k = i % 10;
-    labels[i] = k;
-    const y0 = 4 + 12 * Math.floor(k / 5);
-    const x0 = 2 + 6 * (k % 5);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < h; x++) {
-        const on = y >= y0 && y < y0 + 8 && x >= x0 && x < x0 + 5;
-        for (let c = 0; c < 3; c++) images[((i * h + y) * h + x) * 3 + c] = Math.min(255, (on ? 200 : 20) + rng.int(40));
-      }
-    }
-  }
-  return { images, labels, n, height: h, width: h, channels: 3 };
-}
 
 describe('init', () => {
   it('the RobustBench configuration gives Hendrycks2020AugMix_ResNeXt: 6,807,882 parameters', () => {

@@ -21,6 +21,7 @@ import { makeBatch, type ImageSet } from './augment.js';
 import { evaluate } from './trainer.js';
 import { initVit, truncNormal, vitArchOf, vitDecays, type VitTrainConfig } from './vit-init.js';
 import { DEFAULT_VIT_TRAIN, buildTrainableVit, saveVit, trainVit, vitParamGroups, vitTrainStep, warmupCosineLr } from './vit-trainer.js';
+import { toySet } from './toy-set.js';
 
 /** dim 24 with 2 heads: vit_b16's default 12 heads would also divide 24, so a lost head count changes the logits. */
 const TINY: VitTrainConfig = { dim: 24, depth: 2, heads: 2, mlpDim: 48, patch: 8, imageSize: 32, numClasses: 10 };
@@ -32,26 +33,6 @@ beforeAll(async () => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A learnable toy set: class k = a bright square at one of 10 positions, plus noise. */
-function toySet(n: number, seed: number): ImageSet {
-  const rng = new Rng(seed);
-  const h = 32;
-  const images = new Uint8Array(n * h * h * 3);
-  const labels = new Int32Array(n);
-  for (let i = 0; i < n; i++) {
-    const k = i % 10;
-    labels[i] = k;
-    const y0 = 4 + 12 * Math.floor(k / 5);
-    const x0 = 2 + 6 * (k % 5);
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < h; x++) {
-        const on = y >= y0 && y < y0 + 8 && x >= x0 && x < x0 + 5;
-        for (let c = 0; c < 3; c++) images[((i * h + y) * h + x) * 3 + c] = Math.min(255, (on ? 200 : 20) + rng.int(40));
-      }
-    }
-  }
-  return { images, labels, n, height: h, width: h, channels: 3 };
-}
 
 const std = (a: Float32Array | Float64Array) => {
   let s = 0;
