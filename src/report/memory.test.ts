@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { collectRuns, groupRuns } from './collect.js';
 import { errorVsMemorySvg, errorVsParamsSvg, memoryMarkdown, memoryRows } from './memory.js';
-import { PALETTE } from './svg.js';
+import { PALETTE, logTicks } from './svg.js';
 import { main as ctaReport } from '../cli/cta-report.js';
 
 const temps: string[] = [];
@@ -89,6 +89,15 @@ describe('error against memory (report)', () => {
     expect(svg).toContain('trainable parameters');
     // without counts (or one count for all) there is nothing to plot
     expect(errorVsParamsSvg(groupRuns(collectRuns([fixture()]).runs))).toBeNull();
+  });
+
+  it('the scatter takes a log x axis when the memory spans more than 8×; 1-2-5 ticks per decade', () => {
+    expect(logTicks(2.9, 65)).toEqual([5, 10, 20, 50]);
+    expect(logTicks(0.3, 3)).toEqual([0.5, 1, 2]);
+    const g = groupRuns(collectRuns([fixture()]).runs);
+    const xs = memoryRows(g).map((r) => r.maxBackpropMb!.mean);
+    const wide = Math.max(...xs) / Math.min(...xs) > 8;
+    expect(errorVsMemorySvg(g)!.includes('log scale')).toBe(wide);
   });
 
   it('has no table or figure when no run measured its memory', () => {

@@ -125,6 +125,10 @@ export function errorVsMemorySvg(g: Grouped): string | null {
   );
   const xs = rows.map((r) => r.maxBackpropMb!.mean);
   const xMax = Math.max(...xs);
+  const xMin = Math.min(...xs);
+  // Methods an order of magnitude apart (RoTTA's memory bank against a MECTA budget): log scale,
+  // or the small configurations crowd into a corner.
+  const log = xMin > 0 && xMax / xMin > 8;
   const panel = { yLabel: 'mean error over the corruptions (%)', series, includeZero: false, height: 380 };
   const errMin = panelRange(panel).yMin;
   return renderChart({
@@ -132,7 +136,9 @@ export function errorVsMemorySvg(g: Grouped): string | null {
     subtitle:
       'one point per configuration: x = the most bytes the engine held for backprop in any batch of the stream (measured), y = mean error over the corruptions; colour = method, line style = plain / + MECTA (fixed beta-thre, prune-q) / + cache budget / + checkpointing, points of one style joined in order of memory',
     warning: errMin > 0 ? `Note: the error axis starts at ${fmtTick(errMin)} %, not at 0 (zoomed in on the differences)` : undefined,
-    x: { label: 'measured max backprop memory (MB = 1e6 bytes)', min: 0, max: xMax * 1.08 || 1 },
+    x: log
+      ? { label: 'measured max backprop memory (MB = 1e6 bytes, log scale)', min: xMin / 1.15, max: xMax * 1.15, log: true }
+      : { label: 'measured max backprop memory (MB = 1e6 bytes)', min: 0, max: xMax * 1.08 || 1 },
     panels: [panel],
   });
 }

@@ -55,6 +55,20 @@ export interface XAxis {
    * used instead where the labels would need more than two staggered rows.
    */
   ticks?: { at: number; label: string; short?: string }[];
+  /** Logarithmic (min > 0): for data spanning more than a decade; default ticks at 1, 2, 5 × 10^k. */
+  log?: boolean;
+}
+
+/** 1, 2, 5 × 10^k ticks within [min, max] (min > 0). */
+export function logTicks(min: number, max: number): number[] {
+  const out: number[] = [];
+  for (let k = Math.floor(Math.log10(min)); k <= Math.ceil(Math.log10(max)); k++) {
+    for (const m of [1, 2, 5]) {
+      const v = m * 10 ** k;
+      if (v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9)) out.push(Number(v.toPrecision(6)));
+    }
+  }
+  return out;
 }
 
 export interface Band {
@@ -236,7 +250,11 @@ export function renderChart(c: Chart): string {
   const left = 78;
   const right = legendW + 24;
   const plotW = W - left - right;
-  const sx = (x: number) => left + ((x - c.x.min) / (c.x.max - c.x.min || 1)) * plotW;
+  const lmin = Math.log10(c.x.min);
+  const lspan = Math.log10(c.x.max) - lmin || 1;
+  const sx = c.x.log
+    ? (x: number) => left + ((Math.log10(x) - lmin) / lspan) * plotW
+    : (x: number) => left + ((x - c.x.min) / (c.x.max - c.x.min || 1)) * plotW;
 
   // Band labels above the first panel, staggered over rows where they do not fit side by side.
   const bands = c.bands ?? [];
@@ -263,7 +281,7 @@ export function renderChart(c: Chart): string {
 
   const xTicks: { at: number; label: string; short?: string }[] =
     c.x.ticks ??
-    niceTicks(c.x.min, c.x.max, 8)
+    (c.x.log ? logTicks(c.x.min, c.x.max) : niceTicks(c.x.min, c.x.max, 8))
       .filter((v) => v >= c.x.min && v <= c.x.max)
       .map((v) => ({ at: v, label: fmtTick(v) }));
   const lx = left + plotW + 18;
