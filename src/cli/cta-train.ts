@@ -23,7 +23,7 @@ import { countValues, initResNeXt, resnextShapes, type ResNeXtConfig } from '../
 import { checkKeys, loadStateDict } from '../io/state-dict.js';
 import { inferResNeXt, resnextExpectedKeys } from '../models/resnext.js';
 import type { StateDict } from '../io/types.js';
-import { DEFAULT_TRAIN, buildTrainable, saveModel, trainModel, type EpochRecord, type TrainOptions } from '../train/trainer.js';
+import { DEFAULT_TRAIN, buildTrainable, epochMetadata, saveModel, trainModel, type EpochRecord, type TrainOptions } from '../train/trainer.js';
 import { DEFAULT_VIT_TRAIN } from '../train/vit-trainer.js';
 import { RESNEXT_ONLY_FLAGS, VIT_DEFAULTS, VIT_ONLY_FLAGS, trainVitCommand } from '../train/vit-command.js';
 
@@ -225,16 +225,7 @@ export async function main(argv: string[]): Promise<void> {
       log,
       onEpoch: async (rec, m) => {
         history.push(rec);
-        await saveModel(out, m, rec.steps, {
-          format: 'pt',
-          arch: 'resnext29',
-          command,
-          epoch: `${rec.epoch}/${opts.epochs}`,
-          train_loss: rec.trainLoss.toFixed(4),
-          train_acc: rec.trainAcc.toFixed(4),
-          test_acc: rec.testAcc === null ? 'n/a' : rec.testAcc.toFixed(4),
-          seconds: ((Date.now() - t0) / 1000).toFixed(0),
-        });
+        await saveModel(out, m, rec.steps, epochMetadata('resnext29', command, rec, opts.epochs, t0));
         log(`wrote ${out} (epoch ${rec.epoch})`);
       },
     });

@@ -148,6 +148,20 @@ export function trainStep(
   });
 }
 
+/** The safetensors metadata cta-train writes with the weights after each epoch. */
+export function epochMetadata(arch: string, command: string, rec: EpochRecord, epochs: number, startMs: number): Record<string, string> {
+  return {
+    format: 'pt',
+    arch,
+    command,
+    epoch: `${rec.epoch}/${epochs}`,
+    train_loss: rec.trainLoss.toFixed(4),
+    train_acc: rec.trainAcc.toFixed(4),
+    test_acc: rec.testAcc === null ? 'n/a' : rec.testAcc.toFixed(4),
+    seconds: ((Date.now() - startMs) / 1000).toFixed(0),
+  };
+}
+
 /** What the epoch loop needs of one recipe (ResNeXt's SGD, the ViT's AdamW: vit-trainer.ts). */
 export interface EpochRecipe {
   epochs: number;

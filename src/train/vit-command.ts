@@ -10,7 +10,7 @@ import { initBackend, type BackendName } from '../tf.js';
 import { Rng } from '../util/rng.js';
 import { loadClean } from '../data/idx.js';
 import type { ImageSet } from './augment.js';
-import type { EpochRecord } from './trainer.js';
+import { epochMetadata, type EpochRecord } from './trainer.js';
 import { initVit, vitArchOf, type VitTrainConfig } from './vit-init.js';
 import { checkKeys, loadWeightFile } from '../io/state-dict.js';
 import { resolveWeights } from '../models/weights-variant.js';
@@ -133,16 +133,7 @@ export async function trainVitCommand(c: VitCommandInput): Promise<void> {
       log,
       onEpoch: async (rec, m) => {
         history.push(rec);
-        await saveVit(c.out, m, {
-          format: 'pt',
-          arch: 'vit_b16',
-          command,
-          epoch: `${rec.epoch}/${opts.epochs}`,
-          train_loss: rec.trainLoss.toFixed(4),
-          train_acc: rec.trainAcc.toFixed(4),
-          test_acc: rec.testAcc === null ? 'n/a' : rec.testAcc.toFixed(4),
-          seconds: ((Date.now() - t0) / 1000).toFixed(0),
-        });
+        await saveVit(c.out, m, epochMetadata('vit_b16', command, rec, opts.epochs, t0));
         log(`wrote ${c.out} (epoch ${rec.epoch})`);
       },
     });
