@@ -126,7 +126,8 @@ export function orderSamples(s: Summary, key: 'mean_error' | 'mean_error_all'): 
 }
 
 /** Σ top / Σ bottom over a run's domains; null when a domain lacks either or the bottom is 0. */
-function perRun(domains: readonly DomainResult[], top: (d: DomainResult) => number | undefined, bottom: (d: DomainResult) => number | undefined): number | null {
+/** Σ top / Σ bottom over a run's domains (img/s: images over seconds); null if a domain lacks either. */
+export function perRun(domains: readonly DomainResult[], top: (d: DomainResult) => number | undefined, bottom: (d: DomainResult) => number | undefined): number | null {
   let t = 0;
   let b = 0;
   for (const d of domains) {
@@ -154,13 +155,28 @@ function groupKey(config: Record<string, unknown>): string {
 }
 
 /** A run's peak cache (max over domains) and batch-weighted mean cache, where recorded. */
-function runCache(domains: readonly DomainResult[]): { max: number | null; avg: number | null } {
-  const withMax = domains.filter((d) => typeof d.max_cache_mb === 'number');
-  const withAvg = domains.filter((d) => typeof d.avg_cache_mb === 'number');
-  const max = withMax.length ? Math.max(...withMax.map((d) => d.max_cache_mb as number)) : null;
+/**
+ * A per-domain figure over a run: the max of the domains' maxima, and the batch-weighted mean of
+ * their means (the cache MB of batches.jsonl, the measured backprop MB); domains without the
+ * figure are left out.
+ */
+export function maxAndMean(
+  domains: readonly DomainResult[],
+  maxOf: (d: DomainResult) => unknown,
+  avgOf: (d: DomainResult) => unknown,
+): { max: number | null; avg: number | null } {
+  const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+  const maxima = domains.map(maxOf).filter(num);
+  const withAvg = domains.filter((d) => num(avgOf(d)));
   const weight = withAvg.reduce((a, d) => a + (d.batches || 1), 0);
-  const avg = withAvg.length ? withAvg.reduce((a, d) => a + (d.avg_cache_mb as number) * (d.batches || 1), 0) / weight : null;
-  return { max, avg };
+  return {
+    max: maxima.length ? Math.max(...maxima) : null,
+    avg: withAvg.length ? withAvg.reduce((a, d) => a + (avgOf(d) as number) * (d.batches || 1), 0) / weight : null,
+  };
+}
+
+function runCache(domains: readonly DomainResult[]): { max: number | null; avg: number | null } {
+  return maxAndMean(domains, (d) => d.max_cache_mb, (d) => d.avg_cache_mb);
 }
 
 /** Config keys whose value differs between groups, in schema order. */

@@ -6,7 +6,7 @@
  * variants joined in order of memory).
  */
 import type { DomainResult } from '../runner/output.js';
-import { stat, type Grouped, type Stat } from './collect.js';
+import { maxAndMean, perRun, stat, type Grouped, type Stat } from './collect.js';
 import { fmtStat } from './tables.js';
 import { fmtTick, panelRange, renderChart, seriesStyle, type Series } from './svg.js';
 
@@ -42,23 +42,12 @@ export interface MemoryRow {
 }
 
 function runMemory(domains: readonly DomainResult[]) {
-  const num = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
-  const backs = domains.map((d) => d.measured_max_backprop_mb).filter(num);
-  const peaks = domains.map((d) => d.measured_max_peak_mb).filter(num);
-  let wSum = 0;
-  let avg = 0;
-  for (const d of domains) {
-    if (!num(d.measured_avg_backprop_mb)) continue;
-    avg += d.measured_avg_backprop_mb * d.batches;
-    wSum += d.batches;
-  }
-  const images = domains.reduce((s, d) => s + d.n, 0);
-  const seconds = domains.reduce((s, d) => s + d.seconds, 0);
+  const backprop = maxAndMean(domains, (d) => d.measured_max_backprop_mb, (d) => d.measured_avg_backprop_mb);
   return {
-    maxBackprop: backs.length ? Math.max(...backs) : null,
-    avgBackprop: wSum > 0 ? avg / wSum : null,
-    peak: peaks.length ? Math.max(...peaks) : null,
-    imgPerS: seconds > 0 ? images / seconds : null,
+    maxBackprop: backprop.max,
+    avgBackprop: backprop.avg,
+    peak: maxAndMean(domains, (d) => d.measured_max_peak_mb, () => undefined).max,
+    imgPerS: perRun(domains, (d) => d.n, (d) => d.seconds),
   };
 }
 
