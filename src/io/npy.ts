@@ -216,6 +216,44 @@ function parsePreamble(pre: Uint8Array, size: number, label: string, notNpy: () 
   throw new CtaError(`${label}: unsupported npy format version ${major}.${minor} (supported: 1.x, 2.x, 3.x)`);
 }
 
+/** How the header errors name a standalone file and an in-memory `.npz` member. */
+interface Wording {
+  noun: string;
+  fortran: string;
+  truncated: (dataOffset: number, dataBytes: number, total: number) => string;
+}
+const FILE_WORDING: Wording = {
+  noun: 'file',
+  fortran: 'fortran_order is True; only C-order npy files are supported (re-save with np.save(path, np.ascontiguousarray(a)))',
+  truncated: (off, data, total) => `so expected ${off + data} bytes (${off}-byte header + ${data} data bytes), but the file has ${total} bytes`,
+};
+const MEMBER_WORDING: Wording = {
+  noun: 'array',
+  fortran: 'fortran_order is True; only C-order npy arrays are supported (re-save with np.ascontiguousarray)',
+  truncated: (off, data, total) => `so expected ${off + data} bytes, but the member has ${total}`,
+};
+
+/**
+ * The header of an npy file or member of `total` bytes from its header text `raw` (after the
+ * preamble; the data starts at `dataOffset`): dtype, shape and sizes, checked against `total`.
+ */
+function headerFromText(raw: Uint8Array, version: [number, number], dataOffset: number, total: number, label: string, words: Wording): NpyHeader {
+  // v1/v2 headers are latin-1; v3 (numpy ≥1.17 for non-latin-1 field names) is UTF-8.
+  const text = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString(version[0] === 3 ? 'utf8' : 'latin1');
+  const { descr, fortran, shape } = parseHeaderDict(label, text);
+  const { dtype, littleEndian } = parseDescr(label, descr);
+  // Fortran order only changes the layout when two or more axes have length > 1; for vectors and
+  // scalars the bytes are identical to C order, so those are accepted.
+  if (fortran && shape.filter((d) => d > 1).length > 1) throw new CtaError(`${label}: ${words.fortran}`);
+  const itemSize = DTYPE_INFO[dtype].size;
+  const rowElements = product(shape.slice(1));
+  const dataBytes = product(shape) * itemSize;
+  if (total < dataOffset + dataBytes) {
+    throw new CtaError(`${label}: truncated npy ${words.noun}: header says ${descr} ${shapeString(shape)}, ${words.truncated(dataOffset, dataBytes, total)}`);
+  }
+  return { path: label, version, descr, dtype, itemSize, littleEndian, shape, dataOffset, dataBytes, fileBytes: total, rowElements, rowBytes: rowElements * itemSize };
+}
+
 async function readHeaderFrom(fh: FileHandle, path: string): Promise<NpyHeader> {
   const { size } = await fh.stat();
   const notNpy = (): CtaError =>
@@ -230,42 +268,7 @@ async function readHeaderFrom(fh: FileHandle, path: string): Promise<NpyHeader> 
     );
   }
   const raw = await readExact(fh, path, headerStart, headerLen, 'npy header');
-  // v1/v2 headers are latin-1; v3 (numpy ≥1.17 for non-latin-1 field names) is UTF-8.
-  const text = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString(major === 3 ? 'utf8' : 'latin1');
-  const { descr, fortran, shape } = parseHeaderDict(path, text);
-  const { dtype, littleEndian } = parseDescr(path, descr);
-  // Fortran order only changes the layout when two or more axes have length > 1; for vectors and
-  // scalars the bytes are identical to C order, so those files are accepted.
-  if (fortran && shape.filter((d) => d > 1).length > 1) {
-    throw new CtaError(
-      `${path}: fortran_order is True; only C-order npy files are supported ` +
-        `(re-save with np.save(path, np.ascontiguousarray(a)))`,
-    );
-  }
-  const itemSize = DTYPE_INFO[dtype].size;
-  const rowElements = product(shape.slice(1));
-  const dataBytes = product(shape) * itemSize;
-  if (size < dataOffset + dataBytes) {
-    throw new CtaError(
-      `${path}: truncated npy file: header says ${descr} ${shapeString(shape)}, so expected ` +
-        `${dataOffset + dataBytes} bytes (${dataOffset}-byte header + ${dataBytes} data bytes), ` +
-        `but the file has ${size} bytes`,
-    );
-  }
-  return {
-    path,
-    version: [major, minor],
-    descr,
-    dtype,
-    itemSize,
-    littleEndian,
-    shape,
-    dataOffset,
-    dataBytes,
-    fileBytes: size,
-    rowElements,
-    rowBytes: rowElements * itemSize,
-  };
+  return headerFromText(raw, [major, minor], dataOffset, size, path, FILE_WORDING);
 }
 
 /** Read and validate the header of an npy file (also checks that the file holds all the data). */
@@ -544,37 +547,8 @@ export function parseNpyBytes(bytes: Uint8Array, label: string): NpyArray {
   if (dataOffset > bytes.length) {
     throw new CtaError(`${label}: truncated npy array: header needs ${dataOffset} bytes but the member has ${bytes.length}`);
   }
-  const raw = bytes.subarray(headerStart, dataOffset);
-  const text = Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString(major === 3 ? 'utf8' : 'latin1');
-  const { descr, fortran, shape } = parseHeaderDict(label, text);
-  const { dtype, littleEndian } = parseDescr(label, descr);
-  if (fortran && shape.filter((d) => d > 1).length > 1) {
-    throw new CtaError(`${label}: fortran_order is True; only C-order npy arrays are supported (re-save with np.ascontiguousarray)`);
-  }
-  const itemSize = DTYPE_INFO[dtype].size;
-  const rowElements = product(shape.slice(1));
-  const dataBytes = product(shape) * itemSize;
-  if (bytes.length < dataOffset + dataBytes) {
-    throw new CtaError(
-      `${label}: truncated npy array: header says ${descr} ${shapeString(shape)}, so expected ` +
-        `${dataOffset + dataBytes} bytes, but the member has ${bytes.length}`,
-    );
-  }
-  const copy = new Uint8Array(new ArrayBuffer(dataBytes));
-  copy.set(bytes.subarray(dataOffset, dataOffset + dataBytes));
-  const header: NpyHeader = {
-    path: label,
-    version: [major, minor],
-    descr,
-    dtype,
-    itemSize,
-    littleEndian,
-    shape,
-    dataOffset,
-    dataBytes,
-    fileBytes: bytes.length,
-    rowElements,
-    rowBytes: rowElements * itemSize,
-  };
-  return { header, shape: shape.slice(), data: viewAs(copy, dtype, littleEndian) };
+  const header = headerFromText(bytes.subarray(headerStart, dataOffset), [major, minor], dataOffset, bytes.length, label, MEMBER_WORDING);
+  const copy = new Uint8Array(new ArrayBuffer(header.dataBytes));
+  copy.set(bytes.subarray(dataOffset, dataOffset + header.dataBytes));
+  return { header, shape: header.shape.slice(), data: viewAs(copy, header.dtype, header.littleEndian) };
 }
