@@ -25,7 +25,7 @@ import { copiesAndAugmentation } from './context.js';
 import { resolveConfig } from '../config/load.js';
 import type { AdaptOptions } from './types.js';
 import { TRAIN_NORM } from './param-select.js';
-import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw, relErr } from './parity-helpers.js';
+import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw, optimizerOptions, relErr, type FixtureOptimizer } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const ADAPT = join(ROOT, 'adapt');
@@ -50,7 +50,7 @@ const UPDATE_TOL = { cotta: 1e-1, cotta_bn: 1e-2 };
 
 interface CottaCase {
   case: 'cotta' | 'cotta_bn';
-  optimizer: { name: 'adam' | 'sgd'; lr: number; betas?: [number, number]; eps?: number; momentum?: number; nesterov?: boolean };
+  optimizer: FixtureOptimizer;
   alpha: number;
   restore_p: number;
   anchor_threshold: number;
@@ -78,13 +78,7 @@ function warmUp(model: Classifier, x: tf.Tensor4D): void {
 
 function options(c: Pick<CottaCase, 'optimizer' | 'alpha' | 'restore_p' | 'anchor_threshold' | 'symmetric' | 'augmentations'>) {
   const o: AdaptOptions & CottaValues = {
-    lr: c.optimizer.lr,
-    momentum: c.optimizer.momentum ?? 0,
-    nesterov: c.optimizer.nesterov ?? false,
-    optimizer: c.optimizer.name,
-    adamBeta1: c.optimizer.betas?.[0],
-    adamBeta2: c.optimizer.betas?.[1],
-    adamEps: c.optimizer.eps,
+    ...optimizerOptions(c.optimizer),
     episodic: false,
     matchedUpdate: 'momentum',
     cottaAlpha: c.alpha,

@@ -49,3 +49,26 @@ export function fixtureBatch(sd: StateDict, key: string): tf.Tensor4D {
   if (!t) throw new Error(`fixture key ${key} missing`);
   return tf.tidy(() => tf.transpose(tf.tensor4d(Float32Array.from(t.data), t.shape as [number, number, number, number]), [0, 2, 3, 1]));
 }
+
+/** The optimizer of a fixture case's JSON (scripts/make-*-fixtures.py write torch.optim's settings). */
+export interface FixtureOptimizer {
+  name: 'adam' | 'sgd';
+  lr: number;
+  betas?: [number, number];
+  eps?: number;
+  momentum?: number;
+  nesterov?: boolean;
+}
+
+/** The run options that configure cta-eval's optimizer as the fixture's torch.optim one. */
+export function optimizerOptions(o: FixtureOptimizer) {
+  return {
+    lr: o.lr,
+    momentum: o.momentum ?? 0,
+    nesterov: o.nesterov ?? false,
+    optimizer: o.name,
+    adamBeta1: o.betas?.[0],
+    adamBeta2: o.betas?.[1],
+    adamEps: o.eps,
+  };
+}

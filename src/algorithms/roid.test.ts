@@ -22,7 +22,7 @@ import { copiesAndAugmentation } from './context.js';
 import { resolveConfig } from '../config/load.js';
 import type { AdaptOptions } from './types.js';
 import { applyCotta, drawCottaParams, type CottaAugmentOptions, type CottaParams, type JitterOp } from './augment.js';
-import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw } from './parity-helpers.js';
+import { ErrorLog, fixtureBatch as nhwc, fixtureData as raw, optimizerOptions, type FixtureOptimizer } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const ADAPT = join(ROOT, 'adapt');
@@ -34,7 +34,7 @@ const TOL = 1e-4;
 
 interface RoidCase {
   case: string;
-  optimizer: { name: 'adam' | 'sgd'; lr: number; betas?: [number, number]; eps?: number; momentum?: number; nesterov?: boolean };
+  optimizer: FixtureOptimizer;
   consistency: boolean;
   prior_correction: boolean;
   augment: { brightness: number; flip: boolean }[];
@@ -48,13 +48,7 @@ let inputs: StateDict;
 
 function options(c: Pick<RoidCase, 'optimizer' | 'consistency' | 'prior_correction'>): AdaptOptions & RoidValues {
   return {
-    lr: c.optimizer.lr,
-    momentum: c.optimizer.momentum ?? 0,
-    nesterov: c.optimizer.nesterov ?? false,
-    optimizer: c.optimizer.name,
-    adamBeta1: c.optimizer.betas?.[0],
-    adamBeta2: c.optimizer.betas?.[1],
-    adamEps: c.optimizer.eps,
+    ...optimizerOptions(c.optimizer),
     episodic: false,
     matchedUpdate: 'momentum',
     roidConsistency: c.consistency,

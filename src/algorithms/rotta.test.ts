@@ -26,7 +26,7 @@ import { ALGORITHMS } from './registry.js';
 import { BalancedBank, type RottaValues } from './rotta.js';
 import { copiesAndAugmentation } from './context.js';
 import type { AdaptOptions } from './types.js';
-import { ErrorLog, fixtureData as raw, relErr } from './parity-helpers.js';
+import { ErrorLog, fixtureData as raw, optimizerOptions, relErr, type FixtureOptimizer } from './parity-helpers.js';
 
 const ROOT = join(process.cwd(), 'test', 'fixtures');
 const ADAPT = join(ROOT, 'adapt');
@@ -43,7 +43,7 @@ const TOL = 1e-4;
 const UPDATE_TOL = { student: 2e-3, teacher: 5e-2 };
 
 interface RottaCase {
-  optimizer: { name: 'adam'; lr: number; betas: [number, number]; eps: number };
+  optimizer: FixtureOptimizer & { name: 'adam' };
   memory_size: number;
   update_frequency: number;
   nu: number;
@@ -64,12 +64,7 @@ let c: RottaCase;
 
 function options(o: Partial<RottaValues> = {}): AdaptOptions & RottaValues {
   return {
-    lr: c.optimizer.lr,
-    momentum: 0,
-    optimizer: 'adam',
-    adamBeta1: c.optimizer.betas[0],
-    adamBeta2: c.optimizer.betas[1],
-    adamEps: c.optimizer.eps,
+    ...optimizerOptions(c.optimizer),
     episodic: false,
     matchedUpdate: 'momentum',
     rottaMemorySize: c.memory_size,
