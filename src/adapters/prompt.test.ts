@@ -12,7 +12,6 @@ import { initBackend, tf } from '../tf.js';
 import { readSafetensors } from '../io/safetensors.js';
 import { readNpy } from '../io/npy.js';
 import type { StateDict } from '../io/types.js';
-import { CtaError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { ALGORITHMS } from '../algorithms/registry.js';
 import type { AdaptOptions } from '../algorithms/types.js';
@@ -23,6 +22,7 @@ import { expectClose, observed } from '../models/test-helpers.js';
 import { attachAdapters } from './attach.js';
 import { selectPrompts } from './prompt.js';
 import { PassCounter } from '../runner/pass-count.js';
+import { errorOf } from '../util/test-errors.js';
 
 const FIX = join(process.cwd(), 'test', 'fixtures');
 const cfgJson = JSON.parse(readFileSync(join(FIX, 'prompt', 'config.json'), 'utf8')) as { tokens: number; pool: number; lp: number; top_n: number; lr: number; momentum: number; pull: number };
@@ -83,17 +83,6 @@ function prompted(v: Variant, opts: { seed?: number; fixtureInit?: boolean } = {
 }
 
 const tentOptions = (): AdaptOptions => ({ lr: cfgJson.lr, momentum: cfgJson.momentum, optimizer: 'sgd', episodic: false, matchedUpdate: 'momentum' });
-
-function errorOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CtaError);
-    expect((e as CtaError).exitCode).toBe(2);
-    return (e as Error).message;
-  }
-  throw new Error('expected a CtaError');
-}
 
 function adapterState(m: Classifier): Map<string, tf.Tensor> {
   if (!isAdapterHost(m) || !m.adapters) throw new Error('no adapters');

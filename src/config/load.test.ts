@@ -4,26 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { resolveConfig, readYamlConfig } from './load.js';
 import { defaultConfig, FIELDS, toKebab } from './schema.js';
-import { CtaError } from '../util/errors.js';
 import { VALUE_ALIASES } from './aliases.js';
+import { errorOf } from '../util/test-errors.js';
 
 function yamlFile(text: string, name = 'c.yaml'): string {
   const dir = mkdtempSync(join(tmpdir(), 'cfg-'));
   const p = join(dir, name);
   writeFileSync(p, text);
   return p;
-}
-
-function errorOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CtaError);
-    const msg = (e as Error).message;
-    expect(msg).not.toContain('\n');
-    return msg;
-  }
-  throw new Error('expected a CtaError');
 }
 
 describe('config', () => {

@@ -8,9 +8,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CtaError } from '../util/errors.js';
 import { looksLikeNpz, parseNpz, readNpz } from './npz.js';
 import { loadWeightFile, weightFileFormat } from './state-dict.js';
+import { errorOf } from '../util/test-errors.js';
 
 const DIR = join(process.cwd(), 'test', 'fixtures', 'npz');
 const expected = JSON.parse(readFileSync(join(DIR, 'expected.json'), 'utf8')) as {
@@ -19,18 +19,6 @@ const expected = JSON.parse(readFileSync(join(DIR, 'expected.json'), 'utf8')) as
 };
 const tmp = mkdtempSync(join(tmpdir(), 'cta-npz-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
-
-function errorOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CtaError);
-    expect((e as CtaError).exitCode).toBe(2);
-    expect((e as Error).message).not.toContain('\n');
-    return (e as Error).message;
-  }
-  throw new Error('expected a CtaError');
-}
 
 const RAW_DTYPE: Record<string, string> = { '<f4': 'float32', '>f4': 'float32', '<f8': 'float64', '<i8': 'int64', '<i4': 'int32', '|u1': 'uint8', '|b1': 'bool' };
 

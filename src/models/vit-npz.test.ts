@@ -12,13 +12,13 @@ import { readNpz } from '../io/npz.js';
 import { readNpy } from '../io/npy.js';
 import { readSafetensors } from '../io/safetensors.js';
 import type { RawTensor, StateDict } from '../io/types.js';
-import { CtaError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
 import { buildModel } from './registry.js';
 import { expectClose, observed } from './test-helpers.js';
 import { inferVit, vitExpectedKeys, type VisionTransformer } from './vit.js';
 import { googleVitToTimm, isGoogleVitNpz } from './vit-npz.js';
 import { resolveWeights } from './weights-variant.js';
+import { errorOf } from '../util/test-errors.js';
 
 const DIR = join(process.cwd(), 'test', 'fixtures', 'npz');
 const arch = (JSON.parse(readFileSync(join(DIR, 'expected.json'), 'utf8')) as { arch: { dim: number; heads: number; depth: number; mlp: number; patch: number; img: number; classes: number } }).arch;
@@ -39,18 +39,6 @@ afterAll(() => {
   input?.dispose();
   console.log(`vit-npz max relative errors: ${[...observed.entries()].map(([k, v]) => `${k}=${v.toExponential(2)}`).join(' ')}`);
 });
-
-function errorOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CtaError);
-    expect((e as CtaError).exitCode).toBe(2);
-    expect((e as Error).message).not.toContain('\n');
-    return (e as Error).message;
-  }
-  throw new Error('expected a CtaError');
-}
 
 const without = (sd: StateDict, key: string): StateDict => new Map([...sd].filter(([k]) => k !== key));
 const withTensor = (sd: StateDict, key: string, t: RawTensor): StateDict => new Map([...sd, [key, t]]);

@@ -3,13 +3,13 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { CtaError } from '../util/errors.js';
 import { defaultConfig, type CtaConfig } from '../config/schema.js';
 import { parseCommand } from '../cli/args.js';
 import { expandAxes, planSweep, readSweep, type PlannedRun } from './spec.js';
 import { configHash, runId, stableJson } from './hash.js';
 import { commandArgs, emitSh, emitSlurm, shQuote } from './emit.js';
 import { runLocal, runStatus } from './local.js';
+import { errorOf } from '../util/test-errors.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 
@@ -21,18 +21,6 @@ function sweepFile(text: string, dir = tmp(), name = 's.yaml'): string {
   const p = join(dir, name);
   writeFileSync(p, text);
   return p;
-}
-
-function errorOf(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(CtaError);
-    const msg = (e as Error).message;
-    expect(msg).not.toContain('\n');
-    return msg;
-  }
-  throw new Error('expected a CtaError');
 }
 
 describe('sweep files', () => {
