@@ -8,7 +8,6 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { initBackend, tf } from '../tf.js';
 import { Rng } from '../util/rng.js';
 import { buildModel } from '../models/registry.js';
-import type { ResNeXtArch } from '../models/resnext.js';
 import type { Classifier, MectaOptions } from '../models/types.js';
 import { addRelu, relu } from '../models/ops/relu-mask.js';
 import { tent } from '../algorithms/tent.js';
@@ -18,6 +17,7 @@ import { MB, MeasuredDomain, MemoryProbe, accountTape } from './probe.js';
 import { randomResNeXt, randomStateDict } from './random-weights.js';
 import { layerTable, parseBatchSizes, runProfile, summaryTable, weightLayerTable, type ProfileReport } from './profile.js';
 import { defaultConfig } from '../config/schema.js';
+import { SMALL_RESNEXT } from '../models/test-weights.js';
 
 beforeAll(async () => {
   await initBackend('wasm');
@@ -37,20 +37,6 @@ const ADAPT: AdaptOptions = {
 
 const MECTA_BASE: MectaOptions = { beta: 0.1, initBeta: null, forgetGate: false, distMetric: 'skl', distScale: 1, betaThre: 0, pruneQ: 0 };
 
-/** A reduced ResNeXt (same block structure, small widths): 8 norm layers per stage pair. */
-const SMALL: ResNeXtArch = {
-  stem: 16,
-  cardinality: 4,
-  stages: [
-    { blocks: 2, inner: 32, out: 64, stride: 1 },
-    { blocks: 1, inner: 64, out: 128, stride: 2 },
-    { blocks: 1, inner: 128, out: 256, stride: 2 },
-  ],
-  numClasses: 10,
-  hasInputNorm: true,
-  depth: 14,
-  baseWidth: 32,
-};
 
 /** Per-layer input shapes [N, H, W, C] of a model, read off one forward's records. */
 function normShapes(model: Classifier, x: tf.Tensor4D): { n: number; h: number; w: number; c: number }[] {
@@ -97,7 +83,7 @@ describe('measured backprop bytes (small ResNeXt, batch 4)', () => {
   const x = () => tf.randomUniform([4, 32, 32, 3], 0, 1, 'float32', 7) as tf.Tensor4D;
 
   beforeAll(() => {
-    model = buildModel('resnext29', randomResNeXt(SMALL, 3), { rng: new Rng(5) });
+    model = buildModel('resnext29', randomResNeXt(SMALL_RESNEXT, 3), { rng: new Rng(5) });
   });
 
   async function step(mode: 'batch' | MectaOptions, perLayer = false) {
@@ -277,7 +263,7 @@ describe('memory-economic custom gradients', () => {
   });
 
   it('the backward frees dy, saved tensors and summands early without leaking', () => {
-    const model = buildModel('resnext29', randomResNeXt(SMALL, 4), { rng: new Rng(2) });
+    const model = buildModel('resnext29', randomResNeXt(SMALL_RESNEXT, 4), { rng: new Rng(2) });
     model.setNormMode('batch');
     const params = model.trainableParams();
     const x = tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 9) as tf.Tensor4D;

@@ -12,27 +12,13 @@ import { accountCache } from '../runner/accounting.js';
 import { defaultConfig } from '../config/schema.js';
 import { runProfile } from '../memory/profile.js';
 import { randomResNeXt } from '../memory/random-weights.js';
-import type { ResNeXtArch } from './resnext.js';
 import { buildModel } from './registry.js';
 import { withoutSideEffects } from './norm-policy.js';
 import type { MectaOptions } from './types.js';
+import { SMALL_RESNEXT } from './test-weights.js';
 
 const n = 2;
 
-/** A reduced ResNeXt (the block structure of the RobustBench one, small widths). */
-const SMALL: ResNeXtArch = {
-  stem: 16,
-  cardinality: 4,
-  stages: [
-    { blocks: 2, inner: 32, out: 64, stride: 1 },
-    { blocks: 1, inner: 64, out: 128, stride: 2 },
-    { blocks: 1, inner: 128, out: 256, stride: 2 },
-  ],
-  numClasses: 10,
-  hasInputNorm: true,
-  depth: 14,
-  baseWidth: 32,
-};
 /** Three layers, forward order: 8×(4×4), 4×(2×2), 2×(1×1); bytes per channel at N = 2: 128, 32, 8. */
 const LAYERS: BudgetLayer[] = [
   { name: 'a', channels: 8, pixels: 16, beta: 0.1 },
@@ -205,7 +191,7 @@ describe('a budgeted EATA step on the fixture ResNeXt (measured ≤ 1.1·B)', ()
   });
 
   it('a side-effect-free taped forward (SAM, teacher) follows the last plan: same layers take a gradient', () => {
-    const model = buildModel('resnext29', randomResNeXt(SMALL, 3), { rng: new Rng(4) });
+    const model = buildModel('resnext29', randomResNeXt(SMALL_RESNEXT, 3), { rng: new Rng(4) });
     const opts: MectaOptions = { beta: 0.1, initBeta: null, forgetGate: true, distMetric: 'skl', distScale: 1, betaThre: 0, pruneQ: 0 };
     model.setNormMode('mecta', opts);
     const budget = model.setCacheBudget!(0.3e6)!;

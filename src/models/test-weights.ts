@@ -6,6 +6,7 @@
  */
 import type { RawTensor, StateDict } from '../io/types.js';
 import { Rng } from '../util/rng.js';
+import type { ResNeXtArch } from './resnext.js';
 
 export interface KeyShape {
   name: string;
@@ -66,3 +67,21 @@ export function testImages(n: number, size: number, seed = 3): Float32Array {
   }
   return out;
 }
+
+/**
+ * A reduced ResNeXt for the memory tests: the RobustBench block structure (stem, cardinality 4,
+ * three stages) at small widths, 2 + 1 + 1 blocks.
+ */
+export const SMALL_RESNEXT: ResNeXtArch = {
+  stem: 16,
+  cardinality: 4,
+  stages: [
+    { blocks: 2, inner: 32, out: 64, stride: 1 },
+    { blocks: 1, inner: 64, out: 128, stride: 2 },
+    { blocks: 1, inner: 128, out: 256, stride: 2 },
+  ],
+  numClasses: 10,
+  hasInputNorm: true,
+  depth: 14,
+  baseWidth: 32,
+};
