@@ -2,28 +2,11 @@
  * Ops of the module forwards that save nothing for the backward, where tfjs's own gradients would
  * keep whole activations on the tape (as src/models/ops/lean.ts does for the model's adds and
  * reshapes; docs/porting.md#tape-memory): a scalar scale, a broadcast bias add, and the sum of a
- * fused output with updates placed at column offsets (LoRA / KAdaptation on q, v slices of qkv);
- * and the modules' matrix product, whose backward avoids WASM's slow transposed matMul forms.
+ * fused output with updates placed at column offsets (LoRA / KAdaptation on q, v slices of qkv).
+ * The modules' matrix product is src/models/ops/mat-mul.ts, shared with the trainable Linear.
  */
 import { tf } from '../tf.js';
 import { customOp } from '../models/ops/custom-op.js';
-
-/**
- * x·w for x [rows, k], w [k, n], with the backward as plain 2-D products of explicitly transposed
- * operands, dx = dy·wᵀ and dw = xᵀ·dy. tfjs's own matMul gradient uses the transposeB / transposeA
- * forms, which WASM runs 20–35× slower (docs/porting.md#matrix-products): on ViT-B/16 that made a
- * KAdaptation step (24 [788, 768]·[768, 768] updates at batch 4) several times slower than the
- * model's own backward. Saves x and w, as the autodiff does.
- */
-export function matMul(x: tf.Tensor2D, w: tf.Tensor2D | tf.Variable): tf.Tensor2D {
-  return customOp<tf.Tensor2D>(([a, b], save) => {
-    save([a, b]);
-    return {
-      value: tf.matMul(a, b) as tf.Tensor2D,
-      gradFunc: (dy, [as, bs]) => [tf.matMul(dy, tf.transpose(bs)), tf.matMul(tf.transpose(as), dy)],
-    };
-  })(x, w);
-}
 
 /** t·s for a constant s (d/dt = s; nothing saved). */
 export function scaled<T extends tf.Tensor>(t: T, s: number): T {

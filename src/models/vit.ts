@@ -197,28 +197,14 @@ class FastLinear {
 
   /**
    * Frozen: the lean op above. Trainable (`requiresGrad` selected the layer, e.g. cta-train's
-   * source training): a custom op on (x, W, b) that saves x and W, with dx = dy·Wᵀ, dW = xᵀ·dy and
-   * db = Σ dy as plain 2-D products of explicitly transposed operands — tfjs's matMul autodiff
-   * uses the transposeA / transposeB forms, ~6× slower on WASM (docs/porting.md#matrix-products).
+   * source training): the Linear itself, whose trainable product has the plain-product backward
+   * (ops/mat-mul.ts; docs/porting.md#matrix-products).
    */
   apply(x: tf.Tensor2D): tf.Tensor2D {
     if (!this.lin.trainable) return this.op(x);
     this.invalidate(); // the cached Wᵀ goes stale once the weight trains
-    const v = this.lin.variables!;
-    this.trainOp ??= customOp<tf.Tensor2D>(([xi, wi], save) => {
-      save([xi, wi]);
-      return {
-        value: this.lin.apply(xi as tf.Tensor2D),
-        gradFunc: (dy, [xs, ws]) => {
-          const grads = [tf.matMul(dy, tf.transpose(ws)), tf.matMul(tf.transpose(xs), dy)];
-          return this.lin.hasBias ? [...grads, tf.sum(dy, 0)] : grads;
-        },
-      };
-    }) as (...t: tf.Tensor[]) => tf.Tensor2D;
-    return v.bias ? this.trainOp(x, v.weight, v.bias) : this.trainOp(x, v.weight);
+    return this.lin.apply(x);
   }
-
-  private trainOp: ((...t: tf.Tensor[]) => tf.Tensor2D) | null = null;
 
   /** Call after the weight changed (loadStateDict). */
   invalidate(): void {

@@ -1,6 +1,7 @@
 /** PyTorch nn.Linear on [N, in] rows, its weight constant or trainable. */
 import { tf } from '../../tf.js';
 import { recordWeightInput, type WeightOptions } from './weights.js';
+import { matMul } from './mat-mul.js';
 
 /**
  * PyTorch nn.Linear with the weight stored as [in, out]: constants by default, `tf.Variable`s
@@ -28,8 +29,9 @@ export class Linear {
 
   apply(x: tf.Tensor2D): tf.Tensor2D {
     if (this.isVariable) recordWeightInput(this.weight, x);
-    // Autodiff is fine here: MatMul's gradient is two matMuls, both registered on WASM.
-    const y = tf.matMul(x, this.weight);
+    // A trainable weight takes the plain-product backward (mat-mul.ts): tfjs's matMul gradient
+    // uses the transposed forms, slow on WASM. A constant one keeps the autodiff (no dW to compute).
+    const y = this.isVariable ? matMul(x, this.weight) : tf.matMul(x, this.weight);
     return this.bias ? (tf.add(y, this.bias) as tf.Tensor2D) : (y as tf.Tensor2D);
   }
 
